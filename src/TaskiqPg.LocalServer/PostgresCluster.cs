@@ -1,0 +1,163 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace TaskiqPg.LocalServer;
+
+/// <summary>
+/// A PostgreSQL data folder and the commands that initialise, run and stop it. PostgreSQL refuses to run as root,
+/// so when this process is privileged every command runs as the <c>postgres</c> OS user through <c>runuser</c>
+/// and the folder is handed to that user. Used by <see cref="LocalPostgresServer"/> (tests) and by the AppHost,
+/// which runs <see cref="ServerCommand"/> as an executable resource.
+/// </summary>
+public sealed class PostgresCluster
+{
+    /// <summary>OS user that runs the server when this process is root.</summary>
+    public const string ServiceUser = "postgres";
+
+    /// <summary>Creates a handle for the given data folder (nothing is touched until a method runs).</summary>
+    public PostgresCluster(string dataDirectory, PostgresBinaries binaries)
+    {
+        DataDirectory = Path.GetFullPath(dataDirectory);
+        Binaries = binaries;
+    }
+
+    /// <summary>The data folder (also the unix-socket folder).</summary>
+    public string DataDirectory { get; }
+
+    /// <summary>The server binaries.</summary>
+    public PostgresBinaries Binaries { get; }
+
+    /// <summary>True when commands run as <see cref="ServiceUser"/> because this process is root.</summary>
+    public static bool RunsAsServiceUser => Environment.IsPrivilegedProcess;
+
+    /// <summary>True when the folder already holds an initialised cluster.</summary>
+    public bool IsInitialized => File.Exists(Path.Combine(DataDirectory, "PG_VERSION"));
+
+    /// <summary>Runs initdb (scram-sha-256 auth, UTF8) unless the folder already holds a cluster.</summary>
+    public async Task InitializeAsync(string username, string password, CancellationToken cancellationToken = default)
+    {
+        if (IsInitialized)
+        {
+            return;
+        }
+
+        Directory.CreateDirectory(DataDirectory);
+        var passwordFile = Path.Combine(Path.GetDirectoryName(DataDirectory)!, $".pwfile-{Guid.NewGuid():N}");
+        await File.WriteAllTextAsync(passwordFile, password, cancellationToken);
+        try
+        {
+            await GiveToServiceUserAsync(passwordFile, cancellationToken);
+            await GiveToServiceUserAsync(DataDirectory, cancellationToken);
+            await RunToEndAsync(Binaries.InitDb,
+                ["-D", DataDirectory, "-U", username, "--auth=scram-sha-256", $"--pwfile={passwordFile}",
+                 "-E", "UTF8", "--no-locale", "--no-sync"], cancellationToken);
+        }
+        finally
+        {
+            File.Delete(passwordFile);
+        }
+    }
+
+    /// <summary>
+    /// Stops a server left running on this folder by an earlier run (a live <c>postmaster.pid</c>), so a quick
+    /// restart does not fail with "lock file already exists".
+    /// </summary>
+    public async Task StopStaleServerAsync(CancellationToken cancellationToken = default)
+    {
+        var pidFile = Path.Combine(DataDirectory, "postmaster.pid");
+        if (!File.Exists(pidFile))
+        {
+            return;
+        }
+
+        var firstLine = (await File.ReadAllLinesAsync(pidFile, cancellationToken)).FirstOrDefault();
+        if (!int.TryParse(firstLine, out var pid) || !IsAlive(pid))
+        {
+            return; // stale file of a dead server: postgres removes it itself on start
+        }
+
+        await StopAsync(cancellationToken);
+    }
+
+    /// <summary>The command that runs the server in the foreground (file name and arguments).
+    /// The port comes from <paramref name="port"/>, or from the <c>PGPORT</c> environment variable when null.</summary>
+    public (string FileName, IReadOnlyList<string> Arguments) ServerCommand(int? port, IReadOnlyDictionary<string, string> settings)
+    {
+        var args = new List<string> { "-D", DataDirectory, "-k", DataDirectory, "-c", "listen_addresses=127.0.0.1" };
+        if (port is { } p)
+        {
+            args.AddRange(["-p", p.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        }
+
+        foreach (var (name, value) in settings)
+        {
+            args.AddRange(["-c", $"{name}={value}"]);
+        }
+
+        return Wrap(Binaries.Postgres, args);
+    }
+
+    /// <summary>Stops the server on this folder with <c>pg_ctl stop -m fast</c> and waits for it to exit.</summary>
+    public async Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        if (!File.Exists(Path.Combine(DataDirectory, "postmaster.pid")))
+        {
+            return;
+        }
+
+        await RunToEndAsync(Binaries.PgCtl, ["stop", "-D", DataDirectory, "-m", "fast", "-w", "-t", "60"], cancellationToken,
+            tolerateFailure: true);
+    }
+
+    internal static (string FileName, IReadOnlyList<string> Arguments) Wrap(string fileName, IReadOnlyList<string> args)
+        => RunsAsServiceUser ? ("runuser", ["-u", ServiceUser, "--", fileName, .. args]) : (fileName, args);
+
+    private static async Task GiveToServiceUserAsync(string path, CancellationToken cancellationToken)
+    {
+        if (RunsAsServiceUser)
+        {
+            await RunToEndAsync("chown", ["-R", $"{ServiceUser}:{ServiceUser}", path], cancellationToken, wrap: false);
+        }
+    }
+
+    private static bool IsAlive(int pid)
+    {
+        try
+        {
+            using var process = Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+
+    private static async Task RunToEndAsync(string fileName, IReadOnlyList<string> args, CancellationToken cancellationToken,
+        bool wrap = true, bool tolerateFailure = false)
+    {
+        var (file, arguments) = wrap ? Wrap(fileName, args) : (fileName, args);
+        var info = new ProcessStartInfo(file)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in arguments)
+        {
+            info.ArgumentList.Add(a);
+        }
+
+        using var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start '{file}'.");
+        var output = new StringBuilder();
+        var stdout = process.StandardOutput.ReadToEndAsync(cancellationToken);
+        var stderr = process.StandardError.ReadToEndAsync(cancellationToken);
+        await process.WaitForExitAsync(cancellationToken);
+        output.Append(await stdout).Append(await stderr);
+        if (process.ExitCode != 0 && !tolerateFailure)
+        {
+            throw new InvalidOperationException(
+                $"'{Path.GetFileName(fileName)}' exited with code {process.ExitCode}: {output.ToString().Trim()}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+namespace TaskiqPg;
+
+/// <summary>Every SQL statement of the broker, built once from validated, quoted names. Values are always parameters.</summary>
+internal sealed class BrokerSql
+{
+    public BrokerSql(PostgresBrokerOptions options)
+    {
+        var t = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.MessagesTable, nameof(options.MessagesTable));
+        var claimIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "claim"), "index");
+        var leaseIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "lease"), "index");
+        var taskIdIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "task_id"), "index");
+
+        Migrations =
+        [
+            $"""
+             CREATE TABLE IF NOT EXISTS {t} (
+                 id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 task_id      text        NOT NULL,
+                 task_name    text        NOT NULL,
+                 message      text        NOT NULL,
+                 labels       jsonb       NOT NULL DEFAULT jsonb_build_object(),
+                 status       text        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'processing', 'dead')),
+                 queue        text        NOT NULL DEFAULT 'default',
+                 priority     integer     NOT NULL DEFAULT 0,
+                 run_at       timestamptz NOT NULL DEFAULT now(),
+                 attempts     integer     NOT NULL DEFAULT 0,
+                 max_attempts integer     NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+                 locked_until timestamptz,
+                 locked_by    text,
+                 last_error   text,
+                 created_at   timestamptz NOT NULL DEFAULT now()
+             ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01,
+                     autovacuum_vacuum_cost_delay = 0, fillfactor = 90);
+             CREATE INDEX IF NOT EXISTS {claimIndex} ON {t} (queue, priority DESC, run_at, id) WHERE status = 'pending';
+             CREATE INDEX IF NOT EXISTS {leaseIndex} ON {t} (locked_until) WHERE status = 'processing';
+             CREATE INDEX IF NOT EXISTS {taskIdIndex} ON {t} (task_id);
+             """,
+        ];
+
+        // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
+        Kick =
+            $"""
+             WITH ins AS (
+                 INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts)
+                 VALUES ($1, $2, $3, $4::jsonb, $5, $6, COALESCE($7, now() + $8), $9)
+                 RETURNING id
+             )
+             SELECT id, pg_notify($10, $5) FROM ins
+             """;
+
+        // arrays: $1 task_id, $2 task_name, $3 message, $4 labels, $5 priority, $6 run_at, $7 delay, $8 max_attempts; $9 queue, $10 channel
+        KickMany =
+            $"""
+             WITH ins AS (
+                 INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts)
+                 SELECT k.task_id, k.task_name, k.message, k.labels::jsonb, $9, k.priority, COALESCE(k.run_at, now() + k.delay), k.max_attempts
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::timestamptz[], $7::interval[], $8::integer[])
+                      AS k(task_id, task_name, message, labels, priority, run_at, delay, max_attempts)
+                 RETURNING 1
+             )
+             SELECT count(*), pg_notify($10, $9) FROM ins
+             """;
+
+        // $1 queue, $2 limit, $3 worker, $4 lease
+        Claim =
+            $"""
+             WITH next AS (
+                 SELECT id FROM {t}
+                 WHERE status = 'pending' AND queue = $1 AND run_at <= now()
+                 ORDER BY priority DESC, run_at, id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE {t} AS m
+             SET status = 'processing', attempts = m.attempts + 1, locked_by = $3, locked_until = now() + $4
+             FROM next
+             WHERE m.id = next.id
+             RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at
+             """;
+
+        // $1 ids, $2 attempts, $3 worker
+        Ack =
+            $"""
+             DELETE FROM {t} AS m
+             USING unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
+             WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
+             RETURNING m.id
+             """;
+
+        // $1 ids, $2 attempts, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds
+        Fail =
+            $"""
+             UPDATE {t} AS m
+             SET status = CASE WHEN f.retry AND m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
+                 run_at = CASE WHEN f.retry AND m.attempts < m.max_attempts
+                               THEN now() + make_interval(secs => least($6 * power(2, m.attempts - 1), $7) * (0.5 + random() * 0.5))
+                               ELSE m.run_at END,
+                 last_error = f.error, locked_by = NULL, locked_until = NULL
+             FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::boolean[]) AS f(id, attempt, error, retry)
+             WHERE m.id = f.id AND m.attempts = f.attempt AND m.locked_by = $5 AND m.status = 'processing'
+             RETURNING m.id, m.status
+             """;
+
+        // $1 ids, $2 attempts, $3 worker: back to pending without using up an attempt
+        Release =
+            $"""
+             UPDATE {t} AS m
+             SET status = 'pending', attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
+             FROM unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
+             WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
+             RETURNING m.id
+             """;
+
+        // $1 ids, $2 attempts, $3 worker, $4 lease
+        Renew =
+            $"""
+             UPDATE {t} AS m
+             SET locked_until = now() + $4
+             FROM unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
+             WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
+             RETURNING m.id
+             """;
+
+        // $1 batch size
+        Rescue =
+            $"""
+             WITH expired AS (
+                 SELECT id FROM {t}
+                 WHERE status = 'processing' AND locked_until < now()
+                 ORDER BY locked_until
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE {t} AS m
+             SET status = CASE WHEN m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
+                 last_error = 'lease expired: worker ' || coalesce(m.locked_by, '?') || ' stopped renewing attempt ' || m.attempts,
+                 locked_by = NULL, locked_until = NULL, run_at = now()
+             FROM expired
+             WHERE m.id = expired.id
+             RETURNING m.task_id, m.task_name, m.status
+             """;
+
+        // $1 task_id
+        State = $"SELECT status, attempts, max_attempts, run_at, last_error, locked_by FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1";
+
+        // $1 queue
+        Counts = $"SELECT status, count(*) FROM {t} WHERE queue = $1 GROUP BY status";
+    }
+
+    public IReadOnlyList<string> Migrations { get; }
+
+    public string Kick { get; }
+
+    public string KickMany { get; }
+
+    public string Claim { get; }
+
+    public string Ack { get; }
+
+    public string Fail { get; }
+
+    public string Release { get; }
+
+    public string Renew { get; }
+
+    public string Rescue { get; }
+
+    public string State { get; }
+
+    public string Counts { get; }
+}

@@ -1,0 +1,66 @@
+namespace TaskiqPg;
+
+/// <summary>Settings of a <see cref="PostgresBroker"/>. Defaults match taskiq-postgres's table and channel names.</summary>
+public sealed record PostgresBrokerOptions
+{
+    /// <summary>Schema holding the messages table. Default <c>public</c>.</summary>
+    public string Schema { get; set; } = "public";
+
+    /// <summary>Messages table. Default <c>taskiq_messages</c>.</summary>
+    public string MessagesTable { get; set; } = "taskiq_messages";
+
+    /// <summary>NOTIFY channel that wakes workers. Default <c>taskiq</c>.</summary>
+    public string Channel { get; set; } = "taskiq";
+
+    /// <summary>Queue this broker kicks to and claims from (several queues can share one table). Default <c>default</c>.</summary>
+    public string Queue { get; set; } = "default";
+
+    /// <summary>Run the schema migrations in <see cref="PostgresBroker.StartAsync"/>. Default true.</summary>
+    public bool RunMigrations { get; set; } = true;
+
+    /// <summary>How long a claimed task stays leased without a renewal before another worker may rescue it. Default 30 s.</summary>
+    public TimeSpan LeaseDuration { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Attempts a task gets when its kick does not say (first run included). Default 3.</summary>
+    public int DefaultMaxAttempts { get; set; } = 3;
+
+    /// <summary>Retry delay after the first failed attempt; doubles per attempt, with 50–100 % jitter. Default 1 s.</summary>
+    public TimeSpan RetryBaseDelay { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Upper bound of the retry delay. Default 1 h.</summary>
+    public TimeSpan RetryMaxDelay { get; set; } = TimeSpan.FromHours(1);
+
+    /// <summary>Largest serialized message accepted by a kick, in bytes. Default 1 MiB.</summary>
+    public int MaxMessageBytes { get; set; } = 1024 * 1024;
+
+    /// <summary>Longest task name accepted by a kick, in characters. Default 255.</summary>
+    public int MaxTaskNameLength { get; set; } = 255;
+
+    internal void Validate()
+    {
+        PgIdentifier.Validate(Schema, nameof(Schema));
+        PgIdentifier.Validate(MessagesTable, nameof(MessagesTable));
+        PgIdentifier.Validate(Channel, nameof(Channel));
+        PgIdentifier.Validate(Queue, nameof(Queue));
+        Positive(LeaseDuration, nameof(LeaseDuration));
+        Positive(RetryBaseDelay, nameof(RetryBaseDelay));
+        Positive(RetryMaxDelay, nameof(RetryMaxDelay));
+        if (DefaultMaxAttempts < 1)
+        {
+            throw new ArgumentException($"{nameof(DefaultMaxAttempts)} must be at least 1.", nameof(DefaultMaxAttempts));
+        }
+
+        if (MaxMessageBytes < 1 || MaxTaskNameLength < 1)
+        {
+            throw new ArgumentException($"{nameof(MaxMessageBytes)} and {nameof(MaxTaskNameLength)} must be positive.");
+        }
+    }
+
+    private static void Positive(TimeSpan value, string name)
+    {
+        if (value <= TimeSpan.Zero)
+        {
+            throw new ArgumentException($"{name} must be positive.", name);
+        }
+    }
+}

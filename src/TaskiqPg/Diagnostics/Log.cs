@@ -1,0 +1,46 @@
+using Microsoft.Extensions.Logging;
+
+namespace TaskiqPg;
+
+/// <summary>Every log event of the library, one event id each. Messages never carry connection strings.</summary>
+internal static partial class Log
+{
+    [LoggerMessage(1001, LogLevel.Warning, "The {Purpose} LISTEN connection failed; reconnecting with backoff ({SuppressedCount} similar errors not logged since the last report)")]
+    public static partial void ListenerFailed(ILogger logger, Exception exception, string purpose, int suppressedCount);
+
+    [LoggerMessage(1002, LogLevel.Information, "The {Purpose} LISTEN connection is back ({SuppressedCount} errors not logged during the outage)")]
+    public static partial void ListenerReconnected(ILogger logger, string purpose, int suppressedCount);
+
+    [LoggerMessage(1003, LogLevel.Error, "A {Purpose} notification handler threw")]
+    public static partial void NotificationHandlerFailed(ILogger logger, Exception exception, string purpose);
+
+    [LoggerMessage(1101, LogLevel.Information, "Schema migrated: {Steps} step(s) applied to {Table}")]
+    public static partial void Migrated(ILogger logger, int steps, string table);
+
+    [LoggerMessage(2001, LogLevel.Information, "Worker {WorkerId} started on queue {Queue}: {MaxConcurrentTasks} concurrent tasks, prefetch {Prefetch}")]
+    public static partial void WorkerStarted(ILogger logger, string workerId, string queue, int maxConcurrentTasks, int prefetch);
+
+    [LoggerMessage(2002, LogLevel.Information, "Worker {WorkerId} stopped: released {Released} prefetched task(s), {Abandoned} task(s) were still running at the shutdown timeout")]
+    public static partial void WorkerStopped(ILogger logger, string workerId, int released, int abandoned);
+
+    [LoggerMessage(2003, LogLevel.Warning, "Task {TaskId} ({TaskName}) failed on attempt {Attempt} of {MaxAttempts}")]
+    public static partial void TaskFailed(ILogger logger, Exception exception, string taskId, string taskName, int attempt, int maxAttempts);
+
+    [LoggerMessage(2004, LogLevel.Error, "Task {TaskId} ({TaskName}) was dead-lettered: {Reason}")]
+    public static partial void TaskDeadLettered(ILogger logger, string taskId, string taskName, string reason);
+
+    [LoggerMessage(2005, LogLevel.Warning, "Worker {WorkerId}: database call failed in the {Loop} loop; retrying")]
+    public static partial void LoopFailed(ILogger logger, Exception exception, string workerId, string loop);
+
+    [LoggerMessage(2006, LogLevel.Warning, "Task {TaskId} ({TaskName}) lost its lease (rescued by another worker); its outcome will be discarded")]
+    public static partial void LeaseLost(ILogger logger, string taskId, string taskName);
+
+    [LoggerMessage(2007, LogLevel.Warning, "Rescued {Count} task(s) whose lease expired ({DeadCount} dead-lettered: attempts exhausted)")]
+    public static partial void LeasesRescued(ILogger logger, int count, int deadCount);
+
+    [LoggerMessage(2008, LogLevel.Warning, "Completion of task {TaskId} ({TaskName}) was rejected: the lease is no longer this worker's")]
+    public static partial void CompletionRejected(ILogger logger, string taskId, string taskName);
+
+    [LoggerMessage(3001, LogLevel.Warning, "Pruning expired results failed; retrying at the next interval")]
+    public static partial void PruneFailed(ILogger logger, Exception exception);
+}

@@ -1,0 +1,61 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace TaskiqPg;
+
+/// <summary>
+/// One task as it travels through the queue, in taskiq's JSON shape:
+/// <c>{"task_id", "task_name", "labels", "labels_types", "args", "kwargs"}</c>.
+/// </summary>
+public sealed class TaskMessage
+{
+    /// <summary>Unique id of this task; by default 32 lowercase hex characters (<see cref="TaskIds.New"/>).</summary>
+    [JsonPropertyName("task_id")]
+    public required string TaskId { get; init; }
+
+    /// <summary>Name the task was registered under.</summary>
+    [JsonPropertyName("task_name")]
+    public required string TaskName { get; init; }
+
+    /// <summary>Free-form labels (trace context, user metadata). Values are strings; scalar JSON values are read as their text.</summary>
+    [JsonPropertyName("labels")]
+    [JsonConverter(typeof(StringLabelsConverter))]
+    public Dictionary<string, string> Labels { get; init; } = [];
+
+    /// <summary>taskiq's label type codes, kept as received.</summary>
+    [JsonPropertyName("labels_types")]
+    public Dictionary<string, int>? LabelsTypes { get; init; }
+
+    /// <summary>Positional arguments.</summary>
+    [JsonPropertyName("args")]
+    public List<JsonElement> Args { get; init; } = [];
+
+    /// <summary>Keyword arguments.</summary>
+    [JsonPropertyName("kwargs")]
+    public Dictionary<string, JsonElement> Kwargs { get; init; } = [];
+
+    /// <summary>Serializes to taskiq's JSON text.</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, TaskiqJsonContext.Default.TaskMessage);
+
+    /// <summary>Parses taskiq's JSON text.</summary>
+    /// <exception cref="JsonException">The text is not a valid message.</exception>
+    public static TaskMessage FromJson(string json)
+        => JsonSerializer.Deserialize(json, TaskiqJsonContext.Default.TaskMessage)
+           ?? throw new JsonException("The message is JSON 'null', not a task message.");
+
+    /// <summary>Builds a message, serializing each argument with <paramref name="serializerOptions"/>.</summary>
+    public static TaskMessage Create(string taskName, IEnumerable<object?>? args = null,
+        IReadOnlyDictionary<string, object?>? kwargs = null, JsonSerializerOptions? serializerOptions = null,
+        string? taskId = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskName);
+        var options = serializerOptions ?? TaskiqSerializer.DefaultOptions;
+        return new TaskMessage
+        {
+            TaskId = taskId ?? TaskIds.New(),
+            TaskName = taskName,
+            Args = args?.Select(a => JsonSerializer.SerializeToElement(a, options)).ToList() ?? [],
+            Kwargs = kwargs?.ToDictionary(kv => kv.Key, kv => JsonSerializer.SerializeToElement(kv.Value, options)) ?? [],
+        };
+    }
+}

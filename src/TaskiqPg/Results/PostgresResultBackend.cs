@@ -1,0 +1,433 @@
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
+using NpgsqlTypes;
+using TaskiqPg.Internal;
+
+namespace TaskiqPg;
+
+/// <summary>
+/// Stores task results and progress in PostgreSQL. Waiters are woken by a NOTIFY when a result is stored.
+/// Built from a connection string it owns its <see cref="NpgsqlDataSource"/>; built from a data source it borrows it
+/// and never disposes it.
+/// </summary>
+public sealed class PostgresResultBackend : IAsyncDisposable
+{
+    // A NOTIFY payload must stay under 8000 bytes; results are announced in chunks below that.
+    private const int MaxNotifyPayloadBytes = 7000;
+    private static readonly TimeSpan DisconnectedRecheck = TimeSpan.FromMilliseconds(200);
+
+    private readonly bool _ownsDataSource;
+    private readonly ResultSql _sql;
+    private readonly ILogger _logger;
+    private readonly NotificationListener _listener;
+    private readonly Dictionary<string, List<WakeSignal>> _waiters = [];
+    private readonly SemaphoreSlim _startLock = new(1, 1);
+    private readonly CancellationTokenSource _stop = new();
+    private Task? _pruner;
+    private volatile bool _started;
+    private int _disposed;
+
+    /// <summary>Creates a result backend that owns a data source built from <paramref name="connectionString"/>.</summary>
+    public PostgresResultBackend(string connectionString, PostgresResultBackendOptions? options = null, ILoggerFactory? loggerFactory = null)
+        : this(NpgsqlDataSource.Create(connectionString), ownsDataSource: true, options, loggerFactory)
+    {
+    }
+
+    /// <summary>Creates a result backend on a borrowed data source (never disposed here).</summary>
+    public PostgresResultBackend(NpgsqlDataSource dataSource, PostgresResultBackendOptions? options = null, ILoggerFactory? loggerFactory = null)
+        : this(dataSource, ownsDataSource: false, options, loggerFactory)
+    {
+    }
+
+    private PostgresResultBackend(NpgsqlDataSource dataSource, bool ownsDataSource, PostgresResultBackendOptions? options,
+        ILoggerFactory? loggerFactory)
+    {
+        ArgumentNullException.ThrowIfNull(dataSource);
+        Options = (options ?? new PostgresResultBackendOptions()) with { }; // a copy: later edits to the caller's object change nothing
+        try
+        {
+            Options.Validate();
+        }
+        catch when (ownsDataSource)
+        {
+            dataSource.Dispose();
+            throw;
+        }
+
+        DataSource = dataSource;
+        _ownsDataSource = ownsDataSource;
+        _sql = new ResultSql(Options);
+        _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresResultBackend>();
+        _listener = new NotificationListener(dataSource, null, [Options.Channel], (_, payload) => OnResultsStored(payload),
+            WakeAllWaiters, _logger, "results");
+    }
+
+    /// <summary>The data source every query runs on.</summary>
+    public NpgsqlDataSource DataSource { get; }
+
+    /// <summary>The settings.</summary>
+    public PostgresResultBackendOptions Options { get; }
+
+    /// <summary>True while the LISTEN connection for result notifications is up (it starts with the first wait).</summary>
+    public bool IsListening => _listener.IsConnected;
+
+    /// <summary>Runs the migrations (unless disabled) and starts the pruner. Idempotent.</summary>
+    public async Task StartAsync(CancellationToken cancellationToken = default)
+    {
+        if (_started)
+        {
+            return;
+        }
+
+        await _startLock.WaitAsync(cancellationToken);
+        try
+        {
+            if (_started)
+            {
+                return;
+            }
+
+            if (Options.RunMigrations)
+            {
+                await MigrateAsync(cancellationToken);
+            }
+
+            if (Options.PruneInterval is { } interval && interval > TimeSpan.Zero)
+            {
+                _pruner = Task.Run(() => PruneLoopAsync(interval, _stop.Token), CancellationToken.None);
+            }
+
+            _started = true;
+        }
+        finally
+        {
+            _startLock.Release();
+        }
+    }
+
+    /// <summary>Creates or upgrades the results table. Safe to call from many processes at once.</summary>
+    public async Task MigrateAsync(CancellationToken cancellationToken = default)
+    {
+        var applied = await SchemaMigrator.MigrateAsync(DataSource, Options.Schema, Options.ResultsTable, _sql.Migrations, cancellationToken);
+        if (applied > 0)
+        {
+            Log.Migrated(_logger, applied, Options.ResultsTable);
+        }
+    }
+
+    /// <summary>Stores one result and wakes its waiters.</summary>
+    public Task SetResultAsync(string taskId, TaskResult result, CancellationToken cancellationToken = default)
+        => SetResultsAsync([new KeyValuePair<string, TaskResult>(taskId, result)], cancellationToken);
+
+    /// <summary>Stores many results in as few statements as the NOTIFY payload limit allows, and wakes their waiters.</summary>
+    public async Task SetResultsAsync(IReadOnlyCollection<KeyValuePair<string, TaskResult>> results, CancellationToken cancellationToken = default)
+    {
+        if (results.Count == 0)
+        {
+            return;
+        }
+
+        await StartAsync(cancellationToken);
+
+        // ON CONFLICT cannot touch one row twice per statement: the last result for an id wins.
+        var latest = new Dictionary<string, TaskResult>(results.Count);
+        foreach (var (taskId, result) in results)
+        {
+            ArgumentException.ThrowIfNullOrEmpty(taskId);
+            latest[taskId] = result;
+        }
+
+        var chunk = new List<KeyValuePair<string, TaskResult>>();
+        var payloadBytes = 0;
+        foreach (var entry in latest)
+        {
+            var idBytes = Encoding.UTF8.GetByteCount(entry.Key) + 1;
+            if (chunk.Count > 0 && payloadBytes + idBytes > MaxNotifyPayloadBytes)
+            {
+                await WriteChunkAsync(chunk, cancellationToken);
+                chunk.Clear();
+                payloadBytes = 0;
+            }
+
+            chunk.Add(entry);
+            payloadBytes += idBytes;
+        }
+
+        await WriteChunkAsync(chunk, cancellationToken);
+    }
+
+    /// <summary>The stored result of a task.</summary>
+    /// <exception cref="TaskResultNotFoundException">No (unexpired) result is stored.</exception>
+    public async Task<TaskResult> GetResultAsync(string taskId, CancellationToken cancellationToken = default)
+        => await TryGetResultAsync(taskId, cancellationToken) ?? throw new TaskResultNotFoundException(taskId);
+
+    /// <summary>True when a result is stored for the task.</summary>
+    public async Task<bool> IsResultReadyAsync(string taskId, CancellationToken cancellationToken = default)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.IsReady);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+        return (bool)(await command.ExecuteScalarAsync(cancellationToken))!;
+    }
+
+    /// <summary>
+    /// Waits for the task's result: woken by the NOTIFY sent when it is stored (a slow re-check guards against a lost
+    /// notification; while the LISTEN connection is down waiters re-check every 200 ms).
+    /// </summary>
+    /// <exception cref="TaskResultTimeoutException">No result within <paramref name="timeout"/>.</exception>
+    public async Task<TaskResult> WaitForResultAsync(string taskId, TimeSpan timeout, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskId);
+        await StartAsync(cancellationToken);
+        _listener.Start();
+        var signal = new WakeSignal();
+        AddWaiter(taskId, signal);
+        try
+        {
+            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            deadline.CancelAfter(timeout);
+            try
+            {
+                // Registered before the first check, so a result stored in between still wakes us.
+                await WaitBrieflyForListenerAsync(deadline.Token);
+                while (true)
+                {
+                    if (await TryGetResultAsync(taskId, deadline.Token) is { } result)
+                    {
+                        return result;
+                    }
+
+                    await signal.WaitAsync(_listener.IsConnected ? Options.WaitRecheckInterval : DisconnectedRecheck, deadline.Token);
+                }
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new TaskResultTimeoutException(taskId, timeout);
+            }
+        }
+        finally
+        {
+            RemoveWaiter(taskId, signal);
+        }
+    }
+
+    /// <summary>Stores progress for a running task (any JSON-serializable value).</summary>
+    public async Task SetProgressAsync<T>(string taskId, T progress, JsonSerializerOptions? serializerOptions = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskId);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.SetProgress);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+        command.Parameters.Add(new NpgsqlParameter<string>
+        {
+            TypedValue = JsonSerializer.Serialize(progress, serializerOptions ?? TaskiqSerializer.DefaultOptions),
+        });
+        command.Parameters.Add(TtlParameter());
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>The last progress stored for the task, or default when none.</summary>
+    public async Task<T?> GetProgressAsync<T>(string taskId, JsonSerializerOptions? serializerOptions = null,
+        CancellationToken cancellationToken = default)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.GetProgress);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+        return await command.ExecuteScalarAsync(cancellationToken) is string json
+            ? JsonSerializer.Deserialize<T>(json, serializerOptions ?? TaskiqSerializer.DefaultOptions)
+            : default;
+    }
+
+    /// <summary>Deletes expired results in batches of <see cref="PostgresResultBackendOptions.PruneBatchSize"/>.</summary>
+    /// <returns>The number of results deleted.</returns>
+    public async Task<long> PruneExpiredAsync(CancellationToken cancellationToken = default)
+    {
+        long total = 0;
+        while (true)
+        {
+            await using var command = DataSource.CreateCommand(_sql.Prune);
+            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = Options.PruneBatchSize });
+            var deleted = await command.ExecuteNonQueryAsync(cancellationToken);
+            total += deleted;
+            if (deleted < Options.PruneBatchSize)
+            {
+                return total;
+            }
+        }
+    }
+
+    /// <summary>Stops the listener and pruner; disposes the data source only if this backend created it.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
+        await _stop.CancelAsync();
+        if (_pruner is not null)
+        {
+            await _pruner.ContinueWith(static _ => { }, TaskScheduler.Default);
+        }
+
+        await _listener.DisposeAsync();
+        if (_ownsDataSource)
+        {
+            await DataSource.DisposeAsync();
+        }
+
+        _stop.Dispose();
+        _startLock.Dispose();
+    }
+
+    private async Task<TaskResult?> TryGetResultAsync(string taskId, CancellationToken cancellationToken)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskId);
+        await StartAsync(cancellationToken);
+        string json;
+        string? stackTrace;
+        await using (var command = DataSource.CreateCommand(_sql.Get))
+        {
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            if (!await reader.ReadAsync(cancellationToken))
+            {
+                return null;
+            }
+
+            json = reader.GetString(0);
+            stackTrace = reader.IsDBNull(1) ? null : reader.GetString(1);
+        }
+
+        var result = TaskResult.FromJson(json, stackTrace);
+        if (!Options.KeepResults)
+        {
+            // Only after the result was read and deserialized: a failed read leaves it for the next try.
+            await using var delete = DataSource.CreateCommand(_sql.Delete);
+            delete.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+            await delete.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        return result;
+    }
+
+    private async Task WriteChunkAsync(List<KeyValuePair<string, TaskResult>> chunk, CancellationToken cancellationToken)
+    {
+        if (chunk.Count == 0)
+        {
+            return;
+        }
+
+        await using var command = DataSource.CreateCommand(_sql.SetMany);
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = chunk.Select(c => c.Key).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = chunk.Select(c => c.Value.ToJson()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string?[]>
+        {
+            TypedValue = chunk.Select(c => Options.StoreStackTraces ? c.Value.StackTrace : null).ToArray(),
+        });
+        command.Parameters.Add(TtlParameter());
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private NpgsqlParameter TtlParameter()
+        => new() { Value = Options.ResultTtl is { } ttl ? ttl : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Interval };
+
+    private async Task WaitBrieflyForListenerAsync(CancellationToken cancellationToken)
+    {
+        if (_listener.IsConnected)
+        {
+            return;
+        }
+
+        try
+        {
+            await _listener.Connected.WaitAsync(TimeSpan.FromSeconds(1), cancellationToken);
+        }
+        catch (TimeoutException)
+        {
+            // the database may be down: fall back to re-checking until the listener is back
+        }
+    }
+
+    private async Task PruneLoopAsync(TimeSpan interval, CancellationToken stop)
+    {
+        using var timer = new PeriodicTimer(interval);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stop))
+            {
+                try
+                {
+                    await PruneExpiredAsync(stop);
+                }
+                catch (Exception ex) when (ex is NpgsqlException or TimeoutException or InvalidOperationException)
+                {
+                    Log.PruneFailed(_logger, ex);
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    private void AddWaiter(string taskId, WakeSignal signal)
+    {
+        lock (_waiters)
+        {
+            if (!_waiters.TryGetValue(taskId, out var list))
+            {
+                _waiters[taskId] = list = [];
+            }
+
+            list.Add(signal);
+        }
+    }
+
+    private void RemoveWaiter(string taskId, WakeSignal signal)
+    {
+        lock (_waiters)
+        {
+            if (_waiters.TryGetValue(taskId, out var list) && list.Remove(signal) && list.Count == 0)
+            {
+                _waiters.Remove(taskId);
+            }
+        }
+    }
+
+    private void OnResultsStored(string payload)
+    {
+        lock (_waiters)
+        {
+            if (_waiters.Count == 0)
+            {
+                return;
+            }
+
+            foreach (var range in payload.AsSpan().Split(','))
+            {
+                var id = payload[range];
+                if (_waiters.TryGetValue(id, out var list))
+                {
+                    list.ForEach(s => s.Set());
+                }
+            }
+        }
+    }
+
+    private void WakeAllWaiters()
+    {
+        lock (_waiters)
+        {
+            foreach (var list in _waiters.Values)
+            {
+                list.ForEach(s => s.Set());
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace TaskiqPg;
+
+/// <summary>The tasks a worker can run, by name.</summary>
+public sealed class TaskRegistry
+{
+    private readonly Dictionary<string, TaskDescriptor> _tasks = new(StringComparer.Ordinal);
+
+    /// <summary>Creates an empty registry.</summary>
+    /// <param name="serializerOptions">JSON settings for arguments and results; default <see cref="TaskiqSerializer.DefaultOptions"/>.</param>
+    public TaskRegistry(JsonSerializerOptions? serializerOptions = null)
+        => SerializerOptions = serializerOptions ?? TaskiqSerializer.DefaultOptions;
+
+    /// <summary>JSON settings for arguments and results.</summary>
+    public JsonSerializerOptions SerializerOptions { get; }
+
+    /// <summary>The registered tasks.</summary>
+    public IReadOnlyCollection<TaskDescriptor> Tasks => _tasks.Values;
+
+    /// <summary>
+    /// Registers a delegate, e.g. <c>Add("add", (int a, int b) => a + b)</c>. Its parameters bind to the positional
+    /// arguments in order, then keyword arguments by name; <see cref="CancellationToken"/>, <see cref="TaskContext"/>
+    /// and DI services are injected.
+    /// </summary>
+    /// <exception cref="ArgumentException">The name is empty or already registered.</exception>
+    public TaskRegistry Add(string name, Delegate handler, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(handler);
+        var invoker = new DelegateInvoker(name, handler);
+        return Register(new TaskDescriptor(name, timeout, invoker.InvokeAsync));
+    }
+
+    /// <summary>Registers a typed handler, resolved from the task's DI scope (or constructed) for each run.</summary>
+    /// <param name="name">Task name; default from <see cref="TaskNameAttribute"/> or the type's full name.</param>
+    /// <param name="timeout">Handler timeout.</param>
+    public TaskRegistry AddHandler<THandler, TArgs, TResult>(string? name = null, TimeSpan? timeout = null)
+        where THandler : class, ITaskHandler<TArgs, TResult>
+    {
+        var taskName = name ?? TaskNameAttribute.Of<THandler>();
+        return Register(new TaskDescriptor(taskName, timeout, async (context, cancellationToken) =>
+        {
+            var args = ReadArgs<TArgs>(taskName, context);
+            var handler = ActivatorUtilities.GetServiceOrCreateInstance<THandler>(context.Services);
+            var result = await handler.HandleAsync(args, context, cancellationToken);
+            return (result, typeof(TResult));
+        }));
+    }
+
+    /// <summary>Finds a task by name.</summary>
+    public bool TryGet(string name, out TaskDescriptor descriptor) => _tasks.TryGetValue(name, out descriptor!);
+
+    private TaskRegistry Register(TaskDescriptor descriptor)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(descriptor.Name);
+        if (!_tasks.TryAdd(descriptor.Name, descriptor))
+        {
+            throw new ArgumentException($"A task named '{descriptor.Name}' is already registered.", nameof(descriptor));
+        }
+
+        return this;
+    }
+
+    private static TArgs ReadArgs<TArgs>(string taskName, TaskContext context)
+    {
+        var message = context.Message;
+        try
+        {
+            if (message.Args.Count > 0)
+            {
+                return message.Args[0].Deserialize<TArgs>(context.SerializerOptions)!;
+            }
+
+            // A producer that sent keyword arguments: read them as the argument object's properties.
+            return JsonSerializer.SerializeToElement(message.Kwargs, context.SerializerOptions).Deserialize<TArgs>(context.SerializerOptions)!;
+        }
+        catch (Exception ex) when (ex is JsonException or NotSupportedException)
+        {
+            throw new TaskArgumentException($"Task '{taskName}': the arguments cannot be read as {typeof(TArgs).Name}: {ex.Message}", ex);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+using System.Text.Json;
+using Npgsql;
+
+namespace TaskiqPg;
+
+/// <summary>The producer API: kick tasks by name or by handler type and get a handle to their results.</summary>
+public sealed class TaskiqClient
+{
+    /// <summary>Creates a client. Without a result backend, handles cannot read results.</summary>
+    public TaskiqClient(PostgresBroker broker, PostgresResultBackend? resultBackend = null, JsonSerializerOptions? serializerOptions = null)
+    {
+        Broker = broker ?? throw new ArgumentNullException(nameof(broker));
+        ResultBackend = resultBackend;
+        SerializerOptions = serializerOptions ?? TaskiqSerializer.DefaultOptions;
+    }
+
+    /// <summary>The broker tasks are kicked to.</summary>
+    public PostgresBroker Broker { get; }
+
+    /// <summary>The result backend handles read from.</summary>
+    public PostgresResultBackend? ResultBackend { get; }
+
+    /// <summary>JSON settings for arguments and results.</summary>
+    public JsonSerializerOptions SerializerOptions { get; }
+
+    /// <summary>Kicks a task by name.</summary>
+    public async Task<TaskHandle<TResult>> KickAsync<TResult>(string taskName, IEnumerable<object?>? args = null,
+        IReadOnlyDictionary<string, object?>? kwargs = null, KickOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var message = TaskMessage.Create(taskName, args, kwargs, SerializerOptions);
+        await Broker.KickAsync(message, options, cancellationToken);
+        return new TaskHandle<TResult>(message.TaskId, ResultBackend, SerializerOptions);
+    }
+
+    /// <summary>Kicks a task by name whose result is not needed as a value.</summary>
+    public async Task<TaskHandle> KickAsync(string taskName, IEnumerable<object?>? args = null,
+        IReadOnlyDictionary<string, object?>? kwargs = null, KickOptions? options = null, CancellationToken cancellationToken = default)
+        => await KickAsync<JsonElement>(taskName, args, kwargs, options, cancellationToken);
+
+    /// <summary>Kicks the task handled by <typeparamref name="THandler"/>; the compiler checks argument and result types.</summary>
+    public Task<TaskHandle<TResult>> KickAsync<THandler, TArgs, TResult>(TArgs args, KickOptions? options = null,
+        CancellationToken cancellationToken = default)
+        where THandler : ITaskHandler<TArgs, TResult>
+        => KickAsync<TResult>(TaskNameAttribute.Of<THandler>(), [args], null, options, cancellationToken);
+
+    /// <summary>
+    /// Kicks a task by name inside the caller's transaction: it becomes visible when the caller commits and vanishes
+    /// on rollback. The connection must be on the same database as the broker.
+    /// </summary>
+    public async Task<TaskHandle<TResult>> KickAsync<TResult>(string taskName, NpgsqlConnection connection, NpgsqlTransaction? transaction,
+        IEnumerable<object?>? args = null, IReadOnlyDictionary<string, object?>? kwargs = null, KickOptions? options = null,
+        CancellationToken cancellationToken = default)
+    {
+        var message = TaskMessage.Create(taskName, args, kwargs, SerializerOptions);
+        await Broker.KickAsync(message, connection, transaction, options, cancellationToken);
+        return new TaskHandle<TResult>(message.TaskId, ResultBackend, SerializerOptions);
+    }
+}

@@ -1,0 +1,56 @@
+namespace TaskiqPg;
+
+/// <summary>Settings of a <see cref="TaskiqWorker"/>.</summary>
+public sealed record TaskiqWorkerOptions
+{
+    /// <summary>Handlers running at once. Default 10.</summary>
+    public int MaxConcurrentTasks { get; set; } = 10;
+
+    /// <summary>Tasks claimed ahead of free handler slots. <c>null</c> (default): equal to <see cref="MaxConcurrentTasks"/>.</summary>
+    public int? PrefetchCount { get; set; }
+
+    /// <summary>Most tasks claimed by one statement. Default 100.</summary>
+    public int ClaimBatchSize { get; set; } = 100;
+
+    /// <summary>How often an idle worker looks for due tasks when no NOTIFY arrives (delayed tasks, retries, missed notifications). Default 1 s.</summary>
+    public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>When tasks are acknowledged. Default <see cref="AckMode.WhenSaved"/>.</summary>
+    public AckMode AckMode { get; set; } = AckMode.WhenSaved;
+
+    /// <summary>Handler timeout when neither the task's <c>timeout</c> label nor its registration sets one. Default none.</summary>
+    public TimeSpan? DefaultTaskTimeout { get; set; }
+
+    /// <summary>On stop, how long running tasks may finish before their tokens are cancelled. Default 30 s.</summary>
+    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How often held leases are renewed. <c>null</c> (default): a third of the broker's lease duration.</summary>
+    public TimeSpan? LeaseRenewInterval { get; set; }
+
+    /// <summary>How often this worker rescues tasks whose lease expired. <c>null</c> (default): half the broker's lease duration.</summary>
+    public TimeSpan? RescueInterval { get; set; }
+
+    /// <summary>Identity written to <c>locked_by</c>. <c>null</c> (default): host name, process id and a random suffix.</summary>
+    public string? WorkerId { get; set; }
+
+    internal void Validate()
+    {
+        if (MaxConcurrentTasks < 1)
+        {
+            throw new ArgumentException($"{nameof(MaxConcurrentTasks)} must be at least 1.", nameof(MaxConcurrentTasks));
+        }
+
+        if (PrefetchCount is < 0 || ClaimBatchSize < 1)
+        {
+            throw new ArgumentException($"{nameof(PrefetchCount)} must not be negative and {nameof(ClaimBatchSize)} must be at least 1.");
+        }
+
+        foreach (var (value, name) in new[] { (PollInterval, nameof(PollInterval)), (ShutdownTimeout, nameof(ShutdownTimeout)) })
+        {
+            if (value <= TimeSpan.Zero)
+            {
+                throw new ArgumentException($"{name} must be positive.", name);
+            }
+        }
+    }
+}

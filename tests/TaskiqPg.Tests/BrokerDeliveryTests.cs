@@ -1,0 +1,147 @@
+using System.Collections.Concurrent;
+
+namespace TaskiqPg.Tests;
+
+public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task Kicked_task_runs_and_its_result_is_returned()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("add", (int a, int b) => a + b));
+        await harness.StartWorkerAsync();
+
+        var handle = await harness.Client.KickAsync<int>("add", [2, 3]);
+
+        Assert.Equal(5, await handle.WaitForResultAsync(Bound));
+        Assert.Null(await harness.Broker.GetTaskStateAsync(handle.TaskId)); // completed rows are deleted
+    }
+
+    [Fact]
+    public async Task Tasks_are_delivered_through_notify_while_polling_is_rare()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("ping", (int i) => i));
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMinutes(10) });
+
+        // One at a time: after each task the worker claims again, finds nothing and sleeps until woken. With a
+        // 10-minute poll only a NOTIFY can bring the next task in within the bound.
+        for (var i = 0; i < 5; i++)
+        {
+            var handle = await harness.Client.KickAsync<int>("ping", [i]);
+            Assert.Equal(i, await handle.WaitForResultAsync(Bound));
+        }
+    }
+
+    [Fact]
+    public async Task Task_kicked_while_no_worker_listens_is_run_when_one_starts()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("echo", (string s) => s));
+        var handle = await harness.Client.KickAsync<string>("echo", ["hello"]);
+
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMinutes(10) });
+
+        Assert.Equal("hello", await handle.WaitForResultAsync(Bound));
+    }
+
+    [Fact]
+    public async Task Exactly_one_of_several_competing_workers_runs_each_task()
+    {
+        var runs = new ConcurrentBag<(string TaskId, string Worker)>();
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("record", async (TaskContext ctx) =>
+        {
+            runs.Add((ctx.TaskId, ctx.Labels["w"]));
+            await Task.Yield();
+        }));
+
+        // Three workers, each on its own broker instance (own LISTEN connection), same queue.
+        var workers = new List<TaskiqWorker>();
+        for (var i = 0; i < 3; i++)
+        {
+            var broker = new PostgresBroker(harness.DataSource, harness.Broker.Options);
+            workers.Add(await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 4, PollInterval = TimeSpan.FromMilliseconds(200) }, broker));
+        }
+
+        var handles = new List<TaskHandle>();
+        for (var i = 0; i < 300; i++)
+        {
+            handles.Add(await harness.Client.KickAsync("record", options: new KickOptions { Labels = new Dictionary<string, string> { ["w"] = "?" } }));
+        }
+
+        foreach (var handle in handles)
+        {
+            await handle.WaitForResultAsync(TimeSpan.FromSeconds(30));
+        }
+
+        Assert.Equal(300, runs.Count);
+        Assert.Equal(300, runs.Select(r => r.TaskId).Distinct().Count());
+    }
+
+    [Fact]
+    public async Task Delayed_task_does_not_run_early_and_runs_after_its_time()
+    {
+        var ranAt = new TaskCompletionSource<DateTimeOffset>(TaskCreationOptions.RunContinuationsAsynchronously);
+        QueueHarness? h = null;
+        await using var harness = h = await QueueHarness.CreateAsync(db, r => r.Add("later", async () =>
+        {
+            ranAt.TrySetResult(await h!.ScalarAsync<DateTime>("SELECT clock_timestamp()"));
+        }));
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(200) });
+
+        var kickedAt = new DateTimeOffset(await harness.ScalarAsync<DateTime>("SELECT clock_timestamp()"));
+        await harness.Client.KickAsync("later", options: new KickOptions { Delay = TimeSpan.FromSeconds(2) });
+
+        var ran = await ranAt.Task.WaitAsync(Bound);
+        Assert.True(ran - kickedAt >= TimeSpan.FromSeconds(2), $"ran {(ran - kickedAt).TotalMilliseconds} ms after the kick, before its delay");
+    }
+
+    [Fact]
+    public async Task Higher_priority_tasks_run_first()
+    {
+        var order = new ConcurrentQueue<int>();
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("p", (int p) => order.Enqueue(p)));
+        var handles = new List<TaskHandle>();
+        foreach (var priority in new[] { 1, 5, 3, -2, 4 })
+        {
+            handles.Add(await harness.Client.KickAsync("p", [priority], options: new KickOptions { Priority = priority }));
+        }
+
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 1, PrefetchCount = 0 });
+        foreach (var handle in handles)
+        {
+            await handle.WaitForResultAsync(Bound);
+        }
+
+        Assert.Equal([5, 4, 3, 1, -2], order.ToArray());
+    }
+
+    [Fact]
+    public async Task KickMany_inserts_ten_thousand_tasks_in_one_call()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        var messages = Enumerable.Range(0, 10_000).Select(i => TaskMessage.Create("n", [i])).ToArray();
+
+        var inserted = await harness.Broker.KickManyAsync(messages);
+
+        Assert.Equal(10_000, inserted);
+        Assert.Equal(10_000, (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Pending]);
+        var distinctIds = await harness.ScalarAsync<long>(
+            "SELECT count(DISTINCT task_id) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue);
+        Assert.Equal(10_000, distinctIds);
+    }
+
+    [Fact]
+    public async Task KickMany_tasks_are_all_executed()
+    {
+        var sum = 0L;
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("n", (int i) => Interlocked.Add(ref sum, i)));
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 8 });
+        var messages = Enumerable.Range(1, 2_000).Select(i => TaskMessage.Create("n", [i])).ToArray();
+
+        await harness.Broker.KickManyAsync(messages);
+
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync()).Values.Sum() == 0, TimeSpan.FromSeconds(60),
+            "every kicked task completes");
+        Assert.Equal(2_000L * 2_001 / 2, Interlocked.Read(ref sum));
+    }
+}
