@@ -219,13 +219,20 @@ public sealed class PostgresBroker : IAsyncDisposable
     public async Task<IReadOnlyDictionary<long, string>> FailAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
         CancellationToken cancellationToken = default)
     {
-        var outcome = new Dictionary<long, string>();
         if (failures.Count == 0)
         {
-            return outcome;
+            return new Dictionary<long, string>();
         }
 
-        await using var command = DataSource.CreateCommand(_sql.Fail);
+        await using var batch = DataSource.CreateBatch();
+        batch.BatchCommands.Add(CreateFailCommand(workerId, failures));
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        return await ReadFailOutcomeAsync(reader, cancellationToken);
+    }
+
+    internal NpgsqlBatchCommand CreateFailCommand(string workerId, IReadOnlyCollection<TaskFailure> failures)
+    {
+        var command = new NpgsqlBatchCommand(_sql.Fail);
         command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = failures.Select(f => f.Lease.Id).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = failures.Select(f => f.Lease.Attempt).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = failures.Select(f => f.Error).ToArray() });
@@ -233,7 +240,12 @@ public sealed class PostgresBroker : IAsyncDisposable
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
         command.Parameters.Add(new NpgsqlParameter<double> { TypedValue = Options.RetryBaseDelay.TotalSeconds });
         command.Parameters.Add(new NpgsqlParameter<double> { TypedValue = Options.RetryMaxDelay.TotalSeconds });
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return command;
+    }
+
+    internal static async Task<Dictionary<long, string>> ReadFailOutcomeAsync(NpgsqlDataReader reader, CancellationToken cancellationToken)
+    {
+        var outcome = new Dictionary<long, string>();
         while (await reader.ReadAsync(cancellationToken))
         {
             outcome[reader.GetInt64(0)] = reader.GetString(1);
@@ -430,13 +442,23 @@ public sealed class PostgresBroker : IAsyncDisposable
     private async Task<IReadOnlySet<long>> LeaseCommandAsync(string sql, string workerId, IReadOnlyCollection<LeaseRef> leases,
         bool withLease, CancellationToken cancellationToken)
     {
-        var done = new HashSet<long>();
         if (leases.Count == 0)
         {
-            return done;
+            return new HashSet<long>();
         }
 
-        await using var command = DataSource.CreateCommand(sql);
+        await using var batch = DataSource.CreateBatch();
+        batch.BatchCommands.Add(CreateLeaseCommand(sql, workerId, leases, withLease));
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        return await ReadIdsAsync(reader, cancellationToken);
+    }
+
+    internal NpgsqlBatchCommand CreateAckCommand(string workerId, IReadOnlyCollection<LeaseRef> leases)
+        => CreateLeaseCommand(_sql.Ack, workerId, leases, withLease: false);
+
+    private NpgsqlBatchCommand CreateLeaseCommand(string sql, string workerId, IReadOnlyCollection<LeaseRef> leases, bool withLease)
+    {
+        var command = new NpgsqlBatchCommand(sql);
         command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = leases.Select(l => l.Id).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = leases.Select(l => l.Attempt).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
@@ -445,13 +467,18 @@ public sealed class PostgresBroker : IAsyncDisposable
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
         }
 
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return command;
+    }
+
+    internal static async Task<HashSet<long>> ReadIdsAsync(NpgsqlDataReader reader, CancellationToken cancellationToken)
+    {
+        var ids = new HashSet<long>();
         while (await reader.ReadAsync(cancellationToken))
         {
-            done.Add(reader.GetInt64(0));
+            ids.Add(reader.GetInt64(0));
         }
 
-        return done;
+        return ids;
     }
 
     private void OnNotification(string payload)

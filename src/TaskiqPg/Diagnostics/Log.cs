@@ -41,6 +41,9 @@ internal static partial class Log
     [LoggerMessage(2008, LogLevel.Warning, "Completion of task {TaskId} ({TaskName}) was rejected: the lease is no longer this worker's")]
     public static partial void CompletionRejected(ILogger logger, string taskId, string taskName);
 
+    [LoggerMessage(2009, LogLevel.Error, "Worker {WorkerId} could not report the outcome of {Count} task(s); they will run again once their leases expire")]
+    public static partial void FlushAbandoned(ILogger logger, Exception exception, string workerId, int count);
+
     [LoggerMessage(3001, LogLevel.Warning, "Pruning expired results failed; retrying at the next interval")]
     public static partial void PruneFailed(ILogger logger, Exception exception);
 }

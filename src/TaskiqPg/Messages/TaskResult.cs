@@ -10,13 +10,15 @@ namespace TaskiqPg;
 /// </summary>
 public sealed class TaskResult
 {
+    private static readonly JsonElement JsonNull = JsonDocument.Parse("null").RootElement.Clone();
+
     /// <summary>True when the task failed.</summary>
     [JsonPropertyName("is_err")]
     public bool IsError { get; init; }
 
     /// <summary>The handler's return value (JSON <c>null</c> for void handlers and failures).</summary>
     [JsonPropertyName("return_value")]
-    public JsonElement ReturnValue { get; init; }
+    public JsonElement ReturnValue { get; init; } = JsonNull;
 
     /// <summary>Handler run time in seconds.</summary>
     [JsonPropertyName("execution_time")]

@@ -131,7 +131,21 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         }
 
         await StartAsync(cancellationToken);
+        await using var batch = DataSource.CreateBatch();
+        foreach (var command in CreateSetResultCommands(results))
+        {
+            batch.BatchCommands.Add(command);
+        }
 
+        await batch.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Upsert statements for <paramref name="results"/>, split so each statement's NOTIFY payload stays under the
+    /// limit. Each returns at most one row (the notify). Callers may run them in a batch with other statements.
+    /// </summary>
+    internal List<NpgsqlBatchCommand> CreateSetResultCommands(IReadOnlyCollection<KeyValuePair<string, TaskResult>> results)
+    {
         // ON CONFLICT cannot touch one row twice per statement: the last result for an id wins.
         var latest = new Dictionary<string, TaskResult>(results.Count);
         foreach (var (taskId, result) in results)
@@ -140,6 +154,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
             latest[taskId] = result;
         }
 
+        var commands = new List<NpgsqlBatchCommand>();
         var chunk = new List<KeyValuePair<string, TaskResult>>();
         var payloadBytes = 0;
         foreach (var entry in latest)
@@ -147,7 +162,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
             var idBytes = Encoding.UTF8.GetByteCount(entry.Key) + 1;
             if (chunk.Count > 0 && payloadBytes + idBytes > MaxNotifyPayloadBytes)
             {
-                await WriteChunkAsync(chunk, cancellationToken);
+                commands.Add(CreateChunkCommand(chunk));
                 chunk.Clear();
                 payloadBytes = 0;
             }
@@ -156,7 +171,12 @@ public sealed class PostgresResultBackend : IAsyncDisposable
             payloadBytes += idBytes;
         }
 
-        await WriteChunkAsync(chunk, cancellationToken);
+        if (chunk.Count > 0)
+        {
+            commands.Add(CreateChunkCommand(chunk));
+        }
+
+        return commands;
     }
 
     /// <summary>The stored result of a task.</summary>
@@ -315,14 +335,9 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         return result;
     }
 
-    private async Task WriteChunkAsync(List<KeyValuePair<string, TaskResult>> chunk, CancellationToken cancellationToken)
+    private NpgsqlBatchCommand CreateChunkCommand(List<KeyValuePair<string, TaskResult>> chunk)
     {
-        if (chunk.Count == 0)
-        {
-            return;
-        }
-
-        await using var command = DataSource.CreateCommand(_sql.SetMany);
+        var command = new NpgsqlBatchCommand(_sql.SetMany);
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = chunk.Select(c => c.Key).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = chunk.Select(c => c.Value.ToJson()).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string?[]>
@@ -331,7 +346,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         });
         command.Parameters.Add(TtlParameter());
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-        await command.ExecuteNonQueryAsync(cancellationToken);
+        return command;
     }
 
     private NpgsqlParameter TtlParameter()

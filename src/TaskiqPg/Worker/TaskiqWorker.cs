@@ -331,9 +331,16 @@ public sealed class TaskiqWorker : BackgroundService
                     Log.LoopFailed(_logger, ex, WorkerId, "complete");
                     await DelayQuietlyAsync(Backoff(++failures), stop);
                 }
-                catch (Exception) when (stop.IsCancellationRequested)
+                catch (Exception ex)
                 {
-                    break; // shutting down: unreported tasks are rescued after their leases expire
+                    // Shutting down, or a fault that retrying cannot fix: these tasks are rescued after their leases
+                    // expire, so they run again rather than vanish.
+                    if (!stop.IsCancellationRequested)
+                    {
+                        Log.FlushAbandoned(_logger, ex, WorkerId, batch.Count);
+                    }
+
+                    break;
                 }
             }
 
@@ -357,17 +364,28 @@ public sealed class TaskiqWorker : BackgroundService
             : batch.Where(c => c.Result is not null && (c.Succeeded || c.IsFinal || _options.AckMode == AckMode.WhenReceived))
                 .Select(c => new KeyValuePair<string, TaskResult>(c.Task.TaskId, c.Result!)).ToArray();
 
-        if (_options.AckMode == AckMode.WhenSaved && results.Length > 0)
+        IReadOnlySet<long> acked;
+        IReadOnlyDictionary<long, string> failed;
+        if (_results is not null && ReferenceEquals(_results.DataSource, _broker.DataSource))
         {
-            await _results!.SetResultsAsync(results, cancellationToken);
+            // One pool for both (the seed's shared-pool setup): results, acks and failures go in one batch, one round
+            // trip and one implicit transaction, so a waiter never sees a result before the task's row is settled.
+            (acked, failed) = await FlushTogetherAsync(results, acks, fails, cancellationToken);
         }
-
-        var acked = acks.Length > 0 ? await _broker.AckAsync(WorkerId, acks, cancellationToken) : new HashSet<long>();
-        var failed = fails.Length > 0 ? await _broker.FailAsync(WorkerId, fails, cancellationToken) : new Dictionary<long, string>();
-
-        if (_options.AckMode != AckMode.WhenSaved && results.Length > 0)
+        else
         {
-            await _results!.SetResultsAsync(results, cancellationToken);
+            if (_options.AckMode == AckMode.WhenSaved && results.Length > 0)
+            {
+                await _results!.SetResultsAsync(results, cancellationToken);
+            }
+
+            acked = acks.Length > 0 ? await _broker.AckAsync(WorkerId, acks, cancellationToken) : new HashSet<long>();
+            failed = fails.Length > 0 ? await _broker.FailAsync(WorkerId, fails, cancellationToken) : new Dictionary<long, string>();
+
+            if (_options.AckMode != AckMode.WhenSaved && results.Length > 0)
+            {
+                await _results!.SetResultsAsync(results, cancellationToken);
+            }
         }
 
         foreach (var completion in batch)
@@ -395,6 +413,45 @@ public sealed class TaskiqWorker : BackgroundService
                 }
             }
         }
+    }
+
+    private async Task<(IReadOnlySet<long> Acked, IReadOnlyDictionary<long, string> Failed)> FlushTogetherAsync(
+        KeyValuePair<string, TaskResult>[] results, LeaseRef[] acks, TaskFailure[] fails, CancellationToken cancellationToken)
+    {
+        await using var batch = _broker.DataSource.CreateBatch();
+        var resultCommands = results.Length > 0 ? _results!.CreateSetResultCommands(results) : [];
+        resultCommands.ForEach(batch.BatchCommands.Add);
+        if (acks.Length > 0)
+        {
+            batch.BatchCommands.Add(_broker.CreateAckCommand(WorkerId, acks));
+        }
+
+        if (fails.Length > 0)
+        {
+            batch.BatchCommands.Add(_broker.CreateFailCommand(WorkerId, fails));
+        }
+
+        if (batch.BatchCommands.Count == 0)
+        {
+            return (new HashSet<long>(), new Dictionary<long, string>());
+        }
+
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        for (var i = 0; i < resultCommands.Count; i++)
+        {
+            await reader.NextResultAsync(cancellationToken); // skip each upsert's notify row
+        }
+
+        IReadOnlySet<long> acked = acks.Length > 0 ? await PostgresBroker.ReadIdsAsync(reader, cancellationToken) : new HashSet<long>();
+        if (acks.Length > 0)
+        {
+            await reader.NextResultAsync(cancellationToken);
+        }
+
+        IReadOnlyDictionary<long, string> failed = fails.Length > 0
+            ? await PostgresBroker.ReadFailOutcomeAsync(reader, cancellationToken)
+            : new Dictionary<long, string>();
+        return (acked, failed);
     }
 
     private async Task RenewLoopAsync(CancellationToken stop)
@@ -524,7 +581,6 @@ public sealed class TaskiqWorker : BackgroundService
         => new()
         {
             IsError = true,
-            ReturnValue = default,
             ExecutionTime = elapsed.TotalSeconds,
             Labels = labels ?? [],
             Error = new TaskError(type, message),
