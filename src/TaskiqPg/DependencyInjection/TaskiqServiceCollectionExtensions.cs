@@ -17,7 +17,7 @@ public static class TaskiqServiceCollectionExtensions
         Action<TaskiqPgOptions>? configure = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(connectionString);
-        services.TryAddSingleton(new OwnedDataSource(NpgsqlDataSource.Create(connectionString)));
+        services.TryAddSingleton(_ => new OwnedDataSource(NpgsqlDataSource.Create(connectionString))); // a factory, so the container disposes it
         return services.AddTaskiqPg(sp => sp.GetRequiredService<OwnedDataSource>().DataSource, configure);
     }
 

@@ -1,0 +1,117 @@
+using Npgsql;
+
+namespace TaskiqPg.Tests;
+
+public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    [Theory]
+    [InlineData("")]
+    [InlineData("bad;name")]
+    [InlineData("quote\"d")]
+    [InlineData("with space")]
+    [InlineData("1starts_with_digit")]
+    [InlineData("drop table x; --")]
+    [InlineData("naïve")]
+    [InlineData("a234567890123456789012345678901234567890123456789012345678901234")] // 64 bytes
+    public void Invalid_identifiers_are_rejected_naming_the_option(string name)
+    {
+        var e1 = Assert.Throws<ArgumentException>(() => new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = name }));
+        Assert.Equal("Schema", e1.ParamName);
+        var e2 = Assert.Throws<ArgumentException>(() => new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { MessagesTable = name }));
+        Assert.Equal("MessagesTable", e2.ParamName);
+        var e3 = Assert.Throws<ArgumentException>(() => new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Channel = name }));
+        Assert.Equal("Channel", e3.ParamName);
+        var e4 = Assert.Throws<ArgumentException>(() => new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Queue = name }));
+        Assert.Equal("Queue", e4.ParamName);
+        var e5 = Assert.Throws<ArgumentException>(() => new PostgresResultBackend(db.ConnectionString, new PostgresResultBackendOptions { ResultsTable = name }));
+        Assert.Equal("ResultsTable", e5.ParamName);
+    }
+
+    [Theory]
+    [InlineData("taskiq_messages")]
+    [InlineData("_private")]
+    [InlineData("MixedCase9")]
+    [InlineData("a23456789012345678901234567890123456789012345678901234567890123")] // 63 bytes
+    public void Valid_identifiers_are_quoted(string name) => Assert.Equal($"\"{name}\"", PgIdentifier.Quote(name, "Option"));
+
+    [Fact]
+    public async Task Custom_schema_table_and_channel_names_work_end_to_end()
+    {
+        var brokerOptions = new PostgresBrokerOptions { Schema = "Jobs", MessagesTable = "MyTasks", Channel = "Wake_Up", Queue = "Emails" };
+        var resultOptions = new PostgresResultBackendOptions { Schema = "Jobs", ResultsTable = "Outcomes", Channel = "Done" };
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("hi", () => "there"), brokerOptions, resultOptions);
+        await harness.StartWorkerAsync();
+
+        var handle = await harness.Client.KickAsync<string>("hi");
+
+        Assert.Equal("there", await handle.WaitForResultAsync(TimeSpan.FromSeconds(10)));
+        Assert.Equal(2L, await harness.ScalarAsync<long>(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'Jobs' AND table_name IN ('MyTasks', 'Outcomes')"));
+    }
+
+    [Fact]
+    public async Task Ten_components_migrating_at_once_do_not_race_and_record_one_version()
+    {
+        var schema = "m" + Guid.NewGuid().ToString("N")[..8];
+        var dataSource = db.CreateDataSource(maxPoolSize: 30);
+        var brokers = Enumerable.Range(0, 10).Select(_ => new PostgresBroker(dataSource, new PostgresBrokerOptions { Schema = schema })).ToArray();
+        var backends = Enumerable.Range(0, 10).Select(_ => new PostgresResultBackend(dataSource, new PostgresResultBackendOptions { Schema = schema })).ToArray();
+
+        await Task.WhenAll(brokers.Select(b => b.MigrateAsync()).Concat(backends.Select(b => b.MigrateAsync())));
+        await brokers[0].MigrateAsync(); // and again: idempotent
+
+        await using var command = dataSource.CreateCommand($"SELECT object_name, version FROM \"{schema}\".taskiq_schema_versions ORDER BY 1");
+        await using var reader = await command.ExecuteReaderAsync();
+        var rows = new List<(string, int)>();
+        while (await reader.ReadAsync())
+        {
+            rows.Add((reader.GetString(0), reader.GetInt32(1)));
+        }
+
+        Assert.Equal([("taskiq_messages", 1), ("taskiq_results", 1)], rows);
+        foreach (var broker in brokers)
+        {
+            await broker.DisposeAsync();
+        }
+
+        foreach (var backend in backends)
+        {
+            await backend.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Migrations_can_be_turned_off()
+    {
+        var schema = "off" + Guid.NewGuid().ToString("N")[..8];
+        await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema, RunMigrations = false });
+
+        var error = await Assert.ThrowsAsync<PostgresException>(() => broker.KickAsync(TaskMessage.Create("x")));
+        Assert.Equal(PostgresErrorCodes.UndefinedTable, error.SqlState);
+
+        await broker.MigrateAsync();
+        await broker.KickAsync(TaskMessage.Create("x"));
+    }
+
+    [Fact]
+    public async Task Claim_query_uses_the_partial_index()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 2000).Select(i => TaskMessage.Create("x", [i])).ToArray());
+        await harness.ScalarAsync<object>("ANALYZE taskiq_messages");
+
+        await using var connection = await harness.DataSource.OpenConnectionAsync();
+        await using var command = new NpgsqlCommand(
+            "EXPLAIN SELECT id FROM taskiq_messages WHERE status = 'pending' AND queue = $1 AND run_at <= now() ORDER BY priority DESC, run_at, id LIMIT 10 FOR UPDATE SKIP LOCKED",
+            connection);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = harness.Broker.Options.Queue });
+        var plan = new List<string>();
+        await using var reader = await command.ExecuteReaderAsync();
+        while (await reader.ReadAsync())
+        {
+            plan.Add(reader.GetString(0));
+        }
+
+        Assert.Contains(plan, line => line.Contains("taskiq_messages_claim"));
+    }
+}
