@@ -149,8 +149,9 @@ public sealed class TaskiqWorker : BackgroundService
             {
                 break;
             }
-            catch (Exception ex) when (IsTransient(ex))
+            catch (Exception ex)
             {
+                // Transient or not, the loop keeps going: a claim that fails is retried with backoff.
                 Log.LoopFailed(_logger, ex, WorkerId, "claim");
                 await DelayQuietlyAsync(Backoff(++failures), stoppingToken);
                 continue;
@@ -211,7 +212,17 @@ public sealed class TaskiqWorker : BackgroundService
                 continue;
             }
 
-            var completion = await RunAsync(task);
+            Completion completion;
+            try
+            {
+                completion = await RunAsync(task);
+            }
+            catch (Exception ex)
+            {
+                // A fault outside the handler (never expected): dead-letter with the reason rather than lose the slot.
+                completion = Completion.Failure(task, null, "WorkerFault", ex.Message, ex.StackTrace, retry: false, exception: ex);
+            }
+
             Interlocked.Decrement(ref _active);
             _wake.Set(); // a slot is free
             _completions.Writer.TryWrite(completion);
@@ -229,6 +240,11 @@ public sealed class TaskiqWorker : BackgroundService
         catch (Exception ex) when (ex is JsonException or NotSupportedException or InvalidOperationException)
         {
             return Completion.Failure(task, null, "MalformedMessage", $"The message is not valid taskiq JSON: {ex.Message}", null, retry: false);
+        }
+
+        if (string.IsNullOrEmpty(message.TaskId) || string.IsNullOrEmpty(message.TaskName))
+        {
+            return Completion.Failure(task, null, "MalformedMessage", "The message has an empty task_id or task_name.", null, retry: false);
         }
 
         if (!_registry.TryGet(message.TaskName, out var descriptor))
@@ -484,7 +500,7 @@ public sealed class TaskiqWorker : BackgroundService
                     }
                 }
             }
-            catch (Exception ex) when (IsTransient(ex))
+            catch (Exception ex) when (!stop.IsCancellationRequested)
             {
                 Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
             }
@@ -513,7 +529,7 @@ public sealed class TaskiqWorker : BackgroundService
                     _wake.Set();
                 }
             }
-            catch (Exception ex) when (IsTransient(ex))
+            catch (Exception ex) when (!stop.IsCancellationRequested)
             {
                 Log.LoopFailed(_logger, ex, WorkerId, "rescue");
             }

@@ -1,0 +1,7 @@
+namespace TaskiqPg;
+
+/// <summary>Outcome of rescuing one task whose lease expired.</summary>
+/// <param name="TaskId">The task id.</param>
+/// <param name="TaskName">The task name.</param>
+/// <param name="DeadLettered">True when its attempts were exhausted.</param>
+public sealed record RescuedTask(string TaskId, string TaskName, bool DeadLettered);
