@@ -75,7 +75,7 @@ internal sealed class BrokerSql
              SET status = 'processing', attempts = m.attempts + 1, locked_by = $3, locked_until = now() + $4
              FROM next
              WHERE m.id = next.id
-             RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at
+             RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at, now()
              """;
 
         // $1 ids, $2 attempts, $3 worker

@@ -30,6 +30,9 @@ public sealed record ClaimedTask
     /// <summary>When the task was kicked.</summary>
     public required DateTimeOffset CreatedAt { get; init; }
 
+    /// <summary>When it was claimed (database clock).</summary>
+    public required DateTimeOffset ClaimedAt { get; init; }
+
     /// <summary>The lease identity used to renew, ack, fail or release this claim.</summary>
     public LeaseRef Lease => new(Id, Attempt);
 }

@@ -187,11 +187,18 @@ public sealed class PostgresBroker : IAsyncDisposable
                     Priority = reader.GetInt32(6),
                     RunAt = reader.GetFieldValue<DateTimeOffset>(7),
                     CreatedAt = reader.GetFieldValue<DateTimeOffset>(8),
+                    ClaimedAt = reader.GetFieldValue<DateTimeOffset>(9),
                 });
             }
         }
 
         // UPDATE ... RETURNING does not keep the CTE's order.
+        foreach (var task in claimed)
+        {
+            TaskiqDiagnostics.QueueWait.Record(Math.Max(0, (task.ClaimedAt - task.RunAt).TotalSeconds),
+                new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
+        }
+
         claimed.Sort(static (a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority)
             : a.RunAt != b.RunAt ? a.RunAt.CompareTo(b.RunAt) : a.Id.CompareTo(b.Id));
         return claimed;
@@ -342,19 +349,30 @@ public sealed class PostgresBroker : IAsyncDisposable
     private async Task<long> KickCoreAsync(NpgsqlCommand command, TaskMessage message, KickOptions? options, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
-        var (json, labels) = Prepare(message, options);
-        command.CommandText = _sql.Kick;
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = labels });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = options?.Priority ?? 0 });
-        command.Parameters.Add(new NpgsqlParameter { Value = (object?)options?.RunAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
-        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
-        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-        return (long)(await command.ExecuteScalarAsync(cancellationToken))!;
+        using var activity = MessagingTags.StartSend(Options.Queue, [message]);
+        try
+        {
+            var (json, labels) = Prepare(message, options);
+            command.CommandText = _sql.Kick;
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = labels });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = options?.Priority ?? 0 });
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)options?.RunAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
+            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+            var id = (long)(await command.ExecuteScalarAsync(cancellationToken))!;
+            TaskiqDiagnostics.Kicked.Add(1, new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
+            return id;
+        }
+        catch (Exception ex)
+        {
+            MessagingTags.RecordError(activity, ex.GetType().Name, ex.Message);
+            throw;
+        }
     }
 
     private async Task<int> KickManyCoreAsync(NpgsqlCommand command, IReadOnlyCollection<TaskMessage> messages, KickOptions? options,
@@ -366,34 +384,43 @@ public sealed class PostgresBroker : IAsyncDisposable
             return 0;
         }
 
-        var n = messages.Count;
-        var ids = new string[n];
-        var names = new string[n];
-        var bodies = new string[n];
-        var labels = new string[n];
-        var i = 0;
-        foreach (var message in messages)
+        var list = messages as IReadOnlyList<TaskMessage> ?? messages.ToList();
+        using var activity = MessagingTags.StartSend(Options.Queue, list);
+        try
         {
-            ArgumentNullException.ThrowIfNull(message);
-            (bodies[i], labels[i]) = Prepare(message, options);
-            ids[i] = message.TaskId;
-            names[i] = message.TaskName;
-            i++;
-        }
+            var n = list.Count;
+            var ids = new string[n];
+            var names = new string[n];
+            var bodies = new string[n];
+            var labels = new string[n];
+            for (var i = 0; i < n; i++)
+            {
+                var message = list[i] ?? throw new ArgumentException("A message in the list is null.", nameof(messages));
+                (bodies[i], labels[i]) = Prepare(message, options);
+                ids[i] = message.TaskId;
+                names[i] = message.TaskName;
+            }
 
-        var runAt = options?.RunAt;
-        command.CommandText = _sql.KickMany;
-        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = ids });
-        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = names });
-        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = bodies });
-        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = labels });
-        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = Enumerable.Repeat(options?.Priority ?? 0, n).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter<DateTimeOffset?[]> { TypedValue = Enumerable.Repeat(runAt, n).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter<TimeSpan[]> { TypedValue = Enumerable.Repeat(DelayOf(options), n).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = Enumerable.Repeat(MaxAttemptsOf(options), n).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-        return (int)(long)(await command.ExecuteScalarAsync(cancellationToken))!;
+            command.CommandText = _sql.KickMany;
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = ids });
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = names });
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = bodies });
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = labels });
+            command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = Enumerable.Repeat(options?.Priority ?? 0, n).ToArray() });
+            command.Parameters.Add(new NpgsqlParameter<DateTimeOffset?[]> { TypedValue = Enumerable.Repeat(options?.RunAt, n).ToArray() });
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan[]> { TypedValue = Enumerable.Repeat(DelayOf(options), n).ToArray() });
+            command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = Enumerable.Repeat(MaxAttemptsOf(options), n).ToArray() });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+            var inserted = (int)(long)(await command.ExecuteScalarAsync(cancellationToken))!;
+            TaskiqDiagnostics.Kicked.Add(inserted, new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
+            return inserted;
+        }
+        catch (Exception ex)
+        {
+            MessagingTags.RecordError(activity, ex.GetType().Name, ex.Message);
+            throw;
+        }
     }
 
     private (string Json, string Labels) Prepare(TaskMessage message, KickOptions? options)

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Text.Json;
 using System.Threading.Channels;
@@ -34,6 +35,9 @@ public sealed class TaskiqWorker : BackgroundService
     private readonly ConcurrentDictionary<long, Held> _held = new();
     private readonly CancellationTokenSource _hardStop = new();
     private readonly int _capacity;
+    private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
+    private readonly KeyValuePair<string, object?> _queueTag;
+    private IReadOnlyDictionary<string, long> _depth = new Dictionary<string, long>();
     private int _active;
     private volatile bool _stopping;
     private long _lastLoopTicks;
@@ -51,6 +55,7 @@ public sealed class TaskiqWorker : BackgroundService
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<TaskiqWorker>();
         WorkerId = _options.WorkerId ?? $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid().ToString("N")[..8]}";
         _capacity = _options.MaxConcurrentTasks + (_options.PrefetchCount ?? _options.MaxConcurrentTasks);
+        _queueTag = new KeyValuePair<string, object?>(MessagingTags.Destination, _broker.Options.Queue);
     }
 
     /// <summary>The identity this worker writes to <c>locked_by</c>.</summary>
@@ -87,6 +92,8 @@ public sealed class TaskiqWorker : BackgroundService
         var flusher = Task.Run(() => FlushLoopAsync(background.Token), CancellationToken.None);
         var renewer = Task.Run(() => RenewLoopAsync(background.Token), CancellationToken.None);
         var rescuer = Task.Run(() => RescueLoopAsync(background.Token), CancellationToken.None);
+        var sampler = Task.Run(() => SampleDepthLoopAsync(background.Token), CancellationToken.None);
+        using var depthRegistration = TaskiqDiagnostics.RegisterDepthSource(ObserveDepth);
         var executors = Enumerable.Range(0, _options.MaxConcurrentTasks)
             .Select(_ => Task.Run(ExecuteLoopAsync, CancellationToken.None)).ToArray();
 
@@ -114,6 +121,7 @@ public sealed class TaskiqWorker : BackgroundService
         await background.CancelAsync();
         await Task.WhenAll(renewer.ContinueWith(static _ => { }, TaskScheduler.Default),
             rescuer.ContinueWith(static _ => { }, TaskScheduler.Default),
+            sampler.ContinueWith(static _ => { }, TaskScheduler.Default),
             flusher.ContinueWith(static _ => { }, TaskScheduler.Default));
         Log.WorkerStopped(_logger, WorkerId, released, abandoned);
     }
@@ -281,6 +289,20 @@ public sealed class TaskiqWorker : BackgroundService
     private async Task<Completion> InvokeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
         CancellationTokenSource cancellation, Held? held, Stopwatch started)
     {
+        using var activity = MessagingTags.StartProcess(_broker.Options.Queue, message, task.Attempt);
+        var completion = await InvokeInScopeAsync(task, message, descriptor, timeout, cancellation, held, started);
+        TaskiqDiagnostics.Duration.Record(started.Elapsed.TotalSeconds, _queueTag, new KeyValuePair<string, object?>(MessagingTags.TaskName, message.TaskName));
+        if (completion.Error is { } error)
+        {
+            MessagingTags.RecordError(activity, error.Type, error.Message);
+        }
+
+        return completion;
+    }
+
+    private async Task<Completion> InvokeInScopeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
+        CancellationTokenSource cancellation, Held? held, Stopwatch started)
+    {
         await using var scope = _services.GetService<IServiceScopeFactory>()?.CreateAsyncScope();
         var context = new TaskContext(message, task, scope?.ServiceProvider ?? _services, _results, _registry.SerializerOptions, cancellation.Token);
         try
@@ -407,12 +429,20 @@ public sealed class TaskiqWorker : BackgroundService
         foreach (var completion in batch)
         {
             var task = completion.Task;
+            var nameTag = new KeyValuePair<string, object?>(MessagingTags.TaskName, task.TaskName);
             if (_options.AckMode == AckMode.WhenReceived)
             {
+                RecordOutcome(completion.Succeeded ? TaskStatuses.Processing : TaskStatuses.Dead, completion.Succeeded, nameTag);
                 continue;
             }
 
-            if (completion.Succeeded ? !acked.Contains(task.Id) : !failed.ContainsKey(task.Id))
+            var accepted = completion.Succeeded ? acked.Contains(task.Id) : failed.ContainsKey(task.Id);
+            if (accepted)
+            {
+                RecordOutcome(completion.Succeeded ? TaskStatuses.Processing : failed[task.Id], completion.Succeeded, nameTag);
+            }
+
+            if (!accepted)
             {
                 Log.CompletionRejected(_logger, task.TaskId, task.TaskName);
             }
@@ -469,6 +499,43 @@ public sealed class TaskiqWorker : BackgroundService
             : new Dictionary<long, string>();
         return (acked, failed);
     }
+
+    private void RecordOutcome(string newStatus, bool succeeded, KeyValuePair<string, object?> nameTag)
+    {
+        if (succeeded)
+        {
+            TaskiqDiagnostics.Completed.Add(1, _queueTag, nameTag);
+            return;
+        }
+
+        TaskiqDiagnostics.Failed.Add(1, _queueTag, nameTag);
+        (newStatus == TaskStatuses.Dead ? TaskiqDiagnostics.DeadLettered : TaskiqDiagnostics.Retried).Add(1, _queueTag, nameTag);
+    }
+
+    private async Task SampleDepthLoopAsync(CancellationToken stop)
+    {
+        using var timer = new PeriodicTimer(DepthSampleInterval);
+        do
+        {
+            if (!TaskiqDiagnostics.QueueDepth.Enabled)
+            {
+                continue; // nobody collects the gauge: spare the database the count
+            }
+
+            try
+            {
+                _depth = await _broker.GetQueueCountsAsync(stop);
+            }
+            catch (Exception ex) when (!stop.IsCancellationRequested)
+            {
+                Log.LoopFailed(_logger, ex, WorkerId, "queue depth");
+            }
+        }
+        while (await TickAsync(timer, stop));
+    }
+
+    private IEnumerable<Measurement<long>> ObserveDepth()
+        => _depth.Select(kv => new Measurement<long>(kv.Value, _queueTag, new KeyValuePair<string, object?>("taskiq.status", kv.Key)));
 
     private async Task RenewLoopAsync(CancellationToken stop)
     {
