@@ -79,8 +79,12 @@ public sealed class PostgresCluster
         await StopAsync(cancellationToken);
     }
 
-    /// <summary>The command that runs the server in the foreground (file name and arguments).
-    /// The port comes from <paramref name="port"/>, or from the <c>PGPORT</c> environment variable when null.</summary>
+    /// <summary>
+    /// The command that runs the server in the foreground (file name and arguments). The port comes from
+    /// <paramref name="port"/>, or from the <c>PGPORT</c> environment variable when null. A small shell wrapper turns
+    /// SIGTERM (what process supervisors such as Aspire's DCP send) into PostgreSQL's fast shutdown, so a stop is
+    /// prompt instead of waiting for every client to disconnect.
+    /// </summary>
     public (string FileName, IReadOnlyList<string> Arguments) ServerCommand(int? port, IReadOnlyDictionary<string, string> settings)
     {
         var args = new List<string> { "-D", DataDirectory, "-k", DataDirectory, "-c", "listen_addresses=127.0.0.1" };
@@ -94,7 +98,44 @@ public sealed class PostgresCluster
             args.AddRange(["-c", $"{name}={value}"]);
         }
 
-        return Wrap(Binaries.Postgres, args);
+        const string script = "\"$0\" \"$@\" & pid=$!; trap 'kill -INT $pid' TERM INT; wait $pid; trap - TERM INT; wait $pid";
+        return Wrap("/bin/sh", ["-c", script, Binaries.Postgres, .. args]);
+    }
+
+    /// <summary>
+    /// Picks the data folder: <paramref name="preferred"/>, unless this process is root and the <c>postgres</c> user
+    /// cannot reach it (e.g. a checkout under <c>/root</c>); then a folder under <c>/var/tmp</c> derived from it.
+    /// </summary>
+    public static string ResolveDataDirectory(string preferred)
+    {
+        var full = Path.GetFullPath(preferred);
+        if (!RunsAsServiceUser || ServiceUserCanReach(Path.GetDirectoryName(full)!))
+        {
+            return full;
+        }
+
+        var hash = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(full)))[..12].ToLowerInvariant();
+        return Path.Combine("/var/tmp", "taskiqpg-" + hash, Path.GetFileName(full));
+    }
+
+    private static bool ServiceUserCanReach(string folder)
+    {
+        // Walk up to the first existing ancestor: the folders below it are created by us and handed over.
+        while (!Directory.Exists(folder))
+        {
+            folder = Path.GetDirectoryName(folder) ?? "/";
+        }
+
+        var (file, args) = Wrap("test", ["-x", folder]);
+        var info = new ProcessStartInfo(file) { UseShellExecute = false, RedirectStandardError = true };
+        foreach (var a in args)
+        {
+            info.ArgumentList.Add(a);
+        }
+
+        using var process = Process.Start(info)!;
+        process.WaitForExit();
+        return process.ExitCode == 0;
     }
 
     /// <summary>Stops the server on this folder with <c>pg_ctl stop -m fast</c> and waits for it to exit.</summary>
@@ -109,8 +150,21 @@ public sealed class PostgresCluster
             tolerateFailure: true);
     }
 
-    internal static (string FileName, IReadOnlyList<string> Arguments) Wrap(string fileName, IReadOnlyList<string> args)
-        => RunsAsServiceUser ? ("runuser", ["-u", ServiceUser, "--", fileName, .. args]) : (fileName, args);
+    /// <summary>
+    /// Runs <paramref name="fileName"/> as <see cref="ServiceUser"/> when this process is root. <c>setpriv</c> execs the
+    /// program in place (signals reach it directly); <c>runuser</c> is the fallback where setpriv is missing.
+    /// </summary>
+    public static (string FileName, IReadOnlyList<string> Arguments) Wrap(string fileName, IReadOnlyList<string> args)
+    {
+        if (!RunsAsServiceUser)
+        {
+            return (fileName, args);
+        }
+
+        return File.Exists("/usr/bin/setpriv") || File.Exists("/bin/setpriv")
+            ? ("setpriv", [$"--reuid={ServiceUser}", $"--regid={ServiceUser}", "--init-groups", "--", fileName, .. args])
+            : ("runuser", ["-u", ServiceUser, "--", fileName, .. args]);
+    }
 
     private static async Task GiveToServiceUserAsync(string path, CancellationToken cancellationToken)
     {

@@ -1,0 +1,1 @@
+namespace Aspire.Hosting; internal static class Placeholder {}
