@@ -1,16 +1,32 @@
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 
 namespace TaskiqPg;
 
 /// <summary>Adds tasks and the worker to a TaskiqPg registration.</summary>
 public sealed class TaskiqPgBuilder
 {
-    internal TaskiqPgBuilder(IServiceCollection services) => Services = services;
+    internal TaskiqPgBuilder(IServiceCollection services, string? serviceKey)
+    {
+        Services = services;
+        ServiceKey = serviceKey;
+    }
 
     /// <summary>The service collection.</summary>
     public IServiceCollection Services { get; }
 
+    /// <summary>The key of a keyed registration; null for the default one.</summary>
+    public string? ServiceKey { get; }
+
+    /// <summary>True once <see cref="AddWorker"/> was called: this app runs a worker.</summary>
+    public bool HasWorker { get; private set; }
+
     internal List<Action<TaskRegistry>> Registrations { get; } = [];
+
+    /// <summary>Resolves this registration's <typeparamref name="T"/> (keyed or not).</summary>
+    public T Resolve<T>(IServiceProvider services)
+        where T : notnull
+        => ServiceKey is null ? services.GetRequiredService<T>() : services.GetRequiredKeyedService<T>(ServiceKey);
 
     /// <summary>Registers a delegate task (see <see cref="TaskRegistry.Add"/>).</summary>
     public TaskiqPgBuilder AddTask(string name, Delegate handler, TimeSpan? timeout = null)
@@ -28,15 +44,21 @@ public sealed class TaskiqPgBuilder
         return this;
     }
 
-    /// <summary>Runs a <see cref="TaskiqWorker"/> as a hosted service in this process.</summary>
+    /// <summary>Runs a <see cref="TaskiqWorker"/> as a hosted service in this process (once per registration).</summary>
     public TaskiqPgBuilder AddWorker(Action<TaskiqWorkerOptions>? configure = null)
     {
         if (configure is not null)
         {
-            Services.Configure<TaskiqPgOptions>(o => configure(o.Worker));
+            Services.Configure<TaskiqPgOptions>(ServiceKey ?? Microsoft.Extensions.Options.Options.DefaultName, o => configure(o.Worker));
         }
 
-        Services.AddHostedService(sp => sp.GetRequiredService<TaskiqWorker>());
+        if (!HasWorker)
+        {
+            // Not AddHostedService: it de-duplicates by implementation type, which would drop a keyed second worker.
+            Services.AddSingleton<IHostedService>(Resolve<TaskiqWorker>);
+            HasWorker = true;
+        }
+
         return this;
     }
 }

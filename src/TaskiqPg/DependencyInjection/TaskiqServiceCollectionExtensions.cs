@@ -27,31 +27,61 @@ public static class TaskiqServiceCollectionExtensions
     /// </summary>
     public static TaskiqPgBuilder AddTaskiqPg(this IServiceCollection services, Func<IServiceProvider, NpgsqlDataSource> dataSource,
         Action<TaskiqPgOptions>? configure = null)
+        => AddCore(services, serviceKey: null, dataSource, configure);
+
+    /// <summary>
+    /// Registers a second, independent set (broker, result backend, client, worker) under <paramref name="serviceKey"/>,
+    /// e.g. for another queue; resolve it with <c>GetRequiredKeyedService&lt;TaskiqClient&gt;(serviceKey)</c>.
+    /// The data source is borrowed.
+    /// </summary>
+    public static TaskiqPgBuilder AddKeyedTaskiqPg(this IServiceCollection services, string serviceKey,
+        Func<IServiceProvider, NpgsqlDataSource> dataSource, Action<TaskiqPgOptions>? configure = null)
     {
+        ArgumentException.ThrowIfNullOrEmpty(serviceKey);
+        return AddCore(services, serviceKey, dataSource, configure);
+    }
+
+    private static TaskiqPgBuilder AddCore(IServiceCollection services, string? serviceKey, Func<IServiceProvider, NpgsqlDataSource> dataSource,
+        Action<TaskiqPgOptions>? configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(dataSource);
-        var builder = new TaskiqPgBuilder(services);
-        services.AddOptions<TaskiqPgOptions>();
+        var builder = new TaskiqPgBuilder(services, serviceKey);
+        var optionsName = serviceKey ?? Options.DefaultName;
+        services.AddOptions<TaskiqPgOptions>(optionsName);
         if (configure is not null)
         {
-            services.Configure(configure);
+            services.Configure(optionsName, configure);
         }
 
-        services.TryAddSingleton(sp => new PostgresBroker(dataSource(sp), Options(sp).Broker, listenConnection: null, sp.GetService<ILoggerFactory>()));
-        services.TryAddSingleton(sp => new PostgresResultBackend(dataSource(sp), Options(sp).Results, sp.GetService<ILoggerFactory>()));
-        services.TryAddSingleton(sp =>
+        TaskiqPgOptions OptionsOf(IServiceProvider sp) => sp.GetRequiredService<IOptionsMonitor<TaskiqPgOptions>>().Get(optionsName);
+
+        Add(services, serviceKey, sp => new PostgresBroker(dataSource(sp), OptionsOf(sp).Broker, listenConnection: null, sp.GetService<ILoggerFactory>()));
+        Add(services, serviceKey, sp => new PostgresResultBackend(dataSource(sp), OptionsOf(sp).Results, sp.GetService<ILoggerFactory>()));
+        Add(services, serviceKey, sp =>
         {
-            var registry = new TaskRegistry(Options(sp).SerializerOptions);
+            var registry = new TaskRegistry(OptionsOf(sp).SerializerOptions);
             builder.Registrations.ForEach(register => register(registry));
             return registry;
         });
-        services.TryAddSingleton(sp => new TaskiqClient(sp.GetRequiredService<PostgresBroker>(), sp.GetRequiredService<PostgresResultBackend>(),
-            Options(sp).SerializerOptions));
-        services.TryAddSingleton(sp => new TaskiqWorker(sp.GetRequiredService<PostgresBroker>(), sp.GetRequiredService<TaskRegistry>(),
-            sp.GetRequiredService<PostgresResultBackend>(), Options(sp).Worker, sp, sp.GetService<ILoggerFactory>()));
+        Add(services, serviceKey, sp => new TaskiqClient(builder.Resolve<PostgresBroker>(sp), builder.Resolve<PostgresResultBackend>(sp), OptionsOf(sp).SerializerOptions));
+        Add(services, serviceKey, sp => new TaskiqWorker(builder.Resolve<PostgresBroker>(sp), builder.Resolve<TaskRegistry>(sp),
+            builder.Resolve<PostgresResultBackend>(sp), OptionsOf(sp).Worker, sp, sp.GetService<ILoggerFactory>()));
         return builder;
     }
 
-    private static TaskiqPgOptions Options(IServiceProvider services) => services.GetRequiredService<IOptions<TaskiqPgOptions>>().Value;
+    private static void Add<T>(IServiceCollection services, string? serviceKey, Func<IServiceProvider, T> factory)
+        where T : class
+    {
+        if (serviceKey is null)
+        {
+            services.TryAddSingleton(factory);
+        }
+        else
+        {
+            services.TryAddKeyedSingleton(serviceKey, (sp, _) => factory(sp));
+        }
+    }
 
     /// <summary>A data source created from a connection string; the container disposes it.</summary>
     private sealed class OwnedDataSource(NpgsqlDataSource dataSource) : IAsyncDisposable

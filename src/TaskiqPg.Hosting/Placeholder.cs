@@ -1,1 +1,0 @@
-namespace Aspire.Hosting; internal static class Placeholder {}

@@ -1,0 +1,75 @@
+using Aspire.Hosting.ApplicationModel;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using TaskiqPg;
+
+namespace Aspire.Hosting;
+
+/// <summary>AppHost entry points for TaskiqPg: PostgreSQL from a container, a local server or a connection string, plus the schema.</summary>
+public static class TaskiqPostgresHostingExtensions
+{
+    /// <summary>Configuration key that picks the mode: <c>auto</c> (default), <c>container</c>, <c>local</c> or <c>external</c>.</summary>
+    public const string ModeConfigurationKey = "TaskiqPg:PostgresMode";
+
+    /// <summary>
+    /// Adds PostgreSQL and a database for TaskiqPg. <see cref="TaskiqPostgresMode.Auto"/> (default, or the value of
+    /// <see cref="ModeConfigurationKey"/>) uses a container when a container runtime answers and a local server
+    /// otherwise; <see cref="TaskiqPostgresMode.External"/> reads <c>ConnectionStrings:{databaseName}</c>.
+    /// </summary>
+    /// <returns>The database, to pass to <c>WithReference</c> and <c>WaitFor</c>.</returns>
+    public static IResourceBuilder<IResourceWithConnectionString> AddTaskiqPostgres(this IDistributedApplicationBuilder builder,
+        string serverName, string databaseName, TaskiqPostgresMode mode = TaskiqPostgresMode.Auto)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        mode = ResolveMode(builder.Configuration, mode);
+        return mode switch
+        {
+            TaskiqPostgresMode.Container => builder.AddPostgres(serverName).AddDatabase(databaseName),
+            TaskiqPostgresMode.Local => builder.AddLocalPostgres(serverName).AddDatabase(databaseName),
+            TaskiqPostgresMode.External => builder.AddConnectionString(databaseName),
+            _ => throw new ArgumentOutOfRangeException(nameof(mode), mode, null),
+        };
+    }
+
+    /// <summary>
+    /// Makes the database healthy only once TaskiqPg's tables exist: the AppHost migrates the schema once, before any
+    /// resource that <c>WaitFor</c>s the database starts. Workers may then run with migrations turned off.
+    /// </summary>
+    public static IResourceBuilder<T> WithTaskiqSchema<T>(this IResourceBuilder<T> database, PostgresBrokerOptions? broker = null,
+        PostgresResultBackendOptions? results = null)
+        where T : IResourceWithConnectionString
+    {
+        ArgumentNullException.ThrowIfNull(database);
+        string? connectionString = null;
+        database.ApplicationBuilder.Eventing.Subscribe<ConnectionStringAvailableEvent>(database.Resource, async (_, ct) =>
+            connectionString = await database.Resource.ConnectionStringExpression.GetValueAsync(ct));
+        var key = $"{database.Resource.Name}_taskiq_schema";
+        var resource = database.Resource;
+        database.ApplicationBuilder.Services.AddHealthChecks().Add(new Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckRegistration(
+            key,
+            _ => new TaskiqSchemaHealthCheck(
+                // An external connection string may never raise the event: resolve it when the check first runs.
+                () => connectionString ??= resource is ConnectionStringResource ? resource.ConnectionStringExpression.GetValueAsync(default).AsTask().GetAwaiter().GetResult() : null,
+                broker ?? new PostgresBrokerOptions(), results ?? new PostgresResultBackendOptions()),
+            failureStatus: null, tags: null));
+        return database.WithHealthCheck(key);
+    }
+
+    internal static TaskiqPostgresMode ResolveMode(IConfiguration configuration, TaskiqPostgresMode requested)
+    {
+        if (requested == TaskiqPostgresMode.Auto && configuration[ModeConfigurationKey] is { Length: > 0 } configured)
+        {
+            requested = Enum.TryParse<TaskiqPostgresMode>(configured, ignoreCase: true, out var parsed)
+                ? parsed
+                : throw new InvalidOperationException(
+                    $"'{ModeConfigurationKey}' is '{configured}'; use auto, container, local or external.");
+        }
+
+        if (requested != TaskiqPostgresMode.Auto)
+        {
+            return requested;
+        }
+
+        return ContainerRuntimeProbe.IsHealthy(TimeSpan.FromSeconds(10)) ? TaskiqPostgresMode.Container : TaskiqPostgresMode.Local;
+    }
+}
