@@ -11,6 +11,9 @@ public static class TaskiqPostgresHostingExtensions
     /// <summary>Configuration key that picks the mode: <c>auto</c> (default), <c>container</c>, <c>local</c> or <c>external</c>.</summary>
     public const string ModeConfigurationKey = "TaskiqPg:PostgresMode";
 
+    /// <summary>Configuration key for the local server's data folder (default <c>.pgdata/{server}</c> under the AppHost folder).</summary>
+    public const string LocalDataDirectoryConfigurationKey = "TaskiqPg:LocalDataDirectory";
+
     /// <summary>
     /// Adds PostgreSQL and a database for TaskiqPg. <see cref="TaskiqPostgresMode.Auto"/> (default, or the value of
     /// <see cref="ModeConfigurationKey"/>) uses a container when a container runtime answers and a local server
@@ -25,7 +28,8 @@ public static class TaskiqPostgresHostingExtensions
         return mode switch
         {
             TaskiqPostgresMode.Container => builder.AddPostgres(serverName).AddDatabase(databaseName),
-            TaskiqPostgresMode.Local => builder.AddLocalPostgres(serverName).AddDatabase(databaseName),
+            TaskiqPostgresMode.Local => builder.AddLocalPostgres(serverName, dataDirectory: builder.Configuration[LocalDataDirectoryConfigurationKey])
+                .AddDatabase(databaseName),
             TaskiqPostgresMode.External => builder.AddConnectionString(databaseName),
             _ => throw new ArgumentOutOfRangeException(nameof(mode), mode, null),
         };

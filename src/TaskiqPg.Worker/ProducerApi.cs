@@ -58,6 +58,7 @@ public static class ProducerApi
                 status = state?.Status ?? (result!.IsError ? "failed" : "completed"),
                 attempts = state?.Attempts,
                 lastError = state?.LastError,
+                lockedBy = state?.LockedBy,
                 result = result is null ? (object?)null : Describe(result),
             });
         });
