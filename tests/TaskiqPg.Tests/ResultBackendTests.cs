@@ -43,6 +43,29 @@ public sealed class ResultBackendTests(DatabaseFixture db) : IClassFixture<Datab
     }
 
     [Fact]
+    public async Task Waiter_keeps_waiting_through_a_database_outage_and_gets_the_result_after_it()
+    {
+        var target = new Npgsql.NpgsqlConnectionStringBuilder(db.ConnectionString);
+        await using var proxy = new TcpProxy(target.Host!, target.Port);
+        var throughProxy = new Npgsql.NpgsqlConnectionStringBuilder(db.ConnectionString) { Port = proxy.Port, Timeout = 2 }.ConnectionString;
+        await using var backend = new PostgresResultBackend(throughProxy, new PostgresResultBackendOptions { WaitRecheckInterval = TimeSpan.FromMilliseconds(300) });
+        await using var writer = new PostgresResultBackend(db.ConnectionString);
+        var taskId = TaskIds.New();
+        var wait = backend.WaitForResultAsync(taskId, TimeSpan.FromSeconds(40));
+        await Eventually.TrueAsync(() => backend.IsListening, TimeSpan.FromSeconds(10), "the result listener connects");
+
+        // The database "goes down" for this client: connections reset, new ones refused, for a few re-checks.
+        proxy.Cut();
+        await Eventually.TrueAsync(() => !backend.IsListening, TimeSpan.FromSeconds(10), "the listener notices the outage");
+        await Task.Delay(TimeSpan.FromSeconds(1.5)); // several re-checks fail meanwhile
+        Assert.False(wait.IsCompleted, wait.Exception?.ToString());
+        await writer.SetResultAsync(taskId, Ok("after the outage"));
+        proxy.Restore();
+
+        Assert.Equal("after the outage", (await wait.WaitAsync(TimeSpan.FromSeconds(30))).GetReturnValue<string>());
+    }
+
+    [Fact]
     public async Task Missing_result_raises_TaskResultNotFoundException()
     {
         await using var backend = new PostgresResultBackend(db.ConnectionString);

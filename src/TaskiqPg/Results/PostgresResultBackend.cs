@@ -215,12 +215,21 @@ public sealed class PostgresResultBackend : IAsyncDisposable
                 await WaitBrieflyForListenerAsync(deadline.Token);
                 while (true)
                 {
-                    if (await TryGetResultAsync(taskId, deadline.Token) is { } result)
+                    var recheck = _listener.IsConnected ? Options.WaitRecheckInterval : DisconnectedRecheck;
+                    try
                     {
-                        return result;
+                        if (await TryGetResultAsync(taskId, deadline.Token) is { } result)
+                        {
+                            return result;
+                        }
+                    }
+                    catch (Exception ex) when (TransientErrors.IsConnectionFailure(ex))
+                    {
+                        // The database is restarting or unreachable: keep waiting until the deadline, re-checking soon.
+                        recheck = DisconnectedRecheck;
                     }
 
-                    await signal.WaitAsync(_listener.IsConnected ? Options.WaitRecheckInterval : DisconnectedRecheck, deadline.Token);
+                    await signal.WaitAsync(recheck, deadline.Token);
                 }
             }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)

@@ -670,9 +670,7 @@ public sealed class TaskiqWorker : BackgroundService
             StackTrace = stackTrace,
         };
 
-    private static bool IsTransient(Exception ex)
-        => ex is NpgsqlException or TimeoutException or System.Net.Sockets.SocketException or IOException
-            || (ex is InvalidOperationException && ex.Source == "Npgsql");
+    private static bool IsTransient(Exception ex) => TransientErrors.IsRetryable(ex);
 
     private static TimeSpan Backoff(int failures)
         => TimeSpan.FromMilliseconds(Math.Min(MaxRetryDelay.TotalMilliseconds, 100 * Math.Pow(2, Math.Min(failures, 10))) * (0.5 + Random.Shared.NextDouble() / 2));
