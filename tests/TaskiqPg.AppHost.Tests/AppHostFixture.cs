@@ -18,14 +18,22 @@ public sealed class AppHostFixture : IAsyncLifetime
 
     public HttpClient Api { get; private set; } = null!;
 
+    /// <summary>The dashboard's URL (plain http, anonymous access: what a developer opens).</summary>
+    public string DashboardUrl { get; private set; } = "";
+
     public async ValueTask InitializeAsync()
     {
+        DashboardUrl = $"http://127.0.0.1:{FreePort()}";
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.TaskiqPg_AppHost>(
         [
             "--TaskiqPg:PostgresMode=local",
             $"--TaskiqPg:LocalDataDirectory={_dataDirectory}/postgres",
             "--TaskiqPg:LeaseDuration=00:00:04",
-        ]);
+            $"--ASPNETCORE_URLS={DashboardUrl}",
+            $"--ASPIRE_DASHBOARD_OTLP_ENDPOINT_URL=http://127.0.0.1:{FreePort()}",
+            "--ASPIRE_ALLOW_UNSECURED_TRANSPORT=true",
+            "--ASPIRE_DASHBOARD_UNSECURED_ALLOW_ANONYMOUS=true",
+        ], (options, _) => options.DisableDashboard = false);
         App = await builder.BuildAsync().WaitAsync(StartTimeout);
         await App.StartAsync().WaitAsync(StartTimeout);
         foreach (var resource in new[] { "postgres", "db", "api" })
@@ -35,6 +43,7 @@ public sealed class AppHostFixture : IAsyncLifetime
 
         await WaitForHealthyReplicasAsync("worker", 2);
         Api = App.CreateHttpClient("api");
+        DashboardUrl = App.GetEndpoint("aspire-dashboard", "http").ToString(); // ports are randomized under test
     }
 
     /// <summary>Waits until <paramref name="count"/> replicas of <paramref name="resource"/> report Healthy.</summary>
@@ -84,6 +93,13 @@ public sealed class AppHostFixture : IAsyncLifetime
         using var response = await Api.GetAsync($"/tasks/{taskId}");
         response.EnsureSuccessStatusCode();
         return await response.Content.ReadFromJsonAsync<JsonElement>();
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     public async ValueTask DisposeAsync()
