@@ -1,5 +1,5 @@
 // TaskiqPg's AppHost: PostgreSQL (a container where a container runtime answers, else the locally installed server),
-// the "db" database with TaskiqPg's schema migrated once by the host, two worker replicas and the producer api.
+// the "db" database with TaskiqPg's schema migrated once by the host, two worker replicas, the scheduler and the producer api.
 // Configuration: TaskiqPg:PostgresMode (auto | container | local | external), TaskiqPg:LocalDataDirectory,
 // TaskiqPg:LeaseDuration (passed to the services).
 var builder = DistributedApplication.CreateBuilder(args);
@@ -24,6 +24,7 @@ IResourceBuilder<ProjectResource> AddService(string name, string role)
 }
 
 AddService("worker", "worker").WithReplicas(2);
+AddService("scheduler", "scheduler");
 AddService("api", "api");
 
 builder.Build().Run();

@@ -40,7 +40,7 @@ public static class TaskiqPostgresHostingExtensions
     /// resource that <c>WaitFor</c>s the database starts. Workers may then run with migrations turned off.
     /// </summary>
     public static IResourceBuilder<T> WithTaskiqSchema<T>(this IResourceBuilder<T> database, PostgresBrokerOptions? broker = null,
-        PostgresResultBackendOptions? results = null)
+        PostgresResultBackendOptions? results = null, PostgresScheduleSourceOptions? schedules = null)
         where T : IResourceWithConnectionString
     {
         ArgumentNullException.ThrowIfNull(database);
@@ -54,7 +54,7 @@ public static class TaskiqPostgresHostingExtensions
             _ => new TaskiqSchemaHealthCheck(
                 // An external connection string may never raise the event: resolve it when the check first runs.
                 () => connectionString ??= resource is ConnectionStringResource ? resource.ConnectionStringExpression.GetValueAsync(default).AsTask().GetAwaiter().GetResult() : null,
-                broker ?? new PostgresBrokerOptions(), results ?? new PostgresResultBackendOptions()),
+                broker ?? new PostgresBrokerOptions(), results ?? new PostgresResultBackendOptions(), schedules ?? new PostgresScheduleSourceOptions()),
             failureStatus: null, tags: null));
         return database.WithHealthCheck(key);
     }

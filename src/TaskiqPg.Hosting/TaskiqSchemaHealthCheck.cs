@@ -8,7 +8,8 @@ namespace Aspire.Hosting;
 /// The database is healthy once TaskiqPg's schema is migrated. The AppHost runs the migration here, once, before any
 /// resource that waits for the database starts, so worker replicas never race to create the schema.
 /// </summary>
-internal sealed class TaskiqSchemaHealthCheck(Func<string?> connectionString, PostgresBrokerOptions broker, PostgresResultBackendOptions results)
+internal sealed class TaskiqSchemaHealthCheck(Func<string?> connectionString, PostgresBrokerOptions broker, PostgresResultBackendOptions results,
+    PostgresScheduleSourceOptions schedules)
     : IHealthCheck
 {
     private volatile bool _migrated;
@@ -34,6 +35,11 @@ internal sealed class TaskiqSchemaHealthCheck(Func<string?> connectionString, Po
                 await using (var resultSchema = new PostgresResultBackend(dataSource, results))
                 {
                     await resultSchema.MigrateAsync(cancellationToken);
+                }
+
+                await using (var scheduleSchema = new PostgresScheduleSource(dataSource, schedules))
+                {
+                    await scheduleSchema.MigrateAsync(cancellationToken);
                 }
 
                 _migrated = true;

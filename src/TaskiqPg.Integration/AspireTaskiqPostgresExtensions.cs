@@ -66,6 +66,8 @@ public static class AspireTaskiqPostgresExtensions
             o.Results.Schema = settings.Schema;
             o.Results.ResultsTable = settings.ResultsTable;
             o.Results.RunMigrations = !settings.DisableMigrations;
+            o.Schedules.Schema = settings.Schema;
+            o.Schedules.RunMigrations = !settings.DisableMigrations;
             o.Worker.MaxConcurrentTasks = settings.MaxConcurrentTasks;
             o.Worker.PollInterval = settings.PollInterval;
         };
@@ -83,6 +85,9 @@ public static class AspireTaskiqPostgresExtensions
                 sp => new TaskiqListenerHealthCheck(taskiq.Resolve<PostgresBroker>(sp), taskiq.HasWorker), failureStatus: null, tags: null));
             builder.TryAddHealthCheck(new HealthCheckRegistration("TaskiqPg_worker" + suffix,
                 sp => new TaskiqWorkerHealthCheck(taskiq.HasWorker ? taskiq.Resolve<TaskiqWorker>(sp) : null, settings.PollInterval),
+                failureStatus: null, tags: ["live"]));
+            builder.TryAddHealthCheck(new HealthCheckRegistration("TaskiqPg_scheduler" + suffix,
+                sp => new TaskiqSchedulerHealthCheck(taskiq.HasScheduler ? taskiq.Resolve<TaskiqScheduler>(sp) : null),
                 failureStatus: null, tags: ["live"]));
         }
 

@@ -31,8 +31,46 @@ internal sealed class TaskiqWorkerHealthCheck(TaskiqWorker? worker, TimeSpan pol
         // The loop turns at least every poll interval; a retry backoff is at most a few seconds.
         var silent = DateTime.UtcNow - worker.LastLoopActivity;
         var limit = TimeSpan.FromTicks(Math.Max(pollInterval.Ticks * 3, TimeSpan.FromSeconds(30).Ticks));
-        return Task.FromResult(worker.LastLoopActivity == default || silent <= limit
+        if (worker.LastLoopActivity == default)
+        {
+            return Task.FromResult(DateTime.UtcNow - worker.CreatedAt <= limit
+                ? HealthCheckResult.Healthy("The worker is starting.")
+                : HealthCheckResult.Unhealthy($"The worker has not started its loop after {(DateTime.UtcNow - worker.CreatedAt).TotalSeconds:0} s (is the database reachable and migrated?)."));
+        }
+
+        return Task.FromResult(silent <= limit
             ? HealthCheckResult.Healthy($"Worker {worker.WorkerId}: {worker.ActiveTasks} task(s) in flight.")
             : HealthCheckResult.Unhealthy($"Worker {worker.WorkerId}'s loop has not turned for {silent.TotalSeconds:0} s."));
+    }
+}
+
+/// <summary>Healthy while the scheduler loop runs and has looked at the schedules recently.</summary>
+internal sealed class TaskiqSchedulerHealthCheck(TaskiqScheduler? scheduler) : IHealthCheck
+{
+    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    {
+        if (scheduler is null)
+        {
+            return Task.FromResult(HealthCheckResult.Healthy("No scheduler runs in this app."));
+        }
+
+        if (scheduler.ExecuteTask is { IsCompleted: true } finished)
+        {
+            return Task.FromResult(HealthCheckResult.Unhealthy($"The scheduler loop has stopped ({finished.Status}).", finished.Exception));
+        }
+
+        // The loop ticks at least every refresh interval; a database outage stops the ticks (lag grows).
+        var lag = DateTime.UtcNow - scheduler.LastTick;
+        var limit = TimeSpan.FromTicks(Math.Max(scheduler.RefreshInterval.Ticks * 3, TimeSpan.FromSeconds(15).Ticks));
+        if (scheduler.LastTick == default)
+        {
+            return Task.FromResult(DateTime.UtcNow - scheduler.CreatedAt <= limit
+                ? HealthCheckResult.Healthy("The scheduler is starting.")
+                : HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules after {(DateTime.UtcNow - scheduler.CreatedAt).TotalSeconds:0} s (is the database reachable and migrated?)."));
+        }
+
+        return Task.FromResult(lag <= limit
+            ? HealthCheckResult.Healthy($"{scheduler.Fires} instant(s) fired by this scheduler.")
+            : HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules for {lag.TotalSeconds:0} s."));
     }
 }

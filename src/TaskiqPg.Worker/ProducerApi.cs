@@ -9,6 +9,9 @@ public static class ProducerApi
     /// <summary>The body of <c>POST /tasks/{name}</c>.</summary>
     public sealed record KickRequest(JsonElement[]? Args, Dictionary<string, JsonElement>? Kwargs, double? DelaySeconds, int? Priority, int? MaxAttempts);
 
+    /// <summary>The body of <c>POST /schedules</c>: one of cron, intervalSeconds or runAt.</summary>
+    public sealed record ScheduleRequest(string TaskName, string? Cron, string? TimeZone, double? IntervalSeconds, DateTimeOffset? RunAt, JsonElement[]? Args);
+
     /// <summary>Maps <c>POST /tasks/{name}</c>, <c>GET /tasks/{id}</c>, <c>GET /tasks/{id}/result</c> and <c>GET /queue</c>.</summary>
     public static WebApplication MapProducerApi(this WebApplication app)
     {
@@ -75,6 +78,47 @@ public static class ProducerApi
                 return Results.Json(new { error = ex.Message }, statusCode: StatusCodes.Status504GatewayTimeout);
             }
         });
+
+        app.MapGet("/schedules", async (PostgresScheduleSource schedules, CancellationToken ct) =>
+            Results.Ok((await schedules.ListSchedulesAsync(ct)).Select(s => new
+            {
+                id = s.Id,
+                taskName = s.Definition.TaskName,
+                kind = s.Definition.Kind,
+                cron = s.Definition.Cron,
+                timeZone = s.Definition.TimeZone,
+                intervalSeconds = s.Definition.Interval?.TotalSeconds,
+                runAt = s.Definition.RunAt,
+                isStatic = s.IsStatic,
+                enabled = s.Enabled,
+                done = s.Done,
+                disabledReason = s.DisabledReason,
+                lastFireAt = s.LastFireAt,
+            })));
+
+        app.MapPost("/schedules", async (ScheduleRequest request, PostgresScheduleSource schedules, CancellationToken ct) =>
+        {
+            try
+            {
+                var id = await schedules.AddScheduleAsync(new ScheduleDefinition
+                {
+                    TaskName = request.TaskName,
+                    Cron = request.Cron,
+                    TimeZone = request.TimeZone,
+                    Interval = request.IntervalSeconds is { } s ? TimeSpan.FromSeconds(s) : null,
+                    RunAt = request.RunAt,
+                    Args = request.Args?.Cast<object?>().ToList(),
+                }, ct);
+                return Results.Created($"/schedules/{id}", new { id });
+            }
+            catch (ScheduleValidationException ex)
+            {
+                return Results.BadRequest(new { field = ex.ParamName, error = ex.Message });
+            }
+        });
+
+        app.MapDelete("/schedules/{id:guid}", async (Guid id, PostgresScheduleSource schedules, CancellationToken ct) =>
+            await schedules.DeleteScheduleAsync(id, ct) ? Results.NoContent() : Results.NotFound());
 
         app.MapGet("/queue", async (TaskiqClient client, CancellationToken ct) => Results.Ok(await client.Broker.GetQueueCountsAsync(ct)));
         return app;

@@ -1,20 +1,26 @@
 using TaskiqPg.Worker;
 
-// One project, two roles (chosen by TaskiqPg:Role or --TaskiqPg:Role): "worker" runs the tasks, "api" kicks them
-// over HTTP. Both expose /health and /alive, which the AppHost reads to show their health in the dashboard.
+// One project, three roles (chosen by TaskiqPg:Role or --TaskiqPg:Role): "worker" runs the tasks, "scheduler" fires
+// the schedules, "api" kicks tasks and manages schedules over HTTP. Each exposes /health and /alive, which the AppHost
+// reads to show their health in the dashboard.
 var builder = WebApplication.CreateBuilder(args);
 var role = builder.Configuration["TaskiqPg:Role"] ?? "worker";
 
 builder.AddServiceDefaults();
 builder.Services.AddHttpClient("samples");
 var taskiq = builder.AddTaskiqPostgres("db").AddSampleTasks();
-if (role == "worker")
+switch (role)
 {
-    taskiq.AddWorker();
-}
-else if (role != "api")
-{
-    throw new InvalidOperationException($"TaskiqPg:Role is '{role}'; use 'worker' or 'api'.");
+    case "worker":
+        taskiq.AddWorker();
+        break;
+    case "scheduler":
+        taskiq.AddSampleSchedules().AddScheduler();
+        break;
+    case "api":
+        break;
+    default:
+        throw new InvalidOperationException($"TaskiqPg:Role is '{role}'; use 'worker', 'scheduler' or 'api'.");
 }
 
 var app = builder.Build();

@@ -33,6 +33,11 @@ public static class SampleTasks
             return new WorkerInfo(worker.WorkerId, 0);
         });
 
+    /// <summary>The sample static schedules: a heartbeat every 10 seconds and a nightly report in Berlin time.</summary>
+    public static TaskiqPgBuilder AddSampleSchedules(this TaskiqPgBuilder taskiq) => taskiq
+        .AddSchedule(new ScheduleDefinition { TaskName = "whoami", Cron = "*/10 * * * * *" })
+        .AddSchedule(new ScheduleDefinition { TaskName = "report", Cron = "0 30 2 * * *", TimeZone = "Europe/Berlin", Args = [5] });
+
     /// <summary>Which worker ran a task, and on which attempt.</summary>
     public sealed record WorkerInfo(string WorkerId, int Attempt);
 }

@@ -1,3 +1,6 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+
 namespace TaskiqPg.AppHost.Tests;
 
 public sealed class AppHostTests(AppHostFixture fixture) : IClassFixture<AppHostFixture>
@@ -30,6 +33,46 @@ public sealed class AppHostTests(AppHostFixture fixture) : IClassFixture<AppHost
         }
 
         Assert.Equal(2, workers.Count);
+    }
+
+    [Fact]
+    public async Task Scheduler_fires_its_static_schedule_and_runtime_schedules_are_validated_and_fired()
+    {
+        // The scheduler role declares "whoami" every 10 seconds.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(40);
+        while (true)
+        {
+            var schedules = await fixture.Api.GetFromJsonAsync<JsonElement>("/schedules");
+            var heartbeat = schedules.EnumerateArray().Single(s => s.GetProperty("taskName").GetString() == "whoami");
+            Assert.True(heartbeat.GetProperty("isStatic").GetBoolean());
+            if (heartbeat.GetProperty("lastFireAt").ValueKind != JsonValueKind.Null)
+            {
+                break;
+            }
+
+            Assert.True(DateTime.UtcNow < deadline, "the static schedule never fired");
+            await Task.Delay(250);
+        }
+
+        using var unknown = await fixture.Api.PostAsJsonAsync("/schedules", new { taskName = "no_such_task", cron = "* * * * *" });
+        Assert.Equal(System.Net.HttpStatusCode.BadRequest, unknown.StatusCode);
+        Assert.Equal("TaskName", (await unknown.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("field").GetString());
+
+        using var created = await fixture.Api.PostAsJsonAsync("/schedules", new { taskName = "add", runAt = DateTimeOffset.UtcNow, args = new[] { 4, 5 } });
+        created.EnsureSuccessStatusCode();
+        var id = (await created.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString();
+        deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            var schedules = await fixture.Api.GetFromJsonAsync<JsonElement>("/schedules");
+            if (schedules.EnumerateArray().Single(s => s.GetProperty("id").GetString() == id).GetProperty("done").GetBoolean())
+            {
+                break;
+            }
+
+            Assert.True(DateTime.UtcNow < deadline, "the runtime one-shot never fired");
+            await Task.Delay(100);
+        }
     }
 
     [Fact]

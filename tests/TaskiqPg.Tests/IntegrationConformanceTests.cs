@@ -212,6 +212,31 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     }
 
     [Fact]
+    public async Task Scheduler_role_syncs_static_schedules_fires_them_and_reports_health()
+    {
+        var suffix = Guid.NewGuid().ToString("N")[..6];
+        var builder = NewBuilder(("Aspire:TaskiqPg:Queue", "sched_" + suffix));
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        builder.AddTaskiqPostgres("db", s => s.Schema = "sched_" + suffix)
+            .AddTask("heartbeat", () => ran.TrySetResult())
+            .AddSchedule(new ScheduleDefinition { TaskName = "heartbeat", Interval = TimeSpan.FromSeconds(1) })
+            .AddScheduler(o => o.RefreshInterval = TimeSpan.FromMilliseconds(500))
+            .AddWorker();
+        using var host = builder.Build();
+        await host.StartAsync();
+
+        await ran.Task.WaitAsync(TimeSpan.FromSeconds(20));
+        var schedules = await host.Services.GetRequiredService<PostgresScheduleSource>().ListSchedulesAsync();
+        Assert.True(Assert.Single(schedules).IsStatic);
+        await Assert.ThrowsAsync<ScheduleValidationException>(() => host.Services.GetRequiredService<PostgresScheduleSource>()
+            .AddScheduleAsync(new ScheduleDefinition { TaskName = "not_registered_here", Cron = "* * * * *" }));
+        var report = await host.Services.GetRequiredService<HealthCheckService>().CheckHealthAsync();
+        Assert.Equal(HealthStatus.Healthy, report.Entries["TaskiqPg_scheduler"].Status);
+        Assert.Contains("fired", report.Entries["TaskiqPg_scheduler"].Description);
+        await host.StopAsync();
+    }
+
+    [Fact]
     public void Configuration_schema_accepts_valid_settings_and_rejects_invalid_ones()
     {
         var schemaPath = Path.Combine(AppContext.BaseDirectory, "ConfigurationSchema.json");

@@ -44,6 +44,34 @@ public sealed class TaskiqPgBuilder
         return this;
     }
 
+    /// <summary>True once <see cref="AddScheduler"/> was called: this app runs a scheduler.</summary>
+    public bool HasScheduler { get; private set; }
+
+    /// <summary>Declares a static schedule (synced under a stable id when a scheduler starts; see <see cref="TaskiqScheduler"/>).</summary>
+    public TaskiqPgBuilder AddSchedule(ScheduleDefinition schedule)
+    {
+        ArgumentNullException.ThrowIfNull(schedule);
+        Services.Configure<TaskiqPgOptions>(ServiceKey ?? Microsoft.Extensions.Options.Options.DefaultName, o => o.Scheduler.StaticSchedules.Add(schedule));
+        return this;
+    }
+
+    /// <summary>Runs a <see cref="TaskiqScheduler"/> as a hosted service in this process (once per registration).</summary>
+    public TaskiqPgBuilder AddScheduler(Action<TaskiqSchedulerOptions>? configure = null)
+    {
+        if (configure is not null)
+        {
+            Services.Configure<TaskiqPgOptions>(ServiceKey ?? Microsoft.Extensions.Options.Options.DefaultName, o => configure(o.Scheduler));
+        }
+
+        if (!HasScheduler)
+        {
+            Services.AddSingleton<IHostedService>(Resolve<TaskiqScheduler>);
+            HasScheduler = true;
+        }
+
+        return this;
+    }
+
     /// <summary>Runs a <see cref="TaskiqWorker"/> as a hosted service in this process (once per registration).</summary>
     public TaskiqPgBuilder AddWorker(Action<TaskiqWorkerOptions>? configure = null)
     {

@@ -11,6 +11,12 @@ public sealed class TaskiqPgOptions
     /// <summary>Result backend settings.</summary>
     public PostgresResultBackendOptions Results { get; set; } = new();
 
+    /// <summary>Schedule source settings.</summary>
+    public PostgresScheduleSourceOptions Schedules { get; set; } = new();
+
+    /// <summary>Scheduler settings (used when a scheduler is added); static schedules go in <see cref="TaskiqSchedulerOptions.StaticSchedules"/>.</summary>
+    public TaskiqSchedulerOptions Scheduler { get; set; } = new();
+
     /// <summary>Worker settings (used when a worker is added).</summary>
     public TaskiqWorkerOptions Worker { get; set; } = new();
 

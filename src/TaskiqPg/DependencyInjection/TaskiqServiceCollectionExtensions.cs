@@ -60,6 +60,19 @@ public static class TaskiqServiceCollectionExtensions
         Add(services, serviceKey, sp => new PostgresResultBackend(dataSource(sp), OptionsOf(sp).Results, sp.GetService<ILoggerFactory>()));
         Add(services, serviceKey, sp =>
         {
+            var options = OptionsOf(sp).Schedules;
+            if (options.KnownTaskNames is null && builder.Registrations.Count > 0)
+            {
+                // This app registers tasks: refuse schedules for tasks it does not know.
+                options = options with { KnownTaskNames = builder.Resolve<TaskRegistry>(sp).Tasks.Select(t => t.Name).ToArray() };
+            }
+
+            return new PostgresScheduleSource(dataSource(sp), options, sp.GetService<ILoggerFactory>()) { SerializerOptions = OptionsOf(sp).SerializerOptions };
+        });
+        Add(services, serviceKey, sp => new TaskiqScheduler(builder.Resolve<PostgresScheduleSource>(sp), builder.Resolve<PostgresBroker>(sp),
+            OptionsOf(sp).Scheduler, sp.GetService<ILoggerFactory>()));
+        Add(services, serviceKey, sp =>
+        {
             var registry = new TaskRegistry(OptionsOf(sp).SerializerOptions);
             builder.Registrations.ForEach(register => register(registry));
             return registry;

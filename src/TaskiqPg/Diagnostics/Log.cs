@@ -44,6 +44,18 @@ internal static partial class Log
     [LoggerMessage(2009, LogLevel.Error, "Worker {WorkerId} could not report the outcome of {Count} task(s); they will run again once their leases expire")]
     public static partial void FlushAbandoned(ILogger logger, Exception exception, string workerId, int count);
 
+    [LoggerMessage(4001, LogLevel.Error, "Schedule {ScheduleId} ({TaskName}) was disabled: {Reason}")]
+    public static partial void ScheduleDisabled(ILogger logger, Guid scheduleId, string taskName, string reason);
+
+    [LoggerMessage(4002, LogLevel.Warning, "The scheduler's {Step} step failed; retrying")]
+    public static partial void SchedulerFailed(ILogger logger, Exception exception, string step);
+
+    [LoggerMessage(4003, LogLevel.Information, "Scheduler started: {StaticCount} static schedule(s) synced")]
+    public static partial void SchedulerStarted(ILogger logger, int staticCount);
+
+    [LoggerMessage(4004, LogLevel.Debug, "Schedule {ScheduleId} fired {TaskName} for {FireAt:O} ({LatenessMs} ms late)")]
+    public static partial void ScheduleFired(ILogger logger, Guid scheduleId, string taskName, DateTimeOffset fireAt, double latenessMs);
+
     [LoggerMessage(3001, LogLevel.Warning, "Pruning expired results failed; retrying at the next interval")]
     public static partial void PruneFailed(ILogger logger, Exception exception);
 }

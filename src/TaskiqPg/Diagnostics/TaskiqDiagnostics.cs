@@ -39,6 +39,12 @@ public static class TaskiqDiagnostics
 
     internal static readonly Histogram<double> Duration = Meter.CreateHistogram<double>("taskiqpg.task.duration", "s", "Handler run time.");
 
+    internal static readonly Counter<long> ScheduleFires = Meter.CreateCounter<long>("taskiqpg.schedules.fired", "{fire}", "Schedule instants fired (once across all schedulers).");
+
+    internal static readonly Counter<long> LateScheduleFires = Meter.CreateCounter<long>("taskiqpg.schedules.late_fires", "{fire}", "Schedule instants fired more than 2 s after their time.");
+
+    internal static readonly Histogram<double> ScheduleLateness = Meter.CreateHistogram<double>("taskiqpg.schedules.lateness", "s", "Time from a schedule instant to its fire.");
+
     internal static readonly ObservableGauge<long> QueueDepth =
         Meter.CreateObservableGauge("taskiqpg.queue.depth", ObserveDepth, "{task}", "Tasks in the messages table by queue and status.");
 

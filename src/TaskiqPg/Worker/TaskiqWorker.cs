@@ -64,6 +64,9 @@ public sealed class TaskiqWorker : BackgroundService
     /// <summary>Tasks claimed and not yet finished running.</summary>
     public int ActiveTasks => Volatile.Read(ref _active);
 
+    /// <summary>When this instance was created (UTC); health checks allow a start-up grace period from it.</summary>
+    public DateTime CreatedAt { get; } = DateTime.UtcNow;
+
     /// <summary>When the claim loop last completed an iteration (UTC); for liveness checks.</summary>
     public DateTime LastLoopActivity => new(Interlocked.Read(ref _lastLoopTicks), DateTimeKind.Utc);
 

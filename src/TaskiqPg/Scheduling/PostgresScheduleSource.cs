@@ -1,0 +1,358 @@
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
+using TaskiqPg.Internal;
+
+namespace TaskiqPg;
+
+/// <summary>
+/// Stores schedules in PostgreSQL: static ones declared in code (stable ids, replaced on every start) and runtime
+/// ones added through this API (kept across restarts). Built from a connection string it owns its
+/// <see cref="NpgsqlDataSource"/>; built from a data source it borrows it and never disposes it.
+/// </summary>
+public sealed class PostgresScheduleSource : IAsyncDisposable
+{
+    private readonly bool _ownsDataSource;
+    private readonly ScheduleSql _sql;
+    private readonly ILogger _logger;
+    private readonly NotificationListener _listener;
+    private readonly SemaphoreSlim _startLock = new(1, 1);
+    private readonly Lock _subscribersLock = new();
+    private Action[] _subscribers = [];
+    private volatile bool _started;
+    private int _disposed;
+
+    /// <summary>Creates a schedule source that owns a data source built from <paramref name="connectionString"/>.</summary>
+    public PostgresScheduleSource(string connectionString, PostgresScheduleSourceOptions? options = null, ILoggerFactory? loggerFactory = null)
+        : this(NpgsqlDataSource.Create(connectionString), ownsDataSource: true, options, loggerFactory)
+    {
+    }
+
+    /// <summary>Creates a schedule source on a borrowed data source (never disposed here).</summary>
+    public PostgresScheduleSource(NpgsqlDataSource dataSource, PostgresScheduleSourceOptions? options = null, ILoggerFactory? loggerFactory = null)
+        : this(dataSource, ownsDataSource: false, options, loggerFactory)
+    {
+    }
+
+    private PostgresScheduleSource(NpgsqlDataSource dataSource, bool ownsDataSource, PostgresScheduleSourceOptions? options, ILoggerFactory? loggerFactory)
+    {
+        ArgumentNullException.ThrowIfNull(dataSource);
+        Options = (options ?? new PostgresScheduleSourceOptions()) with { };
+        try
+        {
+            Options.Validate();
+        }
+        catch when (ownsDataSource)
+        {
+            dataSource.Dispose();
+            throw;
+        }
+
+        DataSource = dataSource;
+        _ownsDataSource = ownsDataSource;
+        _sql = new ScheduleSql(Options);
+        _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresScheduleSource>();
+        _listener = new NotificationListener(dataSource, null, [Options.Channel], (_, _) => Wake(), Wake, _logger, "schedules");
+    }
+
+    /// <summary>The data source every query runs on.</summary>
+    public NpgsqlDataSource DataSource { get; }
+
+    /// <summary>The settings.</summary>
+    public PostgresScheduleSourceOptions Options { get; }
+
+    /// <summary>JSON settings for schedule arguments.</summary>
+    public JsonSerializerOptions SerializerOptions { get; init; } = TaskiqSerializer.DefaultOptions;
+
+    /// <summary>Runs the migrations (unless disabled). Idempotent.</summary>
+    public async Task StartAsync(CancellationToken cancellationToken = default)
+    {
+        if (_started)
+        {
+            return;
+        }
+
+        await _startLock.WaitAsync(cancellationToken);
+        try
+        {
+            if (!_started)
+            {
+                if (Options.RunMigrations)
+                {
+                    await MigrateAsync(cancellationToken);
+                }
+
+                _started = true;
+            }
+        }
+        finally
+        {
+            _startLock.Release();
+        }
+    }
+
+    /// <summary>Creates or upgrades the schedule tables. Safe to call from many processes at once.</summary>
+    public async Task MigrateAsync(CancellationToken cancellationToken = default)
+    {
+        var applied = await SchemaMigrator.MigrateAsync(DataSource, Options.Schema, Options.SchedulesTable, _sql.Migrations, cancellationToken);
+        if (applied > 0)
+        {
+            Log.Migrated(_logger, applied, Options.SchedulesTable);
+        }
+    }
+
+    /// <summary>Validates and stores a runtime schedule; schedulers pick it up at once (NOTIFY) or within their refresh interval.</summary>
+    /// <returns>The new schedule's id.</returns>
+    /// <exception cref="ScheduleValidationException">A field is wrong (invalid cron, unknown time zone, interval below 1 s, unknown task).</exception>
+    public async Task<Guid> AddScheduleAsync(ScheduleDefinition definition, CancellationToken cancellationToken = default)
+    {
+        Compile(definition);
+        var id = Guid.NewGuid();
+        await UpsertAsync(id, definition, "runtime", cancellationToken);
+        return id;
+    }
+
+    /// <summary>Deletes a schedule. Returns false when there was none with that id.</summary>
+    public async Task<bool> DeleteScheduleAsync(Guid id, CancellationToken cancellationToken = default)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.Delete);
+        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = id });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        return (long)(await command.ExecuteScalarAsync(cancellationToken))! > 0;
+    }
+
+    /// <summary>Stops a schedule from firing until <see cref="ResumeScheduleAsync"/>. Returns false when there was none.</summary>
+    public Task<bool> PauseScheduleAsync(Guid id, CancellationToken cancellationToken = default) => SetEnabledAsync(id, false, cancellationToken);
+
+    /// <summary>Lets a paused (or disabled) schedule fire again. Returns false when there was none.</summary>
+    public Task<bool> ResumeScheduleAsync(Guid id, CancellationToken cancellationToken = default) => SetEnabledAsync(id, true, cancellationToken);
+
+    /// <summary>Every stored schedule. A schedule whose stored JSON no longer parses is listed with a null-free placeholder definition.</summary>
+    public async Task<IReadOnlyList<ScheduleInfo>> ListSchedulesAsync(CancellationToken cancellationToken = default)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.List);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var schedules = new List<ScheduleInfo>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var taskName = reader.GetString(1);
+            ScheduleDefinition definition;
+            try
+            {
+                definition = StoredSchedule.FromJson(reader.GetString(2)).ToDefinition(taskName);
+            }
+            catch (JsonException)
+            {
+                definition = new ScheduleDefinition { TaskName = taskName };
+            }
+
+            schedules.Add(new ScheduleInfo(reader.GetGuid(0), definition, reader.GetString(3) == "static", reader.GetBoolean(4),
+                reader.GetBoolean(5), reader.IsDBNull(6) ? null : reader.GetString(6),
+                reader.IsDBNull(7) ? null : reader.GetFieldValue<DateTimeOffset>(7)));
+        }
+
+        return schedules;
+    }
+
+    /// <summary>The instants a schedule fired (within the fires retention) and the task id kicked for each.</summary>
+    public async Task<IReadOnlyList<(DateTimeOffset FireAt, string TaskId)>> GetFiresAsync(Guid id, CancellationToken cancellationToken = default)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.Fires);
+        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = id });
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var fires = new List<(DateTimeOffset, string)>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            fires.Add((reader.GetFieldValue<DateTimeOffset>(0), reader.GetString(1)));
+        }
+
+        return fires;
+    }
+
+    /// <summary>
+    /// Makes the stored static schedules equal to <paramref name="definitions"/>: each is upserted under a stable id
+    /// derived from its definition, and static schedules no longer declared are deleted. Runtime schedules are untouched.
+    /// </summary>
+    /// <returns>The ids of the declared schedules, in order.</returns>
+    public async Task<IReadOnlyList<Guid>> SyncStaticSchedulesAsync(IReadOnlyCollection<ScheduleDefinition> definitions, CancellationToken cancellationToken = default)
+    {
+        var ids = new List<Guid>();
+        foreach (var definition in definitions)
+        {
+            Compile(definition);
+            var id = StoredSchedule.StableId(definition.TaskName, StoredSchedule.From(definition, SerializerOptions).ToJson());
+            await UpsertAsync(id, definition, "static", cancellationToken);
+            ids.Add(id);
+        }
+
+        await using var command = DataSource.CreateCommand(_sql.DeleteStaleStatic);
+        command.Parameters.Add(new NpgsqlParameter<Guid[]> { TypedValue = ids.ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        return ids;
+    }
+
+    /// <summary>Calls <paramref name="onChange"/> when schedules change (NOTIFY) or the listener reconnects. Starts the listener.</summary>
+    public IDisposable Subscribe(Action onChange)
+    {
+        lock (_subscribersLock)
+        {
+            _subscribers = [.. _subscribers, onChange];
+        }
+
+        _listener.Start();
+        return new Unsubscriber(this, onChange);
+    }
+
+    /// <summary>Stops the listener; disposes the data source only if this source created it.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
+        await _listener.DisposeAsync();
+        if (_ownsDataSource)
+        {
+            await DataSource.DisposeAsync();
+        }
+
+        _startLock.Dispose();
+    }
+
+    internal CompiledSchedule Compile(ScheduleDefinition definition)
+    {
+        var known = Options.KnownTaskNames;
+        return CompiledSchedule.Compile(definition, known is null ? null : known.Contains);
+    }
+
+    /// <summary>The enabled, unfinished schedules and the database's clock, in one round trip.</summary>
+    internal async Task<(DateTimeOffset Now, IReadOnlyList<ActiveSchedule> Schedules)> LoadActiveAsync(CancellationToken cancellationToken)
+    {
+        await StartAsync(cancellationToken);
+        await using var batch = DataSource.CreateBatch();
+        batch.BatchCommands.Add(new NpgsqlBatchCommand(_sql.Now));
+        batch.BatchCommands.Add(new NpgsqlBatchCommand(_sql.Active));
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        await reader.ReadAsync(cancellationToken);
+        var now = reader.GetFieldValue<DateTimeOffset>(0);
+        await reader.NextResultAsync(cancellationToken);
+        var schedules = new List<ActiveSchedule>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            schedules.Add(new ActiveSchedule(reader.GetGuid(0), reader.GetString(1), reader.GetString(2),
+                reader.IsDBNull(3) ? null : reader.GetFieldValue<DateTimeOffset>(3), reader.GetFieldValue<DateTimeOffset>(4)));
+        }
+
+        return (now, schedules);
+    }
+
+    /// <summary>
+    /// Fires one instant exactly once across all schedulers: the fire row (primary key schedule, instant) and the
+    /// kicked task are written in one transaction, so a second scheduler's insert conflicts and kicks nothing.
+    /// </summary>
+    /// <returns>True when this call kicked the task.</returns>
+    internal async Task<bool> FireAsync(ActiveSchedule schedule, ScheduleDefinition definition, DateTimeOffset fireAt, PostgresBroker broker,
+        CancellationToken cancellationToken)
+    {
+        await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+        var message = TaskMessage.Create(definition.TaskName, definition.Args, definition.Kwargs, SerializerOptions);
+        foreach (var (key, value) in definition.Labels ?? new Dictionary<string, string>())
+        {
+            message.Labels[key] = value;
+        }
+
+        message.Labels[ScheduleLabels.ScheduleId] = schedule.Id.ToString();
+        message.Labels[ScheduleLabels.FireAt] = fireAt.UtcDateTime.ToString("O");
+
+        bool claimed;
+        await using (var claim = new NpgsqlCommand(_sql.ClaimFire, connection, transaction))
+        {
+            claim.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = schedule.Id });
+            claim.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = fireAt });
+            claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
+            claimed = await claim.ExecuteNonQueryAsync(cancellationToken) == 1;
+        }
+
+        if (claimed)
+        {
+            await broker.KickAsync(message, connection, transaction, cancellationToken: cancellationToken);
+        }
+
+        await using (var record = new NpgsqlCommand(_sql.RecordFire, connection, transaction))
+        {
+            record.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = schedule.Id });
+            record.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = fireAt });
+            record.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = definition.RunAt is not null });
+            await record.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        return claimed;
+    }
+
+    internal async Task DisableAsync(Guid id, string reason, CancellationToken cancellationToken)
+    {
+        await using var command = DataSource.CreateCommand(_sql.Disable);
+        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = id });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = reason });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    internal async Task PruneFiresAsync(TimeSpan retention, CancellationToken cancellationToken)
+    {
+        await using var command = DataSource.CreateCommand(_sql.PruneFires);
+        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = retention });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private async Task UpsertAsync(Guid id, ScheduleDefinition definition, string source, CancellationToken cancellationToken)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.Upsert);
+        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = id });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = definition.TaskName });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = StoredSchedule.From(definition, SerializerOptions).ToJson() });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = source });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private async Task<bool> SetEnabledAsync(Guid id, bool enabled, CancellationToken cancellationToken)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.SetEnabled);
+        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = id });
+        command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = enabled });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        return (long)(await command.ExecuteScalarAsync(cancellationToken))! > 0;
+    }
+
+    private void Wake()
+    {
+        foreach (var subscriber in Volatile.Read(ref _subscribers))
+        {
+            subscriber();
+        }
+    }
+
+    private sealed class Unsubscriber(PostgresScheduleSource source, Action onChange) : IDisposable
+    {
+        public void Dispose()
+        {
+            lock (source._subscribersLock)
+            {
+                source._subscribers = source._subscribers.Where(s => s != onChange).ToArray();
+            }
+        }
+    }
+}
+
+/// <summary>A schedule row loaded for firing.</summary>
+internal sealed record ActiveSchedule(Guid Id, string TaskName, string Json, DateTimeOffset? LastFireAt, DateTimeOffset CreatedAt);

@@ -1,0 +1,117 @@
+namespace TaskiqPg;
+
+/// <summary>Every SQL statement of the schedule source, built once from validated, quoted names.</summary>
+internal sealed class ScheduleSql
+{
+    public ScheduleSql(PostgresScheduleSourceOptions options)
+    {
+        var s = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.SchedulesTable, nameof(options.SchedulesTable));
+        var f = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.FiresTable, nameof(options.FiresTable));
+        var firedIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.FiresTable, "fired_at"), "index");
+        Migrations =
+        [
+            $"""
+             CREATE TABLE IF NOT EXISTS {s} (
+                 id              uuid PRIMARY KEY,
+                 task_name       text        NOT NULL,
+                 schedule        jsonb       NOT NULL,
+                 source          text        NOT NULL DEFAULT 'runtime' CHECK (source IN ('static', 'runtime')),
+                 enabled         boolean     NOT NULL DEFAULT true,
+                 done            boolean     NOT NULL DEFAULT false,
+                 disabled_reason text,
+                 last_fire_at    timestamptz,
+                 created_at      timestamptz NOT NULL DEFAULT now(),
+                 updated_at      timestamptz NOT NULL DEFAULT now()
+             );
+             CREATE TABLE IF NOT EXISTS {f} (
+                 schedule_id uuid        NOT NULL,
+                 fire_at     timestamptz NOT NULL,
+                 task_id     text        NOT NULL,
+                 fired_at    timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (schedule_id, fire_at)
+             );
+             CREATE INDEX IF NOT EXISTS {firedIndex} ON {f} (fired_at);
+             """,
+        ];
+
+        // $1 id, $2 task, $3 schedule json, $4 source, $5 channel
+        Upsert =
+            $"""
+             WITH up AS (
+                 INSERT INTO {s} (id, task_name, schedule, source) VALUES ($1, $2, $3::jsonb, $4)
+                 ON CONFLICT (id) DO UPDATE SET task_name = EXCLUDED.task_name, schedule = EXCLUDED.schedule, updated_at = now()
+                 RETURNING id
+             )
+             SELECT id, pg_notify($5, id::text) FROM up
+             """;
+
+        // $1 ids to keep, $2 channel
+        DeleteStaleStatic =
+            $"""
+             WITH gone AS (DELETE FROM {s} WHERE source = 'static' AND NOT (id = ANY ($1)) RETURNING id)
+             SELECT count(*), pg_notify($2, 'static') FROM gone
+             """;
+
+        // $1 id, $2 channel
+        Delete = $"WITH gone AS (DELETE FROM {s} WHERE id = $1 RETURNING id) SELECT count(*), pg_notify($2, $1::text) FROM gone";
+
+        // $1 id, $2 enabled, $3 channel
+        SetEnabled =
+            $"""
+             WITH changed AS (
+                 UPDATE {s} SET enabled = $2, disabled_reason = NULL, updated_at = now() WHERE id = $1 RETURNING id
+             )
+             SELECT count(*), pg_notify($3, $1::text) FROM changed
+             """;
+
+        // $1 id, $2 reason
+        Disable = $"UPDATE {s} SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1";
+
+        List = $"SELECT id, task_name, schedule::text, source, enabled, done, disabled_reason, last_fire_at FROM {s} ORDER BY created_at, id";
+
+        Active = $"SELECT id, task_name, schedule::text, last_fire_at, created_at, now() FROM {s} WHERE enabled AND NOT done";
+
+        Now = "SELECT now()";
+
+        // $1 schedule id, $2 fire instant, $3 task id
+        ClaimFire = $"INSERT INTO {f} (schedule_id, fire_at, task_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+        // $1 schedule id, $2 fire instant, $3 one-shot
+        RecordFire =
+            $"""
+             UPDATE {s} SET last_fire_at = greatest(last_fire_at, $2), done = done OR $3, updated_at = now() WHERE id = $1
+             """;
+
+        // $1 retention
+        PruneFires = $"DELETE FROM {f} WHERE fired_at < now() - $1";
+
+        // $1 schedule id
+        Fires = $"SELECT fire_at, task_id FROM {f} WHERE schedule_id = $1 ORDER BY fire_at";
+    }
+
+    public IReadOnlyList<string> Migrations { get; }
+
+    public string Upsert { get; }
+
+    public string DeleteStaleStatic { get; }
+
+    public string Delete { get; }
+
+    public string SetEnabled { get; }
+
+    public string Disable { get; }
+
+    public string List { get; }
+
+    public string Active { get; }
+
+    public string Now { get; }
+
+    public string ClaimFire { get; }
+
+    public string RecordFire { get; }
+
+    public string PruneFires { get; }
+
+    public string Fires { get; }
+}

@@ -1,0 +1,176 @@
+using System.Text.Json;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using TaskiqPg.Internal;
+
+namespace TaskiqPg;
+
+/// <summary>
+/// Fires schedules: cron (with seconds and time zones), interval and one-shot. Any number of replicas may run; each
+/// instant is kicked exactly once because the fire row and the task are written in one transaction (see
+/// <see cref="PostgresScheduleSource"/>). Times come from the database clock.
+/// </summary>
+public sealed class TaskiqScheduler : BackgroundService
+{
+    private static readonly TimeSpan LateThreshold = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan PruneEvery = TimeSpan.FromHours(1);
+
+    private readonly PostgresScheduleSource _source;
+    private readonly PostgresBroker _broker;
+    private readonly TaskiqSchedulerOptions _options;
+    private readonly ILogger _logger;
+    private readonly WakeSignal _wake = new();
+    private long _lastTickTicks;
+    private long _fires;
+
+    /// <summary>Creates a scheduler kicking fired tasks to <paramref name="broker"/> (same database as the source).</summary>
+    public TaskiqScheduler(PostgresScheduleSource source, PostgresBroker broker, TaskiqSchedulerOptions? options = null, ILoggerFactory? loggerFactory = null)
+    {
+        _source = source ?? throw new ArgumentNullException(nameof(source));
+        _broker = broker ?? throw new ArgumentNullException(nameof(broker));
+        _options = (options ?? new TaskiqSchedulerOptions()) with { };
+        _options.Validate();
+        _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<TaskiqScheduler>();
+    }
+
+    /// <summary>When this instance was created (UTC); health checks allow a start-up grace period from it.</summary>
+    public DateTime CreatedAt { get; } = DateTime.UtcNow;
+
+    /// <summary>When the loop last looked at the schedules (UTC); for liveness checks.</summary>
+    public DateTime LastTick => new(Interlocked.Read(ref _lastTickTicks), DateTimeKind.Utc);
+
+    /// <summary>Instants this scheduler fired (others' fires of the same instants are not counted).</summary>
+    public long Fires => Interlocked.Read(ref _fires);
+
+    /// <summary>The refresh interval (for health checks).</summary>
+    public TimeSpan RefreshInterval => _options.RefreshInterval;
+
+    /// <inheritdoc />
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        await Task.Yield();
+        var failures = 0;
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await _broker.StartAsync(stoppingToken);
+                await _source.StartAsync(stoppingToken);
+                await _source.SyncStaticSchedulesAsync(_options.StaticSchedules.ToArray(), stoppingToken);
+                break;
+            }
+            catch (Exception ex) when (!stoppingToken.IsCancellationRequested && ex is not ScheduleValidationException)
+            {
+                Log.SchedulerFailed(_logger, ex, "start");
+                await DelayAsync(Backoff(++failures), stoppingToken);
+            }
+        }
+
+        if (stoppingToken.IsCancellationRequested)
+        {
+            return;
+        }
+
+        Log.SchedulerStarted(_logger, _options.StaticSchedules.Count);
+        using var subscription = _source.Subscribe(_wake.Set);
+        var lastPrune = DateTime.MinValue;
+        failures = 0;
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            TimeSpan sleep;
+            try
+            {
+                sleep = await TickAsync(stoppingToken);
+                failures = 0;
+                if (DateTime.UtcNow - lastPrune > PruneEvery)
+                {
+                    await _source.PruneFiresAsync(_options.FiresRetention, stoppingToken);
+                    lastPrune = DateTime.UtcNow;
+                }
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (Exception ex)
+            {
+                Log.SchedulerFailed(_logger, ex, "tick");
+                sleep = Backoff(++failures);
+            }
+
+            try
+            {
+                await _wake.WaitAsync(sleep, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+        }
+    }
+
+    /// <summary>Fires what is due and returns how long to sleep until the next instant (at most the refresh interval).</summary>
+    private async Task<TimeSpan> TickAsync(CancellationToken cancellationToken)
+    {
+        var (now, schedules) = await _source.LoadActiveAsync(cancellationToken);
+        Interlocked.Exchange(ref _lastTickTicks, DateTime.UtcNow.Ticks);
+        var wakeAt = now + _options.RefreshInterval;
+        foreach (var schedule in schedules)
+        {
+            CompiledSchedule compiled;
+            try
+            {
+                compiled = CompiledSchedule.Compile(StoredSchedule.FromJson(schedule.Json).ToDefinition(schedule.TaskName));
+            }
+            catch (Exception ex) // parsing only, no I/O: whatever it throws means this schedule is broken
+            {
+                // A stored schedule that no longer parses stops here, with the reason kept; the others keep firing.
+                var reason = $"the stored schedule no longer parses: {ex.Message}";
+                await _source.DisableAsync(schedule.Id, reason, cancellationToken);
+                Log.ScheduleDisabled(_logger, schedule.Id, schedule.TaskName, reason);
+                continue;
+            }
+
+            foreach (var instant in compiled.DueInstants(schedule.LastFireAt ?? schedule.CreatedAt, schedule.CreatedAt, now))
+            {
+                if (await _source.FireAsync(schedule, compiled.Definition, instant, _broker, cancellationToken))
+                {
+                    var lateness = now - instant;
+                    var nameTag = new KeyValuePair<string, object?>(MessagingTags.TaskName, schedule.TaskName);
+                    Interlocked.Increment(ref _fires);
+                    TaskiqDiagnostics.ScheduleFires.Add(1, nameTag);
+                    TaskiqDiagnostics.ScheduleLateness.Record(lateness.TotalSeconds, nameTag);
+                    if (lateness > LateThreshold)
+                    {
+                        TaskiqDiagnostics.LateScheduleFires.Add(1, nameTag);
+                    }
+
+                    Log.ScheduleFired(_logger, schedule.Id, schedule.TaskName, instant, lateness.TotalMilliseconds);
+                }
+            }
+
+            if (compiled.NextAfter(now, schedule.CreatedAt) is { } next && next < wakeAt)
+            {
+                wakeAt = next;
+            }
+        }
+
+        var sleep = wakeAt - now;
+        return sleep < TimeSpan.Zero ? TimeSpan.Zero : sleep;
+    }
+
+    private static TimeSpan Backoff(int failures)
+        => TimeSpan.FromMilliseconds(Math.Min(5000, 100 * Math.Pow(2, Math.Min(failures, 10))) * (0.5 + Random.Shared.NextDouble() / 2));
+
+    private static async Task DelayAsync(TimeSpan delay, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await Task.Delay(delay, cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+}
