@@ -21,9 +21,8 @@ public sealed class PostgresBroker : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly NotificationListener _listener;
     private readonly Lock _subscribersLock = new();
-    private readonly SemaphoreSlim _startLock = new(1, 1);
+    private readonly StartGate _start = new();
     private Action[] _subscribers = [];
-    private volatile bool _started;
     private int _disposed;
 
     /// <summary>Creates a broker that owns a data source built from <paramref name="connectionString"/>.</summary>
@@ -81,41 +80,12 @@ public sealed class PostgresBroker : IAsyncDisposable
     public Task ListenerConnected => _listener.Connected;
 
     /// <summary>Runs the migrations (unless <see cref="PostgresBrokerOptions.RunMigrations"/> is false). Idempotent.</summary>
-    public async Task StartAsync(CancellationToken cancellationToken = default)
-    {
-        if (_started)
-        {
-            return;
-        }
-
-        await _startLock.WaitAsync(cancellationToken);
-        try
-        {
-            if (!_started)
-            {
-                if (Options.RunMigrations)
-                {
-                    await MigrateAsync(cancellationToken);
-                }
-
-                _started = true;
-            }
-        }
-        finally
-        {
-            _startLock.Release();
-        }
-    }
+    public Task StartAsync(CancellationToken cancellationToken = default)
+        => _start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
 
     /// <summary>Creates or upgrades the messages table and its indexes. Safe to call from many processes at once.</summary>
-    public async Task MigrateAsync(CancellationToken cancellationToken = default)
-    {
-        var applied = await SchemaMigrator.MigrateAsync(DataSource, Options.Schema, Options.MessagesTable, _sql.Migrations, cancellationToken);
-        if (applied > 0)
-        {
-            Log.Migrated(_logger, applied, Options.MessagesTable);
-        }
-    }
+    public Task MigrateAsync(CancellationToken cancellationToken = default)
+        => SchemaMigrator.MigrateAndLogAsync(DataSource, Options.Schema, Options.MessagesTable, _sql.Migrations, _logger, cancellationToken);
 
     /// <summary>Kicks one task. It is committed (and workers are notified) when this returns.</summary>
     /// <returns>The row id.</returns>
@@ -343,7 +313,7 @@ public sealed class PostgresBroker : IAsyncDisposable
             await DataSource.DisposeAsync();
         }
 
-        _startLock.Dispose();
+        _start.Dispose();
     }
 
     private async Task<long> KickCoreAsync(NpgsqlCommand command, TaskMessage message, KickOptions? options, CancellationToken cancellationToken)

@@ -24,10 +24,9 @@ public sealed class PostgresResultBackend : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly NotificationListener _listener;
     private readonly Dictionary<string, List<WakeSignal>> _waiters = [];
-    private readonly SemaphoreSlim _startLock = new(1, 1);
+    private readonly StartGate _start = new();
     private readonly CancellationTokenSource _stop = new();
     private Task? _pruner;
-    private volatile bool _started;
     private int _disposed;
 
     /// <summary>Creates a result backend that owns a data source built from <paramref name="connectionString"/>.</summary>
@@ -75,48 +74,23 @@ public sealed class PostgresResultBackend : IAsyncDisposable
     public bool IsListening => _listener.IsConnected;
 
     /// <summary>Runs the migrations (unless disabled) and starts the pruner. Idempotent.</summary>
-    public async Task StartAsync(CancellationToken cancellationToken = default)
-    {
-        if (_started)
+    public Task StartAsync(CancellationToken cancellationToken = default)
+        => _start.RunOnceAsync(async ct =>
         {
-            return;
-        }
-
-        await _startLock.WaitAsync(cancellationToken);
-        try
-        {
-            if (_started)
-            {
-                return;
-            }
-
             if (Options.RunMigrations)
             {
-                await MigrateAsync(cancellationToken);
+                await MigrateAsync(ct);
             }
 
             if (Options.PruneInterval is { } interval && interval > TimeSpan.Zero)
             {
                 _pruner = Task.Run(() => PruneLoopAsync(interval, _stop.Token), CancellationToken.None);
             }
-
-            _started = true;
-        }
-        finally
-        {
-            _startLock.Release();
-        }
-    }
+        }, cancellationToken);
 
     /// <summary>Creates or upgrades the results table. Safe to call from many processes at once.</summary>
-    public async Task MigrateAsync(CancellationToken cancellationToken = default)
-    {
-        var applied = await SchemaMigrator.MigrateAsync(DataSource, Options.Schema, Options.ResultsTable, _sql.Migrations, cancellationToken);
-        if (applied > 0)
-        {
-            Log.Migrated(_logger, applied, Options.ResultsTable);
-        }
-    }
+    public Task MigrateAsync(CancellationToken cancellationToken = default)
+        => SchemaMigrator.MigrateAndLogAsync(DataSource, Options.Schema, Options.ResultsTable, _sql.Migrations, _logger, cancellationToken);
 
     /// <summary>Stores one result and wakes its waiters.</summary>
     public Task SetResultAsync(string taskId, TaskResult result, CancellationToken cancellationToken = default)
@@ -310,7 +284,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         }
 
         _stop.Dispose();
-        _startLock.Dispose();
+        _start.Dispose();
     }
 
     private async Task<TaskResult?> TryGetResultAsync(string taskId, CancellationToken cancellationToken)

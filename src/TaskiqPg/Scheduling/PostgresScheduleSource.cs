@@ -17,10 +17,9 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     private readonly ScheduleSql _sql;
     private readonly ILogger _logger;
     private readonly NotificationListener _listener;
-    private readonly SemaphoreSlim _startLock = new(1, 1);
+    private readonly StartGate _start = new();
     private readonly Lock _subscribersLock = new();
     private Action[] _subscribers = [];
-    private volatile bool _started;
     private int _disposed;
 
     /// <summary>Creates a schedule source that owns a data source built from <paramref name="connectionString"/>.</summary>
@@ -66,41 +65,12 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     public JsonSerializerOptions SerializerOptions { get; init; } = TaskiqSerializer.DefaultOptions;
 
     /// <summary>Runs the migrations (unless disabled). Idempotent.</summary>
-    public async Task StartAsync(CancellationToken cancellationToken = default)
-    {
-        if (_started)
-        {
-            return;
-        }
-
-        await _startLock.WaitAsync(cancellationToken);
-        try
-        {
-            if (!_started)
-            {
-                if (Options.RunMigrations)
-                {
-                    await MigrateAsync(cancellationToken);
-                }
-
-                _started = true;
-            }
-        }
-        finally
-        {
-            _startLock.Release();
-        }
-    }
+    public Task StartAsync(CancellationToken cancellationToken = default)
+        => _start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
 
     /// <summary>Creates or upgrades the schedule tables. Safe to call from many processes at once.</summary>
-    public async Task MigrateAsync(CancellationToken cancellationToken = default)
-    {
-        var applied = await SchemaMigrator.MigrateAsync(DataSource, Options.Schema, Options.SchedulesTable, _sql.Migrations, cancellationToken);
-        if (applied > 0)
-        {
-            Log.Migrated(_logger, applied, Options.SchedulesTable);
-        }
-    }
+    public Task MigrateAsync(CancellationToken cancellationToken = default)
+        => SchemaMigrator.MigrateAndLogAsync(DataSource, Options.Schema, Options.SchedulesTable, _sql.Migrations, _logger, cancellationToken);
 
     /// <summary>Validates and stores a runtime schedule; schedulers pick it up at once (NOTIFY) or within their refresh interval.</summary>
     /// <returns>The new schedule's id.</returns>
@@ -222,7 +192,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
             await DataSource.DisposeAsync();
         }
 
-        _startLock.Dispose();
+        _start.Dispose();
     }
 
     internal CompiledSchedule Compile(ScheduleDefinition definition)

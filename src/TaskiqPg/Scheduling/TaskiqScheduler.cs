@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -63,7 +62,7 @@ public sealed class TaskiqScheduler : BackgroundService
             catch (Exception ex) when (!stoppingToken.IsCancellationRequested && ex is not ScheduleValidationException)
             {
                 Log.SchedulerFailed(_logger, ex, "start");
-                await DelayAsync(Backoff(++failures), stoppingToken);
+                await Retry.DelayAsync(Retry.Backoff(++failures), stoppingToken);
             }
         }
 
@@ -96,7 +95,7 @@ public sealed class TaskiqScheduler : BackgroundService
             catch (Exception ex)
             {
                 Log.SchedulerFailed(_logger, ex, "tick");
-                sleep = Backoff(++failures);
+                sleep = Retry.Backoff(++failures);
             }
 
             try
@@ -160,17 +159,4 @@ public sealed class TaskiqScheduler : BackgroundService
         return sleep < TimeSpan.Zero ? TimeSpan.Zero : sleep;
     }
 
-    private static TimeSpan Backoff(int failures)
-        => TimeSpan.FromMilliseconds(Math.Min(5000, 100 * Math.Pow(2, Math.Min(failures, 10))) * (0.5 + Random.Shared.NextDouble() / 2));
-
-    private static async Task DelayAsync(TimeSpan delay, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await Task.Delay(delay, cancellationToken);
-        }
-        catch (OperationCanceledException)
-        {
-        }
-    }
 }

@@ -71,6 +71,17 @@ internal static class SchemaMigrator
         return Math.Max(0, steps.Count - current);
     }
 
+    /// <summary>Runs <see cref="MigrateAsync"/> and logs how many steps were applied.</summary>
+    public static async Task MigrateAndLogAsync(NpgsqlDataSource dataSource, string schema, string objectName, IReadOnlyList<string> steps,
+        Microsoft.Extensions.Logging.ILogger logger, CancellationToken cancellationToken)
+    {
+        var applied = await MigrateAsync(dataSource, schema, objectName, steps, cancellationToken);
+        if (applied > 0)
+        {
+            Log.Migrated(logger, applied, objectName);
+        }
+    }
+
     /// <summary>An index name derived from a table name that stays within 63 bytes.</summary>
     public static string IndexName(string table, string suffix)
     {

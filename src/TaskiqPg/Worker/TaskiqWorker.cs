@@ -21,7 +21,6 @@ namespace TaskiqPg;
 public sealed class TaskiqWorker : BackgroundService
 {
     private const int FlushBatchSize = 1000;
-    private static readonly TimeSpan MaxRetryDelay = TimeSpan.FromSeconds(5);
 
     private readonly PostgresBroker _broker;
     private readonly PostgresResultBackend? _results;
@@ -164,7 +163,7 @@ public sealed class TaskiqWorker : BackgroundService
             {
                 // Transient or not, the loop keeps going: a claim that fails is retried with backoff.
                 Log.LoopFailed(_logger, ex, WorkerId, "claim");
-                await DelayQuietlyAsync(Backoff(++failures), stoppingToken);
+                await Retry.DelayAsync(Retry.Backoff(++failures), stoppingToken);
                 continue;
             }
 
@@ -370,7 +369,7 @@ public sealed class TaskiqWorker : BackgroundService
                 {
                     // Keep the outcomes and try again: leases stay renewed meanwhile, so nothing reruns needlessly.
                     Log.LoopFailed(_logger, ex, WorkerId, "complete");
-                    await DelayQuietlyAsync(Backoff(++failures), stop);
+                    await Retry.DelayAsync(Retry.Backoff(++failures), stop);
                 }
                 catch (Exception ex)
                 {
@@ -654,7 +653,7 @@ public sealed class TaskiqWorker : BackgroundService
             catch (Exception ex) when (IsTransient(ex) && !cancellationToken.IsCancellationRequested)
             {
                 Log.LoopFailed(_logger, ex, WorkerId, loop);
-                await DelayQuietlyAsync(Backoff(failures), cancellationToken);
+                await Retry.DelayAsync(Retry.Backoff(failures), cancellationToken);
             }
             catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
@@ -674,20 +673,6 @@ public sealed class TaskiqWorker : BackgroundService
         };
 
     private static bool IsTransient(Exception ex) => TransientErrors.IsRetryable(ex);
-
-    private static TimeSpan Backoff(int failures)
-        => TimeSpan.FromMilliseconds(Math.Min(MaxRetryDelay.TotalMilliseconds, 100 * Math.Pow(2, Math.Min(failures, 10))) * (0.5 + Random.Shared.NextDouble() / 2));
-
-    private static async Task DelayQuietlyAsync(TimeSpan delay, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await Task.Delay(delay, cancellationToken);
-        }
-        catch (OperationCanceledException)
-        {
-        }
-    }
 
     private static async Task<bool> TickAsync(PeriodicTimer timer, CancellationToken stop)
     {
