@@ -20,9 +20,8 @@ public sealed class PostgresBroker : IAsyncDisposable
     private readonly BrokerSql _sql;
     private readonly ILogger _logger;
     private readonly NotificationListener _listener;
-    private readonly Lock _subscribersLock = new();
     private readonly StartGate _start = new();
-    private Action[] _subscribers = [];
+    private readonly Subscribers _subscribers = new();
     private int _disposed;
 
     /// <summary>Creates a broker that owns a data source built from <paramref name="connectionString"/>.</summary>
@@ -290,13 +289,9 @@ public sealed class PostgresBroker : IAsyncDisposable
     public IDisposable Subscribe(Action onWake)
     {
         ArgumentNullException.ThrowIfNull(onWake);
-        lock (_subscribersLock)
-        {
-            _subscribers = [.. _subscribers, onWake];
-        }
-
+        var subscription = _subscribers.Add(onWake);
         _listener.Start();
-        return new Subscription(this, onWake);
+        return subscription;
     }
 
     /// <summary>Stops the listener; disposes the data source only if this broker created it.</summary>
@@ -486,24 +481,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
     }
 
-    private void WakeSubscribers()
-    {
-        foreach (var subscriber in Volatile.Read(ref _subscribers))
-        {
-            subscriber();
-        }
-    }
-
-    private sealed class Subscription(PostgresBroker broker, Action onWake) : IDisposable
-    {
-        public void Dispose()
-        {
-            lock (broker._subscribersLock)
-            {
-                broker._subscribers = broker._subscribers.Where(s => s != onWake).ToArray();
-            }
-        }
-    }
+    private void WakeSubscribers() => _subscribers.Invoke();
 }
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, string>))]

@@ -18,8 +18,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly NotificationListener _listener;
     private readonly StartGate _start = new();
-    private readonly Lock _subscribersLock = new();
-    private Action[] _subscribers = [];
+    private readonly Subscribers _subscribers = new();
     private int _disposed;
 
     /// <summary>Creates a schedule source that owns a data source built from <paramref name="connectionString"/>.</summary>
@@ -169,13 +168,9 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     /// <summary>Calls <paramref name="onChange"/> when schedules change (NOTIFY) or the listener reconnects. Starts the listener.</summary>
     public IDisposable Subscribe(Action onChange)
     {
-        lock (_subscribersLock)
-        {
-            _subscribers = [.. _subscribers, onChange];
-        }
-
+        var subscription = _subscribers.Add(onChange);
         _listener.Start();
-        return new Unsubscriber(this, onChange);
+        return subscription;
     }
 
     /// <summary>Stops the listener; disposes the data source only if this source created it.</summary>
@@ -304,24 +299,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
         return (long)(await command.ExecuteScalarAsync(cancellationToken))! > 0;
     }
 
-    private void Wake()
-    {
-        foreach (var subscriber in Volatile.Read(ref _subscribers))
-        {
-            subscriber();
-        }
-    }
-
-    private sealed class Unsubscriber(PostgresScheduleSource source, Action onChange) : IDisposable
-    {
-        public void Dispose()
-        {
-            lock (source._subscribersLock)
-            {
-                source._subscribers = source._subscribers.Where(s => s != onChange).ToArray();
-            }
-        }
-    }
+    private void Wake() => _subscribers.Invoke();
 }
 
 /// <summary>A schedule row loaded for firing.</summary>
