@@ -25,7 +25,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     public void Settings_class_is_sealed() => Assert.True(typeof(TaskiqPostgresSettings).IsSealed);
 
     [Fact]
-    public void Broker_result_backend_and_worker_share_the_one_data_source_that_Aspire_Npgsql_registered()
+    public void Broker_result_backend_schedule_source_and_client_share_the_one_data_source_that_Aspire_Npgsql_registered()
     {
         var builder = NewBuilder();
         builder.AddTaskiqPostgres("db").AddTask("x", () => 1).AddWorker();
@@ -36,6 +36,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
         Assert.Same(dataSource, host.Services.GetRequiredService<PostgresBroker>().DataSource);
         Assert.Same(dataSource, host.Services.GetRequiredService<PostgresResultBackend>().DataSource);
         Assert.Same(dataSource, host.Services.GetRequiredService<TaskiqClient>().Broker.DataSource);
+        Assert.Same(dataSource, host.Services.GetRequiredService<PostgresScheduleSource>().DataSource);
     }
 
     [Fact]
