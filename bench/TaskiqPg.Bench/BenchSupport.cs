@@ -1,0 +1,41 @@
+namespace TaskiqPg.Bench;
+
+/// <summary>Command line of the benchmark.</summary>
+internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output)
+{
+    public static BenchArguments Parse(string[] args)
+    {
+        string? Value(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
+        return new BenchArguments(Value("--connection"), int.Parse(Value("--tasks") ?? "200000"), int.Parse(Value("--latency") ?? "1000"), Value("--out"));
+    }
+}
+
+/// <summary>The rows of one run, printed as a table and saved as JSON.</summary>
+internal sealed class BenchReport
+{
+    public List<BenchRow> Rows { get; } = [];
+
+    public void Add(string measure, double value, string unit) => Rows.Add(new BenchRow(measure, Math.Round(value, 2), unit));
+
+    public void AddPercentiles(string measure, List<double> samples)
+    {
+        samples.Sort();
+        double At(double q) => samples[Math.Min(samples.Count - 1, (int)Math.Ceiling(q * samples.Count) - 1)];
+        Add(measure + " p50", At(0.50), "ms");
+        Add(measure + " p95", At(0.95), "ms");
+        Add(measure + " p99", At(0.99), "ms");
+        Add(measure + " max", samples[^1], "ms");
+    }
+
+    public void Print()
+    {
+        var width = Rows.Max(r => r.Measure.Length);
+        Console.WriteLine();
+        foreach (var row in Rows)
+        {
+            Console.WriteLine($"{row.Measure.PadRight(width)}  {row.Value,12:N2} {row.Unit}");
+        }
+    }
+}
+
+internal sealed record BenchRow(string Measure, double Value, string Unit);
