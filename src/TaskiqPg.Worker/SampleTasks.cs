@@ -24,6 +24,12 @@ public static class SampleTasks
 
             return steps;
         })
+        .AddTask("count_tasks", async (Npgsql.NpgsqlDataSource database, CancellationToken ct) =>
+        {
+            // Uses the app's one data source: its Npgsql span lands inside this task's "process" span.
+            await using var command = database.CreateCommand("SELECT count(*) FROM taskiq_messages");
+            return (long)(await command.ExecuteScalarAsync(ct))!;
+        })
         .AddTask("flaky", (int failures, TaskContext context) => context.Attempt <= failures
             ? throw new InvalidOperationException($"failing on purpose (attempt {context.Attempt} of {context.MaxAttempts})")
             : context.Attempt)
