@@ -1,12 +1,13 @@
 namespace TaskiqPg.Bench;
 
 /// <summary>Command line of the benchmark.</summary>
-internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output)
+internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs)
 {
     public static BenchArguments Parse(string[] args)
     {
         string? Value(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
-        return new BenchArguments(Value("--connection"), int.Parse(Value("--tasks") ?? "200000"), int.Parse(Value("--latency") ?? "1000"), Value("--out"));
+        return new BenchArguments(Value("--connection"), int.Parse(Value("--tasks") ?? "200000"), int.Parse(Value("--latency") ?? "1000"), Value("--out"),
+            int.Parse(Value("--hangfire") ?? "5000"));
     }
 }
 

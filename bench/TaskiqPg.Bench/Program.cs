@@ -127,6 +127,16 @@ await Task.WhenAll(Enumerable.Range(0, 4).Select(async _ =>
 report.Add("raw limit: claim+delete 100 rows per statement, 4 connections", claimedRaw / watch.Elapsed.TotalSeconds, "rows/s");
 report.Add("burn-down / raw limit", drain / (claimedRaw / watch.Elapsed.TotalSeconds), "ratio");
 
+// 6. Hangfire.PostgreSql side by side (smaller N: it drains a few hundred jobs per second).
+if (arguments.HangfireJobs > 0)
+{
+    var (hangfireEnqueue, hangfireDrain) = await HangfireBench.RunAsync(connectionString, arguments.HangfireJobs);
+    report.Add($"Hangfire.PostgreSql enqueue ({arguments.HangfireJobs:N0} jobs, one at a time)", hangfireEnqueue, "jobs/s");
+    report.Add($"Hangfire.PostgreSql drain ({HangfireBench.WorkerCount} workers, QueuePollInterval {HangfireBench.QueuePollInterval.TotalMilliseconds} ms)", hangfireDrain, "jobs/s");
+    report.Add("burn-down ratio TaskiqPg / Hangfire.PostgreSql", drain / hangfireDrain, "ratio");
+    report.Add("single kick ratio TaskiqPg (8 producers) / Hangfire enqueue (1 producer)", kicked / 5.0 / hangfireEnqueue, "ratio");
+}
+
 report.Print();
 var output = arguments.Output ?? Path.Combine("bench", "results", $"taskiqpg-{DateTime.UtcNow:yyyyMMdd-HHmmss}.json");
 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);

@@ -1,0 +1,44 @@
+using System.Diagnostics;
+using Hangfire;
+using Hangfire.PostgreSql;
+
+namespace TaskiqPg.Bench;
+
+/// <summary>
+/// Hangfire.PostgreSql on the same server, same machine, same run: enqueue rate and drain rate of no-op jobs.
+/// Options: 16 workers, QueuePollInterval 200 ms, no long polling (its PostgreSQL storage polls).
+/// </summary>
+internal static class HangfireBench
+{
+    public const int WorkerCount = 16;
+    public static readonly TimeSpan QueuePollInterval = TimeSpan.FromMilliseconds(200);
+
+    public static void Noop()
+    {
+    }
+
+    public static async Task<(double EnqueueRate, double DrainRate)> RunAsync(string connectionString, int jobs)
+    {
+        var options = new PostgreSqlStorageOptions { QueuePollInterval = QueuePollInterval, PrepareSchemaIfNecessary = true, SchemaName = "hangfire" };
+        var storage = new PostgreSqlStorage(new Hangfire.PostgreSql.Factories.NpgsqlConnectionFactory(connectionString, options), options);
+        var client = new BackgroundJobClient(storage);
+        var watch = Stopwatch.StartNew();
+        for (var i = 0; i < jobs; i++)
+        {
+            client.Enqueue(() => Noop());
+        }
+
+        var enqueueRate = jobs / watch.Elapsed.TotalSeconds;
+        watch.Restart();
+        using (var server = new BackgroundJobServer(new BackgroundJobServerOptions { WorkerCount = WorkerCount }, storage))
+        {
+            var monitoring = storage.GetMonitoringApi();
+            while (monitoring.SucceededListCount() < jobs)
+            {
+                await Task.Delay(100);
+            }
+        }
+
+        return (enqueueRate, jobs / watch.Elapsed.TotalSeconds);
+    }
+}
