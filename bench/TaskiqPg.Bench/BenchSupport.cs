@@ -1,13 +1,14 @@
 namespace TaskiqPg.Bench;
 
 /// <summary>Command line of the benchmark.</summary>
-internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs)
+internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs, int GraphileJobs, int Runs)
 {
     public static BenchArguments Parse(string[] args)
     {
         string? Value(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
         return new BenchArguments(Value("--connection"), int.Parse(Value("--tasks") ?? "200000"), int.Parse(Value("--latency") ?? "1000"), Value("--out"),
-            int.Parse(Value("--hangfire") ?? "5000"));
+            int.Parse(Value("--hangfire") ?? "5000"), int.Parse(Value("--graphile") ?? "100000"),
+            int.Parse(Value("--runs") ?? "1"));
     }
 }
 
@@ -26,6 +27,21 @@ internal sealed class BenchReport
         Add(measure + " p95", At(0.95), "ms");
         Add(measure + " p99", At(0.99), "ms");
         Add(measure + " max", samples[^1], "ms");
+    }
+
+    /// <summary>Per measure, the median over runs (measures missing from a run are left out of its median).</summary>
+    public static BenchReport Median(IReadOnlyList<BenchReport> runs)
+    {
+        var median = new BenchReport();
+        foreach (var measure in runs.SelectMany(r => r.Rows).Select(r => r.Measure).Distinct())
+        {
+            var values = runs.SelectMany(r => r.Rows).Where(r => r.Measure == measure).Select(r => r.Value).Order().ToArray();
+            var unit = runs.SelectMany(r => r.Rows).First(r => r.Measure == measure).Unit;
+            var middle = values.Length % 2 == 1 ? values[values.Length / 2] : (values[values.Length / 2 - 1] + values[values.Length / 2]) / 2;
+            median.Add(measure, middle, unit);
+        }
+
+        return median;
     }
 
     public void Print()

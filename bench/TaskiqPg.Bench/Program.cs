@@ -7,134 +7,23 @@ using TaskiqPg.Bench;
 using TaskiqPg.LocalServer;
 
 // TaskiqPg benchmark: run by hand (never in the test suite), prints a table and writes a JSON file.
-//   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000] [--out file.json]
+//   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000]
+//       [--hangfire 5000] [--graphile 100000] [--runs 3] [--out file.json]      (0 skips a peer)
 // Without --connection it starts a throwaway local PostgreSQL server with default (durable) settings.
 var arguments = BenchArguments.Parse(args);
 await using var server = arguments.Connection is null ? await LocalPostgresServer.StartAsync() : null;
 var admin = arguments.Connection ?? server!.GetConnectionString();
-var database = "bench_" + Guid.NewGuid().ToString("N")[..8];
-await using (var create = new NpgsqlConnection(admin))
+var runs = new List<BenchReport>();
+for (var run = 1; run <= arguments.Runs; run++)
 {
-    await create.OpenAsync();
-    await new NpgsqlCommand($"CREATE DATABASE \"{database}\"", create).ExecuteNonQueryAsync();
+    Console.WriteLine($"run {run} of {arguments.Runs} ...");
+    runs.Add(await MeasureAsync());
 }
 
-var connectionString = new NpgsqlConnectionStringBuilder(admin) { Database = database, MaxPoolSize = 50 }.ConnectionString;
-await using var dataSource = NpgsqlDataSource.Create(connectionString);
-var report = new BenchReport();
-Console.WriteLine($"TaskiqPg benchmark: {arguments.Tasks:N0} tasks, {Environment.ProcessorCount} cores, PostgreSQL {await Scalar<string>("SHOW server_version")}");
-
-// 1. Bulk kick: KickManyAsync in batches.
-var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "burn" });
-var results = new PostgresResultBackend(dataSource);
-await broker.StartAsync();
-await results.StartAsync();
-var deadBefore = await DeadTuplesAsync();
-var watch = Stopwatch.StartNew();
-const int batch = 5_000;
-for (var sent = 0; sent < arguments.Tasks; sent += batch)
+var report = BenchReport.Median(runs);
+if (arguments.Runs > 1)
 {
-    var messages = Enumerable.Range(0, Math.Min(batch, arguments.Tasks - sent)).Select(_ => TaskMessage.Create("noop")).ToArray();
-    await broker.KickManyAsync(messages);
-}
-
-report.Add("bulk kick (KickManyAsync, 5k per call)", arguments.Tasks / watch.Elapsed.TotalSeconds, "tasks/s");
-
-// 2. Burn-down: one worker drains them, results stored.
-var registry = new TaskRegistry().Add("noop", () => { });
-var worker = new TaskiqWorker(broker, registry, results,
-    new TaskiqWorkerOptions { MaxConcurrentTasks = 32, PrefetchCount = 512, ClaimBatchSize = 256, PollInterval = TimeSpan.FromMilliseconds(100) });
-var peakRss = 0L;
-using var rssSampler = new Timer(_ => peakRss = Math.Max(peakRss, Process.GetCurrentProcess().WorkingSet64), null, 0, 200);
-watch.Restart();
-await worker.StartAsync(CancellationToken.None);
-while ((await broker.GetQueueCountsAsync()).Values.Sum() > 0)
-{
-    await Task.Delay(100);
-}
-
-var drain = arguments.Tasks / watch.Elapsed.TotalSeconds;
-await worker.StopAsync(CancellationToken.None);
-report.Add("burn-down (1 worker, results stored)", drain, "tasks/s");
-report.Add("worker process peak RSS during burn-down", peakRss / 1024.0 / 1024.0, "MB");
-report.Add("dead tuples on the queue table before → after", await DeadTuplesAsync() - deadBefore, "rows (delta)");
-
-// 3. Single kicks from 8 concurrent producers for 5 s.
-var single = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "single" });
-var kicked = 0L;
-using (var stop = new CancellationTokenSource(TimeSpan.FromSeconds(5)))
-{
-    watch.Restart();
-    await Task.WhenAll(Enumerable.Range(0, 8).Select(async _ =>
-    {
-        while (!stop.IsCancellationRequested)
-        {
-            await single.KickAsync(TaskMessage.Create("noop"));
-            Interlocked.Increment(ref kicked);
-        }
-    }));
-    report.Add("single kick (8 concurrent producers)", kicked / watch.Elapsed.TotalSeconds, "tasks/s");
-}
-
-// 4. Latency at idle: kick → handler start, and kick → WaitForResultAsync returns.
-var started = new ConcurrentDictionary<string, long>();
-var latencyRegistry = new TaskRegistry().Add("ping", (TaskContext ctx) => { started[ctx.TaskId] = Stopwatch.GetTimestamp(); });
-var latencyBroker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "latency" });
-var latencyWorker = new TaskiqWorker(latencyBroker, latencyRegistry, results, new TaskiqWorkerOptions { PollInterval = TimeSpan.FromSeconds(30) });
-await latencyWorker.StartAsync(CancellationToken.None);
-await latencyBroker.ListenerConnected;
-var client = new TaskiqClient(latencyBroker, results);
-var toStart = new List<double>();
-var toResult = new List<double>();
-for (var i = 0; i < arguments.Latency; i++)
-{
-    var t0 = Stopwatch.GetTimestamp();
-    var handle = await client.KickAsync("ping");
-    await handle.WaitForRawResultAsync(TimeSpan.FromSeconds(10));
-    var t1 = Stopwatch.GetTimestamp();
-    toStart.Add(Stopwatch.GetElapsedTime(t0, started[handle.TaskId]).TotalMilliseconds);
-    toResult.Add(Stopwatch.GetElapsedTime(t0, t1).TotalMilliseconds);
-}
-
-await latencyWorker.StopAsync(CancellationToken.None);
-report.AddPercentiles("kick → task start", toStart);
-report.AddPercentiles("kick → WaitForResultAsync returns", toResult);
-
-// 5. The machine's limit for the same SQL shape: claim 100 rows, delete them, 4 connections, raw Npgsql.
-await broker.KickManyAsync(Enumerable.Range(0, 100_000).Select(_ => TaskMessage.Create("noop")).ToArray());
-var claimedRaw = 0L;
-watch.Restart();
-await Task.WhenAll(Enumerable.Range(0, 4).Select(async _ =>
-{
-    await using var connection = await dataSource.OpenConnectionAsync();
-    while (true)
-    {
-        await using var command = new NpgsqlCommand(
-            """
-            WITH next AS (SELECT id FROM taskiq_messages WHERE status = 'pending' AND queue = 'burn' AND run_at <= now()
-                          ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)
-            DELETE FROM taskiq_messages m USING next WHERE m.id = next.id
-            """, connection);
-        var n = await command.ExecuteNonQueryAsync();
-        if (n == 0)
-        {
-            break;
-        }
-
-        Interlocked.Add(ref claimedRaw, n);
-    }
-}));
-report.Add("raw limit: claim+delete 100 rows per statement, 4 connections", claimedRaw / watch.Elapsed.TotalSeconds, "rows/s");
-report.Add("burn-down / raw limit", drain / (claimedRaw / watch.Elapsed.TotalSeconds), "ratio");
-
-// 6. Hangfire.PostgreSql side by side (smaller N: it drains a few hundred jobs per second).
-if (arguments.HangfireJobs > 0)
-{
-    var (hangfireEnqueue, hangfireDrain) = await HangfireBench.RunAsync(connectionString, arguments.HangfireJobs);
-    report.Add($"Hangfire.PostgreSql enqueue ({arguments.HangfireJobs:N0} jobs, one at a time)", hangfireEnqueue, "jobs/s");
-    report.Add($"Hangfire.PostgreSql drain ({HangfireBench.WorkerCount} workers, QueuePollInterval {HangfireBench.QueuePollInterval.TotalMilliseconds} ms)", hangfireDrain, "jobs/s");
-    report.Add("burn-down ratio TaskiqPg / Hangfire.PostgreSql", drain / hangfireDrain, "ratio");
-    report.Add("single kick ratio TaskiqPg (8 producers) / Hangfire enqueue (1 producer)", kicked / 5.0 / hangfireEnqueue, "ratio");
+    Console.WriteLine($"medians of {arguments.Runs} runs (ratios are computed within each run, then their median taken):");
 }
 
 report.Print();
@@ -143,14 +32,164 @@ Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
 await File.WriteAllTextAsync(output, JsonSerializer.Serialize(report.Rows, new JsonSerializerOptions { WriteIndented = true }));
 Console.WriteLine($"JSON: {output}");
 
-async Task<T> Scalar<T>(string sql)
-{
-    await using var command = dataSource.CreateCommand(sql);
-    return (T)(await command.ExecuteScalarAsync())!;
-}
 
-async Task<long> DeadTuplesAsync()
+async Task<BenchReport> MeasureAsync()
 {
-    await using var command = dataSource.CreateCommand("SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'taskiq_messages'");
-    return (long)(await command.ExecuteScalarAsync())!;
+    var report = new BenchReport();
+    var database = "bench_" + Guid.NewGuid().ToString("N")[..8];
+    await using (var create = new NpgsqlConnection(admin))
+    {
+        await create.OpenAsync();
+        await new NpgsqlCommand($"CREATE DATABASE \"{database}\"", create).ExecuteNonQueryAsync();
+    }
+
+    var connectionString = new NpgsqlConnectionStringBuilder(admin) { Database = database, MaxPoolSize = 50 }.ConnectionString;
+    await using var dataSource = NpgsqlDataSource.Create(connectionString);
+    Console.WriteLine($"TaskiqPg benchmark: {arguments.Tasks:N0} tasks, {Environment.ProcessorCount} cores, PostgreSQL {await Scalar<string>("SHOW server_version")}");
+
+    // 1. Bulk kick: KickManyAsync in batches.
+    var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "burn" });
+    var results = new PostgresResultBackend(dataSource);
+    await broker.StartAsync();
+    await results.StartAsync();
+    var deadBefore = await DeadTuplesAsync();
+    var watch = Stopwatch.StartNew();
+    const int batch = 5_000;
+    for (var sent = 0; sent < arguments.Tasks; sent += batch)
+    {
+        var messages = Enumerable.Range(0, Math.Min(batch, arguments.Tasks - sent)).Select(_ => TaskMessage.Create("noop")).ToArray();
+        await broker.KickManyAsync(messages);
+    }
+
+    report.Add("bulk kick (KickManyAsync, 5k per call)", arguments.Tasks / watch.Elapsed.TotalSeconds, "tasks/s");
+
+    // 2. Burn-down: one worker drains them, results stored.
+    var registry = new TaskRegistry().Add("noop", () => { });
+    var worker = new TaskiqWorker(broker, registry, results,
+        new TaskiqWorkerOptions { MaxConcurrentTasks = 32, PrefetchCount = 512, ClaimBatchSize = 256, PollInterval = TimeSpan.FromMilliseconds(100) });
+    var peakRss = 0L;
+    using var rssSampler = new Timer(_ => peakRss = Math.Max(peakRss, Process.GetCurrentProcess().WorkingSet64), null, 0, 200);
+    watch.Restart();
+    await worker.StartAsync(CancellationToken.None);
+    while ((await broker.GetQueueCountsAsync()).Values.Sum() > 0)
+    {
+        await Task.Delay(100);
+    }
+
+    var drain = arguments.Tasks / watch.Elapsed.TotalSeconds;
+    await worker.StopAsync(CancellationToken.None);
+    report.Add("burn-down (1 worker, results stored)", drain, "tasks/s");
+    report.Add("worker process peak RSS during burn-down", peakRss / 1024.0 / 1024.0, "MB");
+    report.Add("dead tuples on the queue table before → after", await DeadTuplesAsync() - deadBefore, "rows (delta)");
+
+    // 3. Single kicks from 8 concurrent producers for 5 s.
+    var single = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "single" });
+    var kicked = 0L;
+    using (var stop = new CancellationTokenSource(TimeSpan.FromSeconds(5)))
+    {
+        watch.Restart();
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(async _ =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                await single.KickAsync(TaskMessage.Create("noop"));
+                Interlocked.Increment(ref kicked);
+            }
+        }));
+        report.Add("single kick (8 concurrent producers)", kicked / watch.Elapsed.TotalSeconds, "tasks/s");
+    }
+
+    // 4. Latency at idle: kick → handler start, and kick → WaitForResultAsync returns.
+    var started = new ConcurrentDictionary<string, long>();
+    var latencyRegistry = new TaskRegistry().Add("ping", (TaskContext ctx) => { started[ctx.TaskId] = Stopwatch.GetTimestamp(); });
+    var latencyBroker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "latency" });
+    var latencyWorker = new TaskiqWorker(latencyBroker, latencyRegistry, results, new TaskiqWorkerOptions { PollInterval = TimeSpan.FromSeconds(30) });
+    await latencyWorker.StartAsync(CancellationToken.None);
+    await latencyBroker.ListenerConnected;
+    var client = new TaskiqClient(latencyBroker, results);
+    var toStart = new List<double>();
+    var toResult = new List<double>();
+    for (var i = 0; i < arguments.Latency; i++)
+    {
+        var t0 = Stopwatch.GetTimestamp();
+        var handle = await client.KickAsync("ping");
+        await handle.WaitForRawResultAsync(TimeSpan.FromSeconds(10));
+        var t1 = Stopwatch.GetTimestamp();
+        toStart.Add(Stopwatch.GetElapsedTime(t0, started[handle.TaskId]).TotalMilliseconds);
+        toResult.Add(Stopwatch.GetElapsedTime(t0, t1).TotalMilliseconds);
+    }
+
+    await latencyWorker.StopAsync(CancellationToken.None);
+    report.AddPercentiles("kick → task start", toStart);
+    report.AddPercentiles("kick → WaitForResultAsync returns", toResult);
+
+    // 5. The machine's limit for the same SQL shape: claim 100 rows, delete them, 4 connections, raw Npgsql.
+    await broker.KickManyAsync(Enumerable.Range(0, 100_000).Select(_ => TaskMessage.Create("noop")).ToArray());
+    var claimedRaw = 0L;
+    watch.Restart();
+    await Task.WhenAll(Enumerable.Range(0, 4).Select(async _ =>
+    {
+        await using var connection = await dataSource.OpenConnectionAsync();
+        while (true)
+        {
+            await using var command = new NpgsqlCommand(
+                """
+                WITH next AS (SELECT id FROM taskiq_messages WHERE status = 'pending' AND queue = 'burn' AND run_at <= now()
+                              ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)
+                DELETE FROM taskiq_messages m USING next WHERE m.id = next.id
+                """, connection);
+            var n = await command.ExecuteNonQueryAsync();
+            if (n == 0)
+            {
+                break;
+            }
+
+            Interlocked.Add(ref claimedRaw, n);
+        }
+    }));
+    report.Add("raw limit: claim+delete 100 rows per statement, 4 connections", claimedRaw / watch.Elapsed.TotalSeconds, "rows/s");
+    report.Add("burn-down / raw limit", drain / (claimedRaw / watch.Elapsed.TotalSeconds), "ratio");
+
+    // 6. Hangfire.PostgreSql side by side (smaller N: it drains a few hundred jobs per second).
+    if (arguments.HangfireJobs > 0)
+    {
+        var (hangfireEnqueue, hangfireDrain) = await HangfireBench.RunAsync(connectionString, arguments.HangfireJobs);
+        report.Add($"Hangfire.PostgreSql enqueue ({arguments.HangfireJobs:N0} jobs, one at a time)", hangfireEnqueue, "jobs/s");
+        report.Add($"Hangfire.PostgreSql drain ({HangfireBench.WorkerCount} workers, QueuePollInterval {HangfireBench.QueuePollInterval.TotalMilliseconds} ms)", hangfireDrain, "jobs/s");
+        report.Add("burn-down ratio TaskiqPg / Hangfire.PostgreSql", drain / hangfireDrain, "ratio");
+        report.Add("single kick ratio TaskiqPg (8 producers) / Hangfire enqueue (1 producer)", kicked / 5.0 / hangfireEnqueue, "ratio");
+    }
+
+    // 7. graphile-worker side by side, default and batched configurations.
+    if (arguments.GraphileJobs > 0)
+    {
+        foreach (var mode in new[] { "default", "batched" })
+        {
+            if (await GraphileBench.RunAsync(admin, arguments.GraphileJobs, mode) is { } graphile)
+            {
+                report.Add($"graphile-worker {mode}: add_jobs ({arguments.GraphileJobs:N0} jobs)", graphile.AddRate, "jobs/s");
+                report.Add($"graphile-worker {mode}: drain (runOnce, 24 concurrent, no results)", graphile.DrainRate, "jobs/s");
+                report.Add($"burn-down ratio TaskiqPg / graphile-worker {mode}", drain / graphile.DrainRate, "ratio");
+            }
+        }
+    }
+
+    async Task<T> Scalar<T>(string sql)
+    {
+        await using var command = dataSource.CreateCommand(sql);
+        return (T)(await command.ExecuteScalarAsync())!;
+    }
+
+    async Task<long> DeadTuplesAsync()
+    {
+        await using var command = dataSource.CreateCommand("SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'taskiq_messages'");
+        return (long)(await command.ExecuteScalarAsync())!;
+    }
+
+    foreach (var component in new IAsyncDisposable[] { broker, results, single, latencyBroker })
+    {
+        await component.DisposeAsync();
+    }
+
+    return report;
 }
