@@ -10,6 +10,11 @@ using TaskiqPg.LocalServer;
 //   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000]
 //       [--hangfire 5000] [--graphile 100000] [--runs 3] [--out file.json]      (0 skips a peer)
 // Without --connection it starts a throwaway local PostgreSQL server with default (durable) settings.
+if (args is [DrainWorker.Flag, var drainQueue])
+{
+    return await DrainWorker.MainAsync(drainQueue);
+}
+
 var arguments = BenchArguments.Parse(args);
 await using var server = arguments.Connection is null ? await LocalPostgresServer.StartAsync() : null;
 var admin = arguments.Connection ?? server!.GetConnectionString();
@@ -31,6 +36,7 @@ var output = arguments.Output ?? Path.Combine("bench", "results", $"taskiqpg-{Da
 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
 await File.WriteAllTextAsync(output, JsonSerializer.Serialize(report.Rows, new JsonSerializerOptions { WriteIndented = true }));
 Console.WriteLine($"JSON: {output}");
+return 0;
 
 
 async Task<BenchReport> MeasureAsync()
@@ -63,23 +69,10 @@ async Task<BenchReport> MeasureAsync()
 
     report.Add("bulk kick (KickManyAsync, 5k per call)", arguments.Tasks / watch.Elapsed.TotalSeconds, "tasks/s");
 
-    // 2. Burn-down: one worker drains them, results stored.
-    var registry = new TaskRegistry().Add("noop", () => { });
-    var worker = new TaskiqWorker(broker, registry, results,
-        new TaskiqWorkerOptions { MaxConcurrentTasks = 32, PrefetchCount = 512, ClaimBatchSize = 256, PollInterval = TimeSpan.FromMilliseconds(100) });
-    var peakRss = 0L;
-    using var rssSampler = new Timer(_ => peakRss = Math.Max(peakRss, Process.GetCurrentProcess().WorkingSet64), null, 0, 200);
-    watch.Restart();
-    await worker.StartAsync(CancellationToken.None);
-    while ((await broker.GetQueueCountsAsync()).Values.Sum() > 0)
-    {
-        await Task.Delay(100);
-    }
-
-    var drain = arguments.Tasks / watch.Elapsed.TotalSeconds;
-    await worker.StopAsync(CancellationToken.None);
-    report.Add("burn-down (1 worker, results stored)", drain, "tasks/s");
-    report.Add("worker process peak RSS during burn-down", peakRss / 1024.0 / 1024.0, "MB");
+    // 2. Burn-down: one worker process (this executable again, in drain-worker mode) drains them, results stored.
+    var (drain, peakRssMb) = await DrainWorker.RunAsync(connectionString, "burn");
+    report.Add("burn-down (1 worker process, results stored)", drain, "tasks/s");
+    report.Add("worker process peak RSS during burn-down", peakRssMb, "MB");
     report.Add("dead tuples on the queue table before → after", await DeadTuplesAsync() - deadBefore, "rows (delta)");
 
     // 3. Single kicks from 8 concurrent producers for 5 s.

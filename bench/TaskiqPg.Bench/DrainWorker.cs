@@ -1,0 +1,67 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Npgsql;
+
+namespace TaskiqPg.Bench;
+
+/// <summary>
+/// The burn-down's worker as a process of its own (so its peak RSS is the worker's alone): started by the benchmark
+/// with <c>--drain-worker &lt;queue&gt;</c> and the connection string in <c>TASKIQPG_BENCH_CONNECTION</c> (never on
+/// the command line, where <c>ps</c> would show the password). Prints one JSON line: drain rate and peak RSS.
+/// </summary>
+internal static class DrainWorker
+{
+    public const string Flag = "--drain-worker";
+    private const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
+
+    public static async Task<int> MainAsync(string queue)
+    {
+        var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable)
+                               ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
+        await using var dataSource = NpgsqlDataSource.Create(connectionString);
+        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue });
+        await using var results = new PostgresResultBackend(dataSource);
+        var total = (await broker.GetQueueCountsAsync()).Values.Sum();
+        var registry = new TaskRegistry().Add("noop", () => { });
+        using var worker = new TaskiqWorker(broker, registry, results,
+            new TaskiqWorkerOptions { MaxConcurrentTasks = 32, PrefetchCount = 512, ClaimBatchSize = 256, PollInterval = TimeSpan.FromMilliseconds(100) });
+        var peakRss = 0L;
+        using var sampler = new Timer(_ => peakRss = Math.Max(peakRss, Environment.WorkingSet), null, 0, 100);
+        var watch = Stopwatch.StartNew();
+        await worker.StartAsync(CancellationToken.None);
+        while ((await broker.GetQueueCountsAsync()).Values.Sum() > 0)
+        {
+            await Task.Delay(50);
+        }
+
+        var rate = total / watch.Elapsed.TotalSeconds;
+        await worker.StopAsync(CancellationToken.None);
+        Console.WriteLine(JsonSerializer.Serialize(new { rate, peakRssMb = Math.Max(peakRss, Environment.WorkingSet) / 1024.0 / 1024.0 }));
+        return 0;
+    }
+
+    /// <summary>Runs this benchmark executable again in drain-worker mode and reads its result.</summary>
+    public static async Task<(double Rate, double PeakRssMb)> RunAsync(string connectionString, string queue)
+    {
+        var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
+        {
+            info.ArgumentList.Add(typeof(DrainWorker).Assembly.Location);
+        }
+
+        info.ArgumentList.Add(Flag);
+        info.ArgumentList.Add(queue);
+        info.Environment[ConnectionVariable] = connectionString;
+        using var process = Process.Start(info)!;
+        var output = await process.StandardOutput.ReadToEndAsync();
+        var error = await process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"The drain worker failed: {error}");
+        }
+
+        using var json = JsonDocument.Parse(output.Trim().Split('\n')[^1]);
+        return (json.RootElement.GetProperty("rate").GetDouble(), json.RootElement.GetProperty("peakRssMb").GetDouble());
+    }
+}
