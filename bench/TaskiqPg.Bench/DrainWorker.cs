@@ -14,7 +14,7 @@ internal static class DrainWorker
     public const string Flag = "--drain-worker";
     private const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
 
-    public static async Task<int> MainAsync(string queue)
+    public static async Task<int> MainAsync(string queue, TimeSpan? runFor = null)
     {
         var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable)
                                ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
@@ -22,26 +22,34 @@ internal static class DrainWorker
         await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue });
         await using var results = new PostgresResultBackend(dataSource);
         var total = (await broker.GetQueueCountsAsync()).Values.Sum();
-        var registry = new TaskRegistry().Add("noop", () => { });
+        var completed = 0L;
+        var registry = new TaskRegistry().Add("noop", () => { Interlocked.Increment(ref completed); });
         using var worker = new TaskiqWorker(broker, registry, results,
             new TaskiqWorkerOptions { MaxConcurrentTasks = 32, PrefetchCount = 512, ClaimBatchSize = 256, PollInterval = TimeSpan.FromMilliseconds(100) });
         var peakRss = 0L;
         using var sampler = new Timer(_ => peakRss = Math.Max(peakRss, Environment.WorkingSet), null, 0, 100);
         var watch = Stopwatch.StartNew();
         await worker.StartAsync(CancellationToken.None);
-        while ((await broker.GetQueueCountsAsync()).Values.Sum() > 0)
+        if (runFor is { } duration)
         {
-            await Task.Delay(50);
+            await Task.Delay(duration); // steady mode: run alongside the producers for a fixed time
+        }
+        else
+        {
+            while ((await broker.GetQueueCountsAsync()).Values.Sum() > 0)
+            {
+                await Task.Delay(50);
+            }
         }
 
-        var rate = total / watch.Elapsed.TotalSeconds;
+        var rate = (runFor is null ? total : Interlocked.Read(ref completed)) / watch.Elapsed.TotalSeconds;
         await worker.StopAsync(CancellationToken.None);
         Console.WriteLine(JsonSerializer.Serialize(new { rate, peakRssMb = Math.Max(peakRss, Environment.WorkingSet) / 1024.0 / 1024.0 }));
         return 0;
     }
 
     /// <summary>Runs this benchmark executable again in drain-worker mode and reads its result.</summary>
-    public static async Task<(double Rate, double PeakRssMb)> RunAsync(string connectionString, string queue)
+    public static async Task<(double Rate, double PeakRssMb)> RunAsync(string connectionString, string queue, TimeSpan? runFor = null)
     {
         var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
@@ -51,6 +59,10 @@ internal static class DrainWorker
 
         info.ArgumentList.Add(Flag);
         info.ArgumentList.Add(queue);
+        if (runFor is { } duration)
+        {
+            info.ArgumentList.Add(((int)duration.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
         info.Environment[ConnectionVariable] = connectionString;
         using var process = Process.Start(info)!;
         var output = await process.StandardOutput.ReadToEndAsync();

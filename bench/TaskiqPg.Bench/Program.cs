@@ -10,9 +10,9 @@ using TaskiqPg.LocalServer;
 //   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000]
 //       [--hangfire 5000] [--graphile 100000] [--runs 3] [--out file.json]      (0 skips a peer)
 // Without --connection it starts a throwaway local PostgreSQL server with default (durable) settings.
-if (args is [DrainWorker.Flag, var drainQueue])
+if (args is [DrainWorker.Flag, var drainQueue, ..])
 {
-    return await DrainWorker.MainAsync(drainQueue);
+    return await DrainWorker.MainAsync(drainQueue, args.Length > 2 ? TimeSpan.FromSeconds(int.Parse(args[2])) : null);
 }
 
 var arguments = BenchArguments.Parse(args);
@@ -91,6 +91,39 @@ async Task<BenchReport> MeasureAsync()
         }));
         report.Add("single kick (8 concurrent producers)", kicked / watch.Elapsed.TotalSeconds, "tasks/s");
     }
+
+    // 3b. Steady: 30 s of concurrent kicks (8 producers) while a worker process executes; queue depth every second.
+    var steady = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "steady" });
+    await steady.StartAsync();
+    var steadyKicked = 0L;
+    var depths = new List<long>();
+    var steadyWorker = DrainWorker.RunAsync(connectionString, "steady", TimeSpan.FromSeconds(31));
+    await Task.Delay(TimeSpan.FromSeconds(1)); // let the worker process start
+    using (var stop = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
+    {
+        var producers = Enumerable.Range(0, 8).Select(async _ =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                await steady.KickAsync(TaskMessage.Create("noop"));
+                Interlocked.Increment(ref steadyKicked);
+            }
+        }).ToArray();
+        while (!stop.IsCancellationRequested)
+        {
+            await Task.Delay(1000);
+            depths.Add((await steady.GetQueueCountsAsync()).Values.Sum());
+        }
+
+        await Task.WhenAll(producers);
+    }
+
+    var (steadyRate, _) = await steadyWorker;
+    report.Add("steady 30 s: kicked (8 producers)", steadyKicked / 30.0, "tasks/s");
+    report.Add("steady 30 s: completed (1 worker process)", steadyRate, "tasks/s");
+    report.Add("steady 30 s: max queue depth (sampled each second)", depths.Count > 0 ? depths.Max() : 0, "tasks");
+    report.Add("steady 30 s: final queue depth", depths.Count > 0 ? depths[^1] : 0, "tasks");
+    Console.WriteLine("steady queue depth per second: " + string.Join(" ", depths));
 
     // 4. Latency at idle: kick → handler start, and kick → WaitForResultAsync returns.
     var started = new ConcurrentDictionary<string, long>();
@@ -179,7 +212,7 @@ async Task<BenchReport> MeasureAsync()
         return (long)(await command.ExecuteScalarAsync())!;
     }
 
-    foreach (var component in new IAsyncDisposable[] { broker, results, single, latencyBroker })
+    foreach (var component in new IAsyncDisposable[] { broker, results, single, steady, latencyBroker })
     {
         await component.DisposeAsync();
     }
