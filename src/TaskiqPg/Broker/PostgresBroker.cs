@@ -16,13 +16,10 @@ namespace TaskiqPg;
 /// </summary>
 public sealed class PostgresBroker : IAsyncDisposable
 {
-    private readonly bool _ownsDataSource;
     private readonly BrokerSql _sql;
     private readonly ILogger _logger;
-    private readonly NotificationListener _listener;
-    private readonly StartGate _start = new();
+    private readonly ComponentResources _resources;
     private readonly Subscribers _subscribers = new();
-    private int _disposed;
 
     /// <summary>Creates a broker that owns a data source built from <paramref name="connectionString"/>.</summary>
     public PostgresBroker(string connectionString, PostgresBrokerOptions? options = null, ILoggerFactory? loggerFactory = null)
@@ -43,24 +40,13 @@ public sealed class PostgresBroker : IAsyncDisposable
     private PostgresBroker(NpgsqlDataSource dataSource, bool ownsDataSource, PostgresBrokerOptions? options,
         NpgsqlConnection? listenConnection, ILoggerFactory? loggerFactory)
     {
-        ArgumentNullException.ThrowIfNull(dataSource);
         Options = (options ?? new PostgresBrokerOptions()) with { }; // a copy: later edits to the caller's object change nothing
-        try
-        {
-            Options.Validate();
-        }
-        catch when (ownsDataSource)
-        {
-            dataSource.Dispose();
-            throw;
-        }
-
+        ComponentResources.ValidateOrDispose(dataSource, ownsDataSource, Options.Validate);
         DataSource = dataSource;
-        _ownsDataSource = ownsDataSource;
         _sql = new BrokerSql(Options);
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresBroker>();
-        _listener = new NotificationListener(dataSource, listenConnection, [Options.Channel],
-            (_, payload) => OnNotification(payload), WakeSubscribers, _logger, "broker");
+        _resources = new ComponentResources(dataSource, ownsDataSource, new NotificationListener(dataSource, listenConnection, [Options.Channel],
+            (_, payload) => OnNotification(payload), WakeSubscribers, _logger, "broker"));
     }
 
     /// <summary>The data source every query runs on.</summary>
@@ -70,17 +56,17 @@ public sealed class PostgresBroker : IAsyncDisposable
     public PostgresBrokerOptions Options { get; }
 
     /// <summary>True while the LISTEN connection is up.</summary>
-    public bool IsListening => _listener.IsConnected;
+    public bool IsListening => _resources.Listener.IsConnected;
 
     /// <summary>Backend process id of the LISTEN connection (0 while disconnected); for diagnostics and tests.</summary>
-    public int ListenerProcessId => _listener.BackendProcessId;
+    public int ListenerProcessId => _resources.Listener.BackendProcessId;
 
     /// <summary>Completes once the LISTEN connection is up.</summary>
-    public Task ListenerConnected => _listener.Connected;
+    public Task ListenerConnected => _resources.Listener.Connected;
 
     /// <summary>Runs the migrations (unless <see cref="PostgresBrokerOptions.RunMigrations"/> is false). Idempotent.</summary>
     public Task StartAsync(CancellationToken cancellationToken = default)
-        => _start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
+        => _resources.Start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
 
     /// <summary>Creates or upgrades the messages table and its indexes. Safe to call from many processes at once.</summary>
     public Task MigrateAsync(CancellationToken cancellationToken = default)
@@ -290,26 +276,12 @@ public sealed class PostgresBroker : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(onWake);
         var subscription = _subscribers.Add(onWake);
-        _listener.Start();
+        _resources.Listener.Start();
         return subscription;
     }
 
     /// <summary>Stops the listener; disposes the data source only if this broker created it.</summary>
-    public async ValueTask DisposeAsync()
-    {
-        if (Interlocked.Exchange(ref _disposed, 1) == 1)
-        {
-            return;
-        }
-
-        await _listener.DisposeAsync();
-        if (_ownsDataSource)
-        {
-            await DataSource.DisposeAsync();
-        }
-
-        _start.Dispose();
-    }
+    public ValueTask DisposeAsync() => _resources.DisposeAsync();
 
     private async Task<long> KickCoreAsync(NpgsqlCommand command, TaskMessage message, KickOptions? options, CancellationToken cancellationToken)
     {

@@ -19,15 +19,12 @@ public sealed class PostgresResultBackend : IAsyncDisposable
     private const int MaxNotifyPayloadBytes = 7000;
     private static readonly TimeSpan DisconnectedRecheck = TimeSpan.FromMilliseconds(200);
 
-    private readonly bool _ownsDataSource;
     private readonly ResultSql _sql;
     private readonly ILogger _logger;
-    private readonly NotificationListener _listener;
+    private readonly ComponentResources _resources;
     private readonly Dictionary<string, List<WakeSignal>> _waiters = [];
-    private readonly StartGate _start = new();
     private readonly CancellationTokenSource _stop = new();
     private Task? _pruner;
-    private int _disposed;
 
     /// <summary>Creates a result backend that owns a data source built from <paramref name="connectionString"/>.</summary>
     public PostgresResultBackend(string connectionString, PostgresResultBackendOptions? options = null, ILoggerFactory? loggerFactory = null)
@@ -44,24 +41,13 @@ public sealed class PostgresResultBackend : IAsyncDisposable
     private PostgresResultBackend(NpgsqlDataSource dataSource, bool ownsDataSource, PostgresResultBackendOptions? options,
         ILoggerFactory? loggerFactory)
     {
-        ArgumentNullException.ThrowIfNull(dataSource);
         Options = (options ?? new PostgresResultBackendOptions()) with { }; // a copy: later edits to the caller's object change nothing
-        try
-        {
-            Options.Validate();
-        }
-        catch when (ownsDataSource)
-        {
-            dataSource.Dispose();
-            throw;
-        }
-
+        ComponentResources.ValidateOrDispose(dataSource, ownsDataSource, Options.Validate);
         DataSource = dataSource;
-        _ownsDataSource = ownsDataSource;
         _sql = new ResultSql(Options);
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresResultBackend>();
-        _listener = new NotificationListener(dataSource, null, [Options.Channel], (_, payload) => OnResultsStored(payload),
-            WakeAllWaiters, _logger, "results");
+        _resources = new ComponentResources(dataSource, ownsDataSource, new NotificationListener(dataSource, null, [Options.Channel],
+            (_, payload) => OnResultsStored(payload), WakeAllWaiters, _logger, "results"));
     }
 
     /// <summary>The data source every query runs on.</summary>
@@ -71,11 +57,11 @@ public sealed class PostgresResultBackend : IAsyncDisposable
     public PostgresResultBackendOptions Options { get; }
 
     /// <summary>True while the LISTEN connection for result notifications is up (it starts with the first wait).</summary>
-    public bool IsListening => _listener.IsConnected;
+    public bool IsListening => _resources.Listener.IsConnected;
 
     /// <summary>Runs the migrations (unless disabled) and starts the pruner. Idempotent.</summary>
     public Task StartAsync(CancellationToken cancellationToken = default)
-        => _start.RunOnceAsync(async ct =>
+        => _resources.Start.RunOnceAsync(async ct =>
         {
             if (Options.RunMigrations)
             {
@@ -176,7 +162,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
     {
         ArgumentException.ThrowIfNullOrEmpty(taskId);
         await StartAsync(cancellationToken);
-        _listener.Start();
+        _resources.Listener.Start();
         var signal = new WakeSignal();
         AddWaiter(taskId, signal);
         try
@@ -189,7 +175,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
                 await WaitBrieflyForListenerAsync(deadline.Token);
                 while (true)
                 {
-                    var recheck = _listener.IsConnected ? Options.WaitRecheckInterval : DisconnectedRecheck;
+                    var recheck = _resources.Listener.IsConnected ? Options.WaitRecheckInterval : DisconnectedRecheck;
                     try
                     {
                         if (await TryGetResultAsync(taskId, deadline.Token) is { } result)
@@ -266,7 +252,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
     /// <summary>Stops the listener and pruner; disposes the data source only if this backend created it.</summary>
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        if (_stop.IsCancellationRequested)
         {
             return;
         }
@@ -277,14 +263,8 @@ public sealed class PostgresResultBackend : IAsyncDisposable
             await _pruner.ContinueWith(static _ => { }, TaskScheduler.Default);
         }
 
-        await _listener.DisposeAsync();
-        if (_ownsDataSource)
-        {
-            await DataSource.DisposeAsync();
-        }
-
+        await _resources.DisposeAsync();
         _stop.Dispose();
-        _start.Dispose();
     }
 
     private async Task<TaskResult?> TryGetResultAsync(string taskId, CancellationToken cancellationToken)
@@ -337,14 +317,14 @@ public sealed class PostgresResultBackend : IAsyncDisposable
 
     private async Task WaitBrieflyForListenerAsync(CancellationToken cancellationToken)
     {
-        if (_listener.IsConnected)
+        if (_resources.Listener.IsConnected)
         {
             return;
         }
 
         try
         {
-            await _listener.Connected.WaitAsync(TimeSpan.FromSeconds(1), cancellationToken);
+            await _resources.Listener.Connected.WaitAsync(TimeSpan.FromSeconds(1), cancellationToken);
         }
         catch (TimeoutException)
         {

@@ -13,13 +13,10 @@ namespace TaskiqPg;
 /// </summary>
 public sealed class PostgresScheduleSource : IAsyncDisposable
 {
-    private readonly bool _ownsDataSource;
     private readonly ScheduleSql _sql;
     private readonly ILogger _logger;
-    private readonly NotificationListener _listener;
-    private readonly StartGate _start = new();
+    private readonly ComponentResources _resources;
     private readonly Subscribers _subscribers = new();
-    private int _disposed;
 
     /// <summary>Creates a schedule source that owns a data source built from <paramref name="connectionString"/>.</summary>
     public PostgresScheduleSource(string connectionString, PostgresScheduleSourceOptions? options = null, ILoggerFactory? loggerFactory = null)
@@ -35,23 +32,13 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
 
     private PostgresScheduleSource(NpgsqlDataSource dataSource, bool ownsDataSource, PostgresScheduleSourceOptions? options, ILoggerFactory? loggerFactory)
     {
-        ArgumentNullException.ThrowIfNull(dataSource);
         Options = (options ?? new PostgresScheduleSourceOptions()) with { };
-        try
-        {
-            Options.Validate();
-        }
-        catch when (ownsDataSource)
-        {
-            dataSource.Dispose();
-            throw;
-        }
-
+        ComponentResources.ValidateOrDispose(dataSource, ownsDataSource, Options.Validate);
         DataSource = dataSource;
-        _ownsDataSource = ownsDataSource;
         _sql = new ScheduleSql(Options);
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresScheduleSource>();
-        _listener = new NotificationListener(dataSource, null, [Options.Channel], (_, _) => Wake(), Wake, _logger, "schedules");
+        _resources = new ComponentResources(dataSource, ownsDataSource,
+            new NotificationListener(dataSource, null, [Options.Channel], (_, _) => Wake(), Wake, _logger, "schedules"));
     }
 
     /// <summary>The data source every query runs on.</summary>
@@ -65,7 +52,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
 
     /// <summary>Runs the migrations (unless disabled). Idempotent.</summary>
     public Task StartAsync(CancellationToken cancellationToken = default)
-        => _start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
+        => _resources.Start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
 
     /// <summary>Creates or upgrades the schedule tables. Safe to call from many processes at once.</summary>
     public Task MigrateAsync(CancellationToken cancellationToken = default)
@@ -169,26 +156,12 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     public IDisposable Subscribe(Action onChange)
     {
         var subscription = _subscribers.Add(onChange);
-        _listener.Start();
+        _resources.Listener.Start();
         return subscription;
     }
 
     /// <summary>Stops the listener; disposes the data source only if this source created it.</summary>
-    public async ValueTask DisposeAsync()
-    {
-        if (Interlocked.Exchange(ref _disposed, 1) == 1)
-        {
-            return;
-        }
-
-        await _listener.DisposeAsync();
-        if (_ownsDataSource)
-        {
-            await DataSource.DisposeAsync();
-        }
-
-        _start.Dispose();
-    }
+    public ValueTask DisposeAsync() => _resources.DisposeAsync();
 
     internal CompiledSchedule Compile(ScheduleDefinition definition)
     {
