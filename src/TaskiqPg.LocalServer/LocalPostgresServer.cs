@@ -14,11 +14,10 @@ public sealed class LocalPostgresServer : IAsyncDisposable
     private readonly Process _process;
     private readonly bool _ownsDirectory;
     private readonly string _rootDirectory;
-    private readonly Queue<string> _lastOutput;
     private int _disposed;
 
     private LocalPostgresServer(PostgresCluster cluster, Process process, int port, string username, string password,
-        bool ownsDirectory, string rootDirectory, Queue<string> lastOutput)
+        bool ownsDirectory, string rootDirectory)
     {
         Cluster = cluster;
         _process = process;
@@ -27,7 +26,6 @@ public sealed class LocalPostgresServer : IAsyncDisposable
         Password = password;
         _ownsDirectory = ownsDirectory;
         _rootDirectory = rootDirectory;
-        _lastOutput = lastOutput;
     }
 
     /// <summary>The data folder and its commands.</summary>
@@ -71,7 +69,7 @@ public sealed class LocalPostgresServer : IAsyncDisposable
                 try
                 {
                     await WaitUntilReadyAsync(cluster, process, output, options.StartTimeout, cancellationToken);
-                    return new LocalPostgresServer(cluster, process, port, options.Username, password, ownsDirectory, root, output);
+                    return new LocalPostgresServer(cluster, process, port, options.Username, password, ownsDirectory, root);
                 }
                 catch (InvalidOperationException) when (options.Port == 0 && attempt < 3 && process.HasExited)
                 {
@@ -109,18 +107,6 @@ public sealed class LocalPostgresServer : IAsyncDisposable
         if (_ownsDirectory)
         {
             TryDelete(_rootDirectory);
-        }
-    }
-
-    /// <summary>The last lines the server printed (for diagnostics).</summary>
-    public string RecentOutput
-    {
-        get
-        {
-            lock (_lastOutput)
-            {
-                return string.Join(Environment.NewLine, _lastOutput);
-            }
         }
     }
 

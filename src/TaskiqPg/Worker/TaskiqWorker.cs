@@ -317,7 +317,7 @@ public sealed class TaskiqWorker : BackgroundService
                 ExecutionTime = started.Elapsed.TotalSeconds,
                 Labels = message.Labels,
             };
-            return Completion.Success(task, message, result);
+            return Completion.Success(task, result);
         }
         catch (TaskArgumentException ex)
         {
@@ -702,7 +702,7 @@ public sealed class TaskiqWorker : BackgroundService
         /// <summary>No attempt follows this one.</summary>
         public bool IsFinal => Succeeded || !Retry || Task.Attempt >= Task.MaxAttempts;
 
-        public static Completion Success(ClaimedTask task, TaskMessage message, TaskResult result) => new(task, result, null, false, null);
+        public static Completion Success(ClaimedTask task, TaskResult result) => new(task, result, null, false, null);
 
         public static Completion Failure(ClaimedTask task, TaskMessage? message, string type, string reason, string? stackTrace,
             bool retry, TimeSpan elapsed = default, Exception? exception = null)
