@@ -1,14 +1,18 @@
 namespace TaskiqPg.Bench;
 
 /// <summary>Command line of the benchmark.</summary>
-internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs, int GraphileJobs, int Runs)
+internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs, int GraphileJobs, int Runs,
+    int SteadySeconds, int SingleKickSeconds)
 {
     public static BenchArguments Parse(string[] args)
     {
         string? Value(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
-        return new BenchArguments(Value("--connection"), int.Parse(Value("--tasks") ?? "200000"), int.Parse(Value("--latency") ?? "1000"), Value("--out"),
-            int.Parse(Value("--hangfire") ?? "5000"), int.Parse(Value("--graphile") ?? "100000"),
-            int.Parse(Value("--runs") ?? "1"));
+        int Number(string name, int full, int smoke) => Value(name) is { } v ? int.Parse(v, System.Globalization.CultureInfo.InvariantCulture)
+            : args.Contains("--smoke") ? smoke : full;
+        // --smoke: every workload at a tiny size (seconds, not minutes) so CI keeps the benchmark running; no thresholds.
+        return new BenchArguments(Value("--connection") ?? Environment.GetEnvironmentVariable("TASKIQPG_BENCH_CONNECTION"), Number("--tasks", 200_000, 2_000), Number("--latency", 1_000, 20), Value("--out"),
+            Number("--hangfire", 5_000, 100), Number("--graphile", 100_000, 0), Number("--runs", 1, 1),
+            Number("--steady", 30, 2), Number("--single", 5, 1));
     }
 }
 

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Npgsql;
 
 namespace TaskiqPg.Tests;
 
@@ -143,5 +144,60 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
         await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync()).Values.Sum() == 0, TimeSpan.FromSeconds(60),
             "every kicked task completes");
         Assert.Equal(2_000L * 2_001 / 2, Interlocked.Read(ref sum));
+    }
+
+    [Fact]
+    public async Task KickMany_keeps_each_tasks_fields_and_computes_the_delay_on_the_database_clock()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        var messages = Enumerable.Range(0, 300).Select(i => TaskMessage.Create("n", [i])).ToArray();
+
+        await harness.Broker.KickManyAsync(messages, new KickOptions
+        {
+            Delay = TimeSpan.FromHours(1), Priority = 7, MaxAttempts = 5, Labels = new Dictionary<string, string> { ["tenant"] = "a" },
+        });
+
+        // run_at = the transaction's now() + delay, exactly as an INSERT ... now() + $delay would store it.
+        Assert.Equal(300L, await harness.ScalarAsync<long>(
+            """
+            SELECT count(*) FROM taskiq_messages
+            WHERE queue = $1 AND run_at - created_at = interval '1 hour' AND priority = 7 AND max_attempts = 5
+              AND labels ->> 'tenant' = 'a' AND status = 'pending' AND message::jsonb ->> 'task_name' = 'n'
+            """, harness.Broker.Options.Queue));
+        Assert.Equal(Enumerable.Range(0, 300).ToArray(), (await harness.ScalarAsync<int[]>(
+            "SELECT array_agg((message::jsonb -> 'args' ->> 0)::int ORDER BY id) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue)));
+    }
+
+    [Fact]
+    public async Task KickMany_with_a_null_message_inserts_nothing()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+
+        await Assert.ThrowsAsync<ArgumentException>(() => harness.Broker.KickManyAsync([TaskMessage.Create("n"), null!]));
+
+        Assert.Equal(0, (await harness.Broker.GetQueueCountsAsync()).Values.Sum());
+    }
+
+    [Fact]
+    public async Task Disposing_a_broker_right_after_a_kick_still_wakes_the_workers()
+    {
+        // The wake-up NOTIFY of a kick outside a transaction is sent after its commit, coalesced, in the background;
+        // DisposeAsync must wait for it even when the broker owns (and then disposes) its pool.
+        await using var listener = new NpgsqlConnection(db.ConnectionString);
+        await listener.OpenAsync();
+        var woken = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        listener.Notification += (_, e) => woken.TrySetResult(e.Payload);
+        var options = new PostgresBrokerOptions { Queue = "dispose_" + Guid.NewGuid().ToString("N")[..8], Channel = "wake_" + Guid.NewGuid().ToString("N")[..8] };
+        await using (var listen = new NpgsqlCommand($"LISTEN {options.Channel}", listener))
+        {
+            await listen.ExecuteNonQueryAsync();
+        }
+
+        var broker = new PostgresBroker(db.ConnectionString, options);
+        await broker.KickAsync(TaskMessage.Create("n"));
+        await broker.DisposeAsync();
+
+        _ = listener.WaitAsync(Bound); // reads (and so delivers) pending notifications
+        Assert.Equal(options.Queue, await woken.Task.WaitAsync(Bound));
     }
 }

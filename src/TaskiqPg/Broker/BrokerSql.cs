@@ -38,28 +38,15 @@ internal sealed class BrokerSql
         ];
 
         // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
-        Kick =
-            $"""
-             WITH ins AS (
-                 INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts)
-                 VALUES ($1, $2, $3, $4::jsonb, $5, $6, COALESCE($7, now() + $8), $9)
-                 RETURNING id
-             )
-             SELECT id, pg_notify($10, $5) FROM ins
-             """;
+        const string insert =
+            "INSERT INTO {0} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts) " +
+            "VALUES ($1, $2, $3, $4::jsonb, $5, $6, COALESCE($7, now() + $8), $9)";
+        Kick = string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t) + " RETURNING id";
+        KickAndNotify = $"WITH ins AS ({string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t)} RETURNING id) SELECT id, pg_notify($10, $5) FROM ins";
 
-        // arrays: $1 task_id, $2 task_name, $3 message, $4 labels, $5 priority, $6 run_at, $7 delay, $8 max_attempts; $9 queue, $10 channel
-        KickMany =
-            $"""
-             WITH ins AS (
-                 INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts)
-                 SELECT k.task_id, k.task_name, k.message, k.labels::jsonb, $9, k.priority, COALESCE(k.run_at, now() + k.delay), k.max_attempts
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::timestamptz[], $7::interval[], $8::integer[])
-                      AS k(task_id, task_name, message, labels, priority, run_at, delay, max_attempts)
-                 RETURNING 1
-             )
-             SELECT count(*), pg_notify($10, $9) FROM ins
-             """;
+        // Binary COPY (no per-row statement, no array decoding); run_at left to its default now() when not given.
+        KickManyCopy = $"COPY {t} (task_id, task_name, message, labels, queue, priority, max_attempts, run_at) FROM STDIN (FORMAT BINARY)";
+        KickManyCopyAtNow = $"COPY {t} (task_id, task_name, message, labels, queue, priority, max_attempts) FROM STDIN (FORMAT BINARY)";
 
         // $1 queue, $2 limit, $3 worker, $4 lease
         Claim =
@@ -149,9 +136,23 @@ internal sealed class BrokerSql
 
     public IReadOnlyList<string> Migrations { get; }
 
+    /// <summary>Insert only: the broker's coalescing notifier sends the NOTIFY after the commit.</summary>
     public string Kick { get; }
 
-    public string KickMany { get; }
+    /// <summary>Insert + NOTIFY in the caller's transaction (delivered on commit, dropped on rollback).</summary>
+    public string KickAndNotify { get; }
+
+    /// <summary>COPY of many messages with an explicit run_at.</summary>
+    public string KickManyCopy { get; }
+
+    /// <summary>COPY of many messages due at the transaction's now().</summary>
+    public string KickManyCopyAtNow { get; }
+
+    /// <summary>$1 channel, $2 payload.</summary>
+    public const string Notify = "SELECT pg_notify($1, $2)";
+
+    /// <summary>The transaction's timestamp: the now() every statement of the transaction sees.</summary>
+    public const string TransactionNow = "SELECT now()";
 
     public string Claim { get; }
 

@@ -20,6 +20,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly ComponentResources _resources;
     private readonly Subscribers _subscribers = new();
+    private readonly CoalescingNotifier _notifier;
 
     /// <summary>Creates a broker that owns a data source built from <paramref name="connectionString"/>.</summary>
     public PostgresBroker(string connectionString, PostgresBrokerOptions? options = null, ILoggerFactory? loggerFactory = null)
@@ -47,6 +48,8 @@ public sealed class PostgresBroker : IAsyncDisposable
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresBroker>();
         _resources = new ComponentResources(dataSource, ownsDataSource, new NotificationListener(dataSource, listenConnection, [Options.Channel],
             (_, payload) => OnNotification(payload), WakeSubscribers, _logger, "broker"));
+        _notifier = new CoalescingNotifier(dataSource, Options.Channel, Options.Queue, _logger);
+        CanPrepare = PreparedStatements.AreSupported(dataSource);
     }
 
     /// <summary>The data source every query runs on.</summary>
@@ -54,6 +57,9 @@ public sealed class PostgresBroker : IAsyncDisposable
 
     /// <summary>The settings.</summary>
     public PostgresBrokerOptions Options { get; }
+
+    /// <summary>Whether the hot statements run prepared on this data source (not with multiplexing).</summary>
+    internal bool CanPrepare { get; }
 
     /// <summary>True while the LISTEN connection is up.</summary>
     public bool IsListening => _resources.Listener.IsConnected;
@@ -72,13 +78,19 @@ public sealed class PostgresBroker : IAsyncDisposable
     public Task MigrateAsync(CancellationToken cancellationToken = default)
         => SchemaMigrator.MigrateAndLogAsync(DataSource, Options.Schema, Options.MessagesTable, _sql.Migrations, _logger, cancellationToken);
 
-    /// <summary>Kicks one task. It is committed (and workers are notified) when this returns.</summary>
+    /// <summary>
+    /// Kicks one task. It is committed when this returns; workers are notified right after, by one NOTIFY per burst
+    /// of kicks from this broker (sent in the background; awaited by <see cref="DisposeAsync"/>; workers also poll).
+    /// </summary>
     /// <returns>The row id.</returns>
     public async Task<long> KickAsync(TaskMessage message, KickOptions? options = null, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
-        await using var command = DataSource.CreateCommand();
-        return await KickCoreAsync(command, message, options, cancellationToken);
+        await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
+        await using var command = new NpgsqlCommand(null, connection);
+        var id = await KickCoreAsync(command, message, options, pooledConnection: true, cancellationToken);
+        _notifier.Signal();
+        return id;
     }
 
     /// <summary>
@@ -91,27 +103,30 @@ public sealed class PostgresBroker : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(connection);
         await StartAsync(cancellationToken);
         await using var command = new NpgsqlCommand(null, connection, transaction);
-        return await KickCoreAsync(command, message, options, cancellationToken);
+        return await KickCoreAsync(command, message, options, pooledConnection: false, cancellationToken);
     }
 
-    /// <summary>Kicks many tasks in one statement (one round trip) and one notification.</summary>
+    /// <summary>
+    /// Kicks many tasks in one transaction: one binary COPY and one notification. All are inserted or none.
+    /// </summary>
     /// <returns>The number of tasks inserted.</returns>
     public async Task<int> KickManyAsync(IReadOnlyCollection<TaskMessage> messages, KickOptions? options = null,
         CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
-        await using var command = DataSource.CreateCommand();
-        return await KickManyCoreAsync(command, messages, options, cancellationToken);
+        return await KickManyCoreAsync(messages, callerConnection: null, transaction: null, options, cancellationToken);
     }
 
-    /// <summary>Kicks many tasks inside the caller's connection and transaction (visible on commit, gone on rollback).</summary>
+    /// <summary>
+    /// Kicks many tasks inside the caller's connection and transaction (visible on commit, gone on rollback). With no
+    /// transaction given, the tasks get one of their own on that connection (all or none).
+    /// </summary>
     public async Task<int> KickManyAsync(IReadOnlyCollection<TaskMessage> messages, NpgsqlConnection connection,
         NpgsqlTransaction? transaction, KickOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(connection);
         await StartAsync(cancellationToken);
-        await using var command = new NpgsqlCommand(null, connection, transaction);
-        return await KickManyCoreAsync(command, messages, options, cancellationToken);
+        return await KickManyCoreAsync(messages, connection, transaction, options, cancellationToken);
     }
 
     /// <summary>Claims up to <paramref name="maxCount"/> due tasks for <paramref name="workerId"/>, highest priority first,
@@ -281,16 +296,23 @@ public sealed class PostgresBroker : IAsyncDisposable
     }
 
     /// <summary>Stops the listener; disposes the data source only if this broker created it.</summary>
-    public ValueTask DisposeAsync() => _resources.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        await _notifier.DisposeAsync(); // the last kicks' wake-up goes out before the pool can go away
+        await _resources.DisposeAsync();
+    }
 
-    private async Task<long> KickCoreAsync(NpgsqlCommand command, TaskMessage message, KickOptions? options, CancellationToken cancellationToken)
+    private async Task<long> KickCoreAsync(NpgsqlCommand command, TaskMessage message, KickOptions? options, bool pooledConnection,
+        CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
         using var activity = MessagingTags.StartSend(Options.Queue, [message]);
         try
         {
             var (json, labels) = Prepare(message, options);
-            command.CommandText = _sql.Kick;
+            // On a pooled connection of ours: insert only, prepared, and the notifier wakes workers after the commit. In the
+            // caller's connection: the NOTIFY rides in the statement, so it is delivered exactly when the caller commits.
+            command.CommandText = pooledConnection ? _sql.Kick : _sql.KickAndNotify;
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
@@ -300,7 +322,16 @@ public sealed class PostgresBroker : IAsyncDisposable
             command.Parameters.Add(new NpgsqlParameter { Value = (object?)options?.RunAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
             command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+            if (!pooledConnection)
+            {
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+            }
+
+            if (pooledConnection)
+            {
+                await command.PrepareIfSupportedAsync(CanPrepare, cancellationToken);
+            }
+
             var id = (long)(await command.ExecuteScalarAsync(cancellationToken))!;
             TaskiqDiagnostics.Kicked.Add(1, new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
             return id;
@@ -312,8 +343,26 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
     }
 
-    private async Task<int> KickManyCoreAsync(NpgsqlCommand command, IReadOnlyCollection<TaskMessage> messages, KickOptions? options,
-        CancellationToken cancellationToken)
+    private (TaskMessage Message, string Json, string Labels)[] PrepareMany(IReadOnlyCollection<TaskMessage> messages, KickOptions? options)
+    {
+        var rows = new (TaskMessage, string, string)[messages.Count];
+        var i = 0;
+        foreach (var message in messages)
+        {
+            if (message is null)
+            {
+                throw new ArgumentException("A message in the list is null.", nameof(messages));
+            }
+
+            var (json, labels) = Prepare(message, options);
+            rows[i++] = (message, json, labels);
+        }
+
+        return rows;
+    }
+
+    private async Task<int> KickManyCoreAsync(IReadOnlyCollection<TaskMessage> messages, NpgsqlConnection? callerConnection,
+        NpgsqlTransaction? transaction, KickOptions? options, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(messages);
         if (messages.Count == 0)
@@ -321,42 +370,76 @@ public sealed class PostgresBroker : IAsyncDisposable
             return 0;
         }
 
-        var list = messages as IReadOnlyList<TaskMessage> ?? messages.ToList();
-        using var activity = MessagingTags.StartSend(Options.Queue, list);
+        // The span first: it injects the trace context into the labels that are serialized next.
+        using var activity = MessagingTags.StartSend(Options.Queue, messages as IReadOnlyList<TaskMessage> ?? messages.ToList());
+        NpgsqlConnection? connection = null;
+        NpgsqlTransaction? own = null;
         try
         {
-            var n = list.Count;
-            var ids = new string[n];
-            var names = new string[n];
-            var bodies = new string[n];
-            var labels = new string[n];
-            for (var i = 0; i < n; i++)
+            var rows = PrepareMany(messages, options); // before taking a connection: serialization holds none
+            connection = callerConnection ?? await DataSource.OpenConnectionAsync(cancellationToken);
+            own = transaction is null ? await connection.BeginTransactionAsync(cancellationToken) : null;
+            var runAt = options?.RunAt;
+            if (runAt is null && DelayOf(options) is { } delay && delay > TimeSpan.Zero)
             {
-                var message = list[i] ?? throw new ArgumentException("A message in the list is null.", nameof(messages));
-                (bodies[i], labels[i]) = Prepare(message, options);
-                ids[i] = message.TaskId;
-                names[i] = message.TaskName;
+                await using var now = new NpgsqlCommand(BrokerSql.TransactionNow, connection, transaction ?? own);
+                runAt = new DateTimeOffset((DateTime)(await now.ExecuteScalarAsync(cancellationToken))!, TimeSpan.Zero) + delay; // = now() + delay in SQL
             }
 
-            command.CommandText = _sql.KickMany;
-            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = ids });
-            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = names });
-            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = bodies });
-            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = labels });
-            command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = Enumerable.Repeat(options?.Priority ?? 0, n).ToArray() });
-            command.Parameters.Add(new NpgsqlParameter<DateTimeOffset?[]> { TypedValue = Enumerable.Repeat(options?.RunAt, n).ToArray() });
-            command.Parameters.Add(new NpgsqlParameter<TimeSpan[]> { TypedValue = Enumerable.Repeat(DelayOf(options), n).ToArray() });
-            command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = Enumerable.Repeat(MaxAttemptsOf(options), n).ToArray() });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-            var inserted = (int)(long)(await command.ExecuteScalarAsync(cancellationToken))!;
-            TaskiqDiagnostics.Kicked.Add(inserted, new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
-            return inserted;
+            var priority = options?.Priority ?? 0;
+            var maxAttempts = MaxAttemptsOf(options);
+            await using (var importer = await connection.BeginBinaryImportAsync(runAt is null ? _sql.KickManyCopyAtNow : _sql.KickManyCopy, cancellationToken))
+            {
+                foreach (var (message, json, labels) in rows)
+                {
+                    await importer.StartRowAsync(cancellationToken);
+                    await importer.WriteAsync(message.TaskId, NpgsqlDbType.Text, cancellationToken);
+                    await importer.WriteAsync(message.TaskName, NpgsqlDbType.Text, cancellationToken);
+                    await importer.WriteAsync(json, NpgsqlDbType.Text, cancellationToken);
+                    await importer.WriteAsync(labels, NpgsqlDbType.Jsonb, cancellationToken);
+                    await importer.WriteAsync(Options.Queue, NpgsqlDbType.Text, cancellationToken);
+                    await importer.WriteAsync(priority, NpgsqlDbType.Integer, cancellationToken);
+                    await importer.WriteAsync(maxAttempts, NpgsqlDbType.Integer, cancellationToken);
+                    if (runAt is { } at)
+                    {
+                        await importer.WriteAsync(at, NpgsqlDbType.TimestampTz, cancellationToken);
+                    }
+                }
+
+                await importer.CompleteAsync(cancellationToken);
+            }
+
+            await using (var notify = new NpgsqlCommand(BrokerSql.Notify, connection, transaction ?? own))
+            {
+                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+                await notify.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            if (own is not null)
+            {
+                await own.CommitAsync(cancellationToken);
+            }
+
+            TaskiqDiagnostics.Kicked.Add(rows.Length, new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
+            return rows.Length;
         }
         catch (Exception ex)
         {
             MessagingTags.RecordError(activity, ex.GetType().Name, ex.Message);
             throw;
+        }
+        finally
+        {
+            if (own is not null)
+            {
+                await own.DisposeAsync();
+            }
+
+            if (callerConnection is null && connection is not null)
+            {
+                await connection.DisposeAsync();
+            }
         }
     }
 

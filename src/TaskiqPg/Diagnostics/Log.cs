@@ -14,6 +14,9 @@ internal static partial class Log
     [LoggerMessage(1003, LogLevel.Error, "A {Purpose} notification handler threw")]
     public static partial void NotificationHandlerFailed(ILogger logger, Exception exception, string purpose);
 
+    [LoggerMessage(1004, LogLevel.Warning, "Sending the wake-up NOTIFY on {Channel} after a kick failed; workers will find the task by polling")]
+    public static partial void NotifyFailed(ILogger logger, string channel, Exception exception);
+
     [LoggerMessage(1101, LogLevel.Information, "Schema migrated: {Steps} step(s) applied to {Table}")]
     public static partial void Migrated(ILogger logger, int steps, string table);
 

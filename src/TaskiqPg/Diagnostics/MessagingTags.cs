@@ -39,7 +39,7 @@ internal static class MessagingTags
         var context = activity ?? Activity.Current;
         if (context is not null)
         {
-            foreach (var message in messages)
+            foreach (var message in messages.Where(m => m is not null)) // a null is refused with a clear error right after
             {
                 DistributedContextPropagator.Current.Inject(context, message.Labels, static (carrier, key, value) =>
                 {

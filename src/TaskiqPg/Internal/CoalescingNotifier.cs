@@ -1,0 +1,93 @@
+using Microsoft.Extensions.Logging;
+using Npgsql;
+
+namespace TaskiqPg.Internal;
+
+/// <summary>
+/// Sends the NOTIFY for kicks committed outside a caller's transaction, coalesced: at most one <c>pg_notify</c> is in
+/// flight per broker, and every kick committed while it runs is covered by the next one.
+/// </summary>
+/// <remarks>
+/// Why not <c>pg_notify</c> inside each kick's own transaction: PostgreSQL serializes the commits of notifying
+/// transactions on one global lock held across the commit's WAL flush, which halves the single-kick rate of
+/// concurrent producers (measured: 9.0k/s without, 4.4–5.2k/s with, 8 producers, 2 cores). The notification is only a
+/// wake-up hint: the rows are committed before it is sent, and workers also poll, so a notification lost with the
+/// producer process (crash before it was sent) delays a task by at most the worker's poll interval, never loses it.
+/// </remarks>
+internal sealed class CoalescingNotifier : IAsyncDisposable
+{
+    private const int Idle = 0, Sending = 1, SendingWithMore = 2;
+    private readonly NpgsqlDataSource _dataSource;
+    private readonly string _channel;
+    private readonly string _payload;
+    private readonly ILogger _logger;
+    private int _state;
+    private Task _sender = Task.CompletedTask;
+
+    public CoalescingNotifier(NpgsqlDataSource dataSource, string channel, string payload, ILogger logger)
+    {
+        _dataSource = dataSource;
+        _channel = channel;
+        _payload = payload;
+        _logger = logger;
+    }
+
+    /// <summary>Asks for a notification after the caller's (already committed) rows. Never blocks, never throws.</summary>
+    public void Signal()
+    {
+        while (true)
+        {
+            switch (Volatile.Read(ref _state))
+            {
+                case Idle when Interlocked.CompareExchange(ref _state, Sending, Idle) == Idle:
+                    _sender = Task.Run(SendAsync);
+                    return;
+                case Sending when Interlocked.CompareExchange(ref _state, SendingWithMore, Sending) == Sending:
+                case SendingWithMore:
+                    return;
+            }
+        }
+    }
+
+    /// <summary>Waits until every signalled notification was sent (or failed).</summary>
+    public async ValueTask DisposeAsync()
+    {
+        while (Volatile.Read(ref _state) != Idle || !_sender.IsCompleted)
+        {
+            await _sender.ConfigureAwait(false);
+            await Task.Yield(); // a Signal may be between claiming the state and publishing its sender
+        }
+    }
+
+    private async Task SendAsync()
+    {
+        do
+        {
+            try
+            {
+                await using var command = _dataSource.CreateCommand(BrokerSql.Notify);
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _channel });
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _payload });
+                await command.ExecuteNonQueryAsync().ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is NpgsqlException or InvalidOperationException or TimeoutException)
+            {
+                // A hint only: the rows are committed and workers poll. Logged, never thrown at the producer.
+                Log.NotifyFailed(_logger, _channel, ex);
+            }
+        }
+        while (!TryGoIdle());
+    }
+
+    /// <summary>Goes idle unless signals arrived while sending: then they get one more round (state back to Sending).</summary>
+    private bool TryGoIdle()
+    {
+        if (Interlocked.CompareExchange(ref _state, Idle, Sending) == Sending)
+        {
+            return true;
+        }
+
+        Volatile.Write(ref _state, Sending); // was SendingWithMore: only this sender leaves that state
+        return false;
+    }
+}

@@ -1,0 +1,53 @@
+using System.Diagnostics;
+using System.Text.Json;
+
+namespace TaskiqPg.Tests;
+
+/// <summary>
+/// The benchmark in its smoke mode (tiny sizes, a few seconds), so it never rots. No thresholds: it asserts that every
+/// workload ran and reported a real figure, never how fast.
+/// </summary>
+public sealed class BenchmarkSmokeTests(PostgresServerFixture server)
+{
+    [Fact]
+    public async Task Benchmark_smoke_mode_runs_every_workload_and_writes_its_report()
+    {
+        var output = Path.Combine(Path.GetTempPath(), $"taskiqpg-bench-smoke-{Guid.NewGuid():N}.json");
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "TaskiqPg.Bench.dll"));
+        info.ArgumentList.Add("--smoke");
+        info.ArgumentList.Add("--out");
+        info.ArgumentList.Add(output);
+        info.Environment["TASKIQPG_BENCH_CONNECTION"] = server.AdminConnectionString; // not on the command line
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(3));
+        Assert.True(process.ExitCode == 0, $"benchmark exited with {process.ExitCode}: {await stderr}\n{await stdout}");
+
+        try
+        {
+            using var report = JsonDocument.Parse(await File.ReadAllTextAsync(output));
+            var rows = report.RootElement.EnumerateArray()
+                .ToDictionary(r => r.GetProperty("Measure").GetString()!, r => r.GetProperty("Value").GetDouble());
+            foreach (var measure in new[]
+                     {
+                         "bulk kick (KickManyAsync, 5k per call)", "burn-down (1 worker process, results stored)",
+                         "worker process peak RSS during burn-down", "single kick (8 concurrent producers)",
+                         "single kick (16 concurrent producers)", "steady: completed (1 worker process)", "kick → task start p50",
+                         "kick → WaitForResultAsync returns p99", "raw limit: claim+delete 100 rows per statement, 4 connections",
+                         "burn-down ratio TaskiqPg / Hangfire.PostgreSql",
+                     })
+            {
+                Assert.True(rows.TryGetValue(measure, out var value), $"the report lacks '{measure}'");
+                Assert.True(value > 0, $"'{measure}' is {value}");
+            }
+
+            Assert.DoesNotContain(new Npgsql.NpgsqlConnectionStringBuilder(server.AdminConnectionString).Password ?? "\0", await stdout + await stderr);
+        }
+        finally
+        {
+            File.Delete(output);
+        }
+    }
+}
