@@ -72,6 +72,23 @@ async Task<BenchReport> MeasureAsync()
 
     report.Add("bulk kick (KickManyAsync, 5k per call)", arguments.Tasks / watch.Elapsed.TotalSeconds, "tasks/s");
 
+    // 1b. The same from 2 concurrent callers (each call is one transaction; the server inserts on both cores). These
+    //     rows go to a queue of their own that nothing drains (no dead tuples added): they only measure the insert rate.
+    var parallel = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "bulk2" });
+    var parallelBatches = Enumerable.Range(0, batches.Length)
+        .Select(b => batches[b].Select(_ => TaskMessage.Create("noop")).ToArray()).ToArray();
+    var next = -1;
+    watch.Restart();
+    await Task.WhenAll(Enumerable.Range(0, 2).Select(async _ =>
+    {
+        int b;
+        while ((b = Interlocked.Increment(ref next)) < parallelBatches.Length)
+        {
+            await parallel.KickManyAsync(parallelBatches[b]);
+        }
+    }));
+    report.Add("bulk kick (KickManyAsync, 5k per call, 2 concurrent callers)", arguments.Tasks / watch.Elapsed.TotalSeconds, "tasks/s");
+
     // 2. Burn-down: one worker process (this executable again, in drain-worker mode) drains them, results stored.
     var (drain, peakRssMb) = await DrainWorker.RunAsync(connectionString, "burn");
     report.Add("burn-down (1 worker process, results stored)", drain, "tasks/s");
@@ -219,7 +236,7 @@ async Task<BenchReport> MeasureAsync()
         return (long)(await command.ExecuteScalarAsync())!;
     }
 
-    foreach (var component in new IAsyncDisposable[] { broker, results, single, steady, latencyBroker })
+    foreach (var component in new IAsyncDisposable[] { broker, results, parallel, single, steady, latencyBroker })
     {
         await component.DisposeAsync();
     }

@@ -139,14 +139,25 @@ public sealed class PostgresCluster
     }
 
     /// <summary>Stops the server on this folder with <c>pg_ctl stop -m fast</c> and waits for it to exit.</summary>
-    public async Task StopAsync(CancellationToken cancellationToken = default)
+    public Task StopAsync(CancellationToken cancellationToken = default) => StopAsync("fast", cancellationToken);
+
+    /// <summary>
+    /// Stops the server on this folder with <c>pg_ctl stop -m <paramref name="mode"/></c> (<c>smart</c>, <c>fast</c> or
+    /// <c>immediate</c>: the last one is a crash as far as clients are concerned; the next start recovers from WAL).
+    /// </summary>
+    public async Task StopAsync(string mode, CancellationToken cancellationToken = default)
     {
+        if (mode is not ("smart" or "fast" or "immediate"))
+        {
+            throw new ArgumentException($"Unknown shutdown mode '{mode}': use smart, fast or immediate.", nameof(mode));
+        }
+
         if (!File.Exists(Path.Combine(DataDirectory, "postmaster.pid")))
         {
             return;
         }
 
-        await RunToEndAsync(Binaries.PgCtl, ["stop", "-D", DataDirectory, "-m", "fast", "-w", "-t", "60"], cancellationToken,
+        await RunToEndAsync(Binaries.PgCtl, ["stop", "-D", DataDirectory, "-m", mode, "-w", "-t", "60"], cancellationToken,
             tolerateFailure: true);
     }
 

@@ -9,6 +9,7 @@ internal sealed class BrokerSql
         var claimIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "claim"), "index");
         var leaseIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "lease"), "index");
         var taskIdIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "task_id"), "index");
+        var taskIdHashIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "task_id_hash"), "index");
 
         Migrations =
         [
@@ -34,6 +35,13 @@ internal sealed class BrokerSql
              CREATE INDEX IF NOT EXISTS {claimIndex} ON {t} (queue, priority DESC, run_at, id) WHERE status = 'pending';
              CREATE INDEX IF NOT EXISTS {leaseIndex} ON {t} (locked_until) WHERE status = 'processing';
              CREATE INDEX IF NOT EXISTS {taskIdIndex} ON {t} (task_id);
+             """,
+
+            // 2: task ids are random text looked up by equality only; a hash index costs a kick about a quarter less
+            // than the b-tree (measured: 200k-row insert 1.25 s → 0.94 s).
+            $"""
+             DROP INDEX IF EXISTS {taskIdIndex};
+             CREATE INDEX IF NOT EXISTS {taskIdHashIndex} ON {t} USING hash (task_id);
              """,
         ];
 
@@ -95,6 +103,15 @@ internal sealed class BrokerSql
              SET status = 'pending', attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
              FROM unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
              WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
+             RETURNING m.id
+             """;
+
+        // $1 worker, $2 ids the worker holds, $3 queue
+        ReleaseOrphans =
+            $"""
+             UPDATE {t} AS m
+             SET status = 'pending', attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
+             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3 AND NOT (m.id = ANY($2))
              RETURNING m.id
              """;
 
@@ -163,6 +180,8 @@ internal sealed class BrokerSql
     public string Release { get; }
 
     public string Renew { get; }
+
+    public string ReleaseOrphans { get; }
 
     public string Rescue { get; }
 

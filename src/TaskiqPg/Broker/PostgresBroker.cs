@@ -184,6 +184,44 @@ public sealed class PostgresBroker : IAsyncDisposable
     public Task<IReadOnlySet<long>> RenewLeasesAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
         => LeaseCommandAsync(_sql.Renew, workerId, leases, withLease: true, cancellationToken);
 
+    /// <summary>
+    /// Synchronous <see cref="RenewLeasesAsync"/> for the worker's dedicated renewal thread: blocking I/O on its own
+    /// thread keeps leases alive even when handlers starve the thread pool (which async continuations need).
+    /// </summary>
+    internal IReadOnlySet<long> RenewLeases(string workerId, IReadOnlyCollection<LeaseRef> leases)
+    {
+        if (leases.Count == 0)
+        {
+            return new HashSet<long>();
+        }
+
+        using var connection = DataSource.OpenConnection();
+        using var batch = new NpgsqlBatch(connection);
+        batch.BatchCommands.Add(CreateLeaseCommand(_sql.Renew, workerId, leases, withLease: true));
+        using var reader = batch.ExecuteReader();
+        var ids = new HashSet<long>();
+        while (reader.Read())
+        {
+            ids.Add(reader.GetInt64(0));
+        }
+
+        return ids;
+    }
+
+    /// <summary>
+    /// Returns to the queue every row leased to <paramref name="workerId"/> that it does not hold: rows whose claim
+    /// committed on the server while the connection died before the worker read them (a restart, a network cut).
+    /// Without this they would wait out their lease. Only the claiming loop may call it, between claims.
+    /// </summary>
+    internal async Task<int> ReleaseOrphansAsync(string workerId, IReadOnlyCollection<long> held, CancellationToken cancellationToken)
+    {
+        await using var command = DataSource.CreateCommand(_sql.ReleaseOrphans);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+        command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = held.ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        return await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
     /// <summary>Returns claimed but unstarted tasks to the queue at once, without using up an attempt.</summary>
     public Task<IReadOnlySet<long>> ReleaseAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
         => LeaseCommandAsync(_sql.Release, workerId, leases, withLease: false, cancellationToken);

@@ -47,6 +47,9 @@ internal static partial class Log
     [LoggerMessage(2009, LogLevel.Error, "Worker {WorkerId} could not report the outcome of {Count} task(s); they will run again once their leases expire")]
     public static partial void FlushAbandoned(ILogger logger, Exception exception, string workerId, int count);
 
+    [LoggerMessage(2010, LogLevel.Warning, "Worker {WorkerId} took back {Count} task(s) a failed claim had leased to it (the claim committed, its reply was lost)")]
+    public static partial void OrphansReleased(ILogger logger, string workerId, int count);
+
     [LoggerMessage(4001, LogLevel.Error, "Schedule {ScheduleId} ({TaskName}) was disabled: {Reason}")]
     public static partial void ScheduleDisabled(ILogger logger, Guid scheduleId, string taskName, string reason);
 

@@ -92,7 +92,7 @@ public sealed class TaskiqWorker : BackgroundService
 
         using var background = new CancellationTokenSource();
         var flusher = Task.Run(() => FlushLoopAsync(background.Token), CancellationToken.None);
-        var renewer = Task.Run(() => RenewLoopAsync(background.Token), CancellationToken.None);
+        var renewer = StartRenewalThread(background.Token);
         var rescuer = Task.Run(() => RescueLoopAsync(background.Token), CancellationToken.None);
         var sampler = Task.Run(() => SampleDepthLoopAsync(background.Token), CancellationToken.None);
         using var depthRegistration = TaskiqDiagnostics.RegisterDepthSource(ObserveDepth);
@@ -152,6 +152,17 @@ public sealed class TaskiqWorker : BackgroundService
             IReadOnlyList<ClaimedTask> batch;
             try
             {
+                if (failures > 0)
+                {
+                    // The failed claim may have committed before the connection died: take back what it leased to
+                    // us at once instead of leaving it to wait out the lease.
+                    var orphans = await _broker.ReleaseOrphansAsync(WorkerId, _held.Keys.ToArray(), stoppingToken);
+                    if (orphans > 0)
+                    {
+                        Log.OrphansReleased(_logger, WorkerId, orphans);
+                    }
+                }
+
                 batch = await _broker.ClaimAsync(WorkerId, wanted, stoppingToken);
                 failures = 0;
             }
@@ -539,11 +550,37 @@ public sealed class TaskiqWorker : BackgroundService
     private IEnumerable<Measurement<long>> ObserveDepth()
         => _depth.Select(kv => new Measurement<long>(kv.Value, _queueTag, new KeyValuePair<string, object?>("taskiq.status", kv.Key)));
 
-    private async Task RenewLoopAsync(CancellationToken stop)
+    /// <summary>
+    /// Lease renewal runs on a dedicated thread with synchronous database calls, not on the thread pool: handlers that
+    /// block threads (or a CPU-starved pool) would otherwise delay the renewals past the lease, and another worker
+    /// would run a task whose worker is alive and still running it.
+    /// </summary>
+    private Task StartRenewalThread(CancellationToken stop)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                RenewLoop(stop);
+            }
+            finally
+            {
+                done.TrySetResult();
+            }
+        })
+        {
+            IsBackground = true,
+            Name = "taskiq lease renewal",
+        };
+        thread.Start();
+        return done.Task;
+    }
+
+    private void RenewLoop(CancellationToken stop)
     {
         var interval = _options.LeaseRenewInterval ?? _broker.Options.LeaseDuration / 3;
-        using var timer = new PeriodicTimer(interval);
-        while (await TickAsync(timer, stop))
+        while (!stop.WaitHandle.WaitOne(interval))
         {
             var held = _held.Values.ToArray();
             if (held.Length == 0)
@@ -553,7 +590,7 @@ public sealed class TaskiqWorker : BackgroundService
 
             try
             {
-                var renewed = await _broker.RenewLeasesAsync(WorkerId, held.Select(h => h.Task.Lease).ToArray(), stop);
+                var renewed = _broker.RenewLeases(WorkerId, held.Select(h => h.Task.Lease).ToArray());
                 foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Id) && _held.ContainsKey(h.Task.Id)))
                 {
                     // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
@@ -569,9 +606,13 @@ public sealed class TaskiqWorker : BackgroundService
                     }
                 }
             }
-            catch (Exception ex) when (!stop.IsCancellationRequested)
+            catch (Exception ex)
             {
-                Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
+                // Never let an exception escape: on a thread of its own it would end the process.
+                if (!stop.IsCancellationRequested)
+                {
+                    Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
+                }
             }
         }
     }

@@ -1,0 +1,123 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace TaskiqPg.Faults;
+
+/// <summary>A child process of the runner (worker, producer or scheduler): started, awaited ready, killed or stopped.</summary>
+internal sealed partial class Child : IDisposable
+{
+    private readonly Process _process;
+    private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly List<string> _errors = [];
+
+    private Child(string name, Process process)
+    {
+        Name = name;
+        _process = process;
+    }
+
+    public string Name { get; }
+
+    public int ProcessId => _process.Id;
+
+    public bool HasExited => _process.HasExited;
+
+    public int ExitCode => _process.ExitCode;
+
+    public static Child Start(string connectionString, string name, params string[] args)
+    {
+        var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
+        {
+            info.ArgumentList.Add(typeof(Child).Assembly.Location);
+        }
+
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        info.Environment[Roles.ConnectionVariable] = connectionString;
+        var process = new Process { StartInfo = info, EnableRaisingEvents = true };
+        var child = new Child(name, process);
+        process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data?.StartsWith(Roles.Ready, StringComparison.Ordinal) == true)
+            {
+                child._ready.TrySetResult();
+            }
+        };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is { } line)
+            {
+                lock (child._errors)
+                {
+                    child._errors.Add(line);
+                }
+            }
+        };
+        process.Exited += (_, _) => child._ready.TrySetException(new InvalidOperationException($"{name} exited before it was ready: {child.Errors}"));
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return child;
+    }
+
+    public string Errors
+    {
+        get
+        {
+            lock (_errors)
+            {
+                return string.Join('\n', _errors.TakeLast(20));
+            }
+        }
+    }
+
+    public Task WaitReadyAsync() => _ready.Task.WaitAsync(TimeSpan.FromSeconds(60));
+
+    public Task WaitForExitAsync(TimeSpan timeout) => _process.WaitForExitAsync().WaitAsync(timeout);
+
+    /// <summary>SIGKILL: no shutdown code runs.</summary>
+    public void Kill9() => _process.Kill();
+
+    /// <summary>SIGTERM: the graceful stop a supervisor (systemd, Kubernetes, Aspire) sends.</summary>
+    public void Terminate() => _ = SendSignal(_process.Id, 15);
+
+    /// <summary>Resident memory of the process, from /proc.</summary>
+    public double RssMb()
+    {
+        try
+        {
+            var line = File.ReadLines($"/proc/{_process.Id}/status").FirstOrDefault(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
+            return line is null ? 0 : double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill();
+                _process.WaitForExit(5_000);
+            }
+        }
+        catch (InvalidOperationException)
+        {
+            // never started or already gone
+        }
+
+        _process.Dispose();
+    }
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int SendSignal(int pid, int signal);
+}

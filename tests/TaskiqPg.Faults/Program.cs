@@ -1,0 +1,13 @@
+using TaskiqPg.Faults;
+
+// The fault suite: real processes, a real PostgreSQL server the runner can restart, a ledger of every execution.
+//   dotnet run -c Release --project tests/TaskiqPg.Faults -- [--smoke] [--only kill9,restart,...] [--out summary.json]
+// Child roles (started by the runner itself; connection string in TASKIQPG_FAULTS_CONNECTION, never on argv):
+//   --worker <queue> <name> [key=value ...] | --producer <queue> <count> <delaySeconds> | --scheduler <name>
+return args switch
+{
+    ["--worker", var queue, var name, .. var settings] => await Roles.WorkerAsync(queue, name, Settings.Parse(settings)),
+    ["--producer", var queue, var count, var delay] => await Roles.ProducerAsync(queue, int.Parse(count), int.Parse(delay)),
+    ["--scheduler", var name, .. var settings] => await Roles.SchedulerAsync(name, Settings.Parse(settings)),
+    _ => await FaultRunner.MainAsync(args),
+};

@@ -1,0 +1,196 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Npgsql;
+
+namespace TaskiqPg.Faults;
+
+/// <summary>key=value settings of a child process.</summary>
+internal sealed class Settings(Dictionary<string, string> values)
+{
+    public static Settings Parse(IEnumerable<string> args)
+        => new(args.Select(a => a.Split('=', 2)).ToDictionary(p => p[0], p => p.Length > 1 ? p[1] : ""));
+
+    public int Int(string key, int fallback) => values.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
+
+    public static IEnumerable<string> Format(IReadOnlyDictionary<string, int> settings)
+        => settings.Select(kv => $"{kv.Key}={kv.Value.ToString(CultureInfo.InvariantCulture)}");
+}
+
+/// <summary>The child processes: worker, producer, scheduler. Each writes to the shared ledger and is killed at will.</summary>
+internal static class Roles
+{
+    public const string ConnectionVariable = "TASKIQPG_FAULTS_CONNECTION";
+    public const string Ready = "ready";
+
+    private const string LedgerInsert = "INSERT INTO fault_ledger (task_id, attempt, worker, fire_at) VALUES ($1, $2, $3, $4)";
+
+    private static string Connection(Settings? settings = null)
+    {
+        var connection = Environment.GetEnvironmentVariable(ConnectionVariable)
+                         ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
+        var builder = new NpgsqlConnectionStringBuilder(connection);
+        if (settings?.Int("maxpool", 0) is > 0 and var pool)
+        {
+            builder.MaxPoolSize = pool;
+            builder.Timeout = 60; // waiting for a pooled connection is part of the scenario, not an error
+        }
+
+        return builder.ConnectionString;
+    }
+
+    /// <summary>
+    /// A worker on <paramref name="queue"/>. Tasks: <c>record(workMs)</c> (async work, then a ledger row),
+    /// <c>block(blockMs)</c> (blocks its thread), <c>record_db(workMs)</c> (also queries the shared pool) and
+    /// <c>tick</c> (a scheduled task: the ledger row carries its fire instant). SIGTERM stops it gracefully.
+    /// </summary>
+    public static async Task<int> WorkerAsync(string queue, string name, Settings settings)
+    {
+        if (settings.Int("maxthreads", 0) is > 0 and var threads)
+        {
+            // Starve the thread pool on purpose: blocking handlers then hold every pool thread.
+            ThreadPool.SetMinThreads(1, 1);
+            ThreadPool.SetMaxThreads(threads, threads);
+        }
+
+        await using var dataSource = NpgsqlDataSource.Create(Connection(settings));
+        var brokerOptions = new PostgresBrokerOptions
+        {
+            Queue = queue,
+            RunMigrations = false,
+            LeaseDuration = TimeSpan.FromMilliseconds(settings.Int("leasems", 5_000)),
+        };
+        await using var broker = new PostgresBroker(dataSource, brokerOptions);
+        await using var results = new PostgresResultBackend(dataSource, new PostgresResultBackendOptions { RunMigrations = false });
+
+        async Task Record(TaskContext context, string? fireAt = null)
+        {
+            await using var command = dataSource.CreateCommand(LedgerInsert);
+            AddLedgerParameters(command.Parameters, context, name, fireAt);
+            await command.ExecuteNonQueryAsync(CancellationToken.None);
+        }
+
+        var registry = new TaskRegistry()
+            .Add("record", async (TaskContext context, int workMs) =>
+            {
+                if (workMs > 0)
+                {
+                    await Task.Delay(workMs, context.CancellationToken);
+                }
+
+                await Record(context);
+            })
+            .Add("record_db", async (TaskContext context, int workMs) =>
+            {
+                await using (var work = dataSource.CreateCommand("SELECT pg_sleep($1)"))
+                {
+                    work.Parameters.Add(new NpgsqlParameter<double> { TypedValue = workMs / 1000.0 });
+                    await work.ExecuteNonQueryAsync(context.CancellationToken);
+                }
+
+                await Record(context);
+            })
+            .Add("block", (TaskContext context, int blockMs) =>
+            {
+                Thread.Sleep(blockMs); // a handler that blocks its thread (synchronous I/O, a lock, a CPU loop)
+                using var connection = dataSource.OpenConnection();
+                using var command = new NpgsqlCommand(LedgerInsert, connection);
+                AddLedgerParameters(command.Parameters, context, name, null);
+                command.ExecuteNonQuery();
+            })
+            .Add("fail", (Func<TaskContext, Task>)(_ => throw new InvalidOperationException("this handler always fails")))
+            .Add("tick", (TaskContext context) => Record(context, context.Labels.GetValueOrDefault(ScheduleLabels.FireAt)));
+
+        var options = new TaskiqWorkerOptions
+        {
+            WorkerId = name,
+            MaxConcurrentTasks = settings.Int("concurrency", 16),
+            PrefetchCount = settings.Int("prefetch", 32),
+            ClaimBatchSize = settings.Int("batch", 64),
+            PollInterval = TimeSpan.FromMilliseconds(settings.Int("pollms", 1_000)),
+            ShutdownTimeout = TimeSpan.FromMilliseconds(settings.Int("shutdownms", 10_000)),
+        };
+        using var worker = new TaskiqWorker(broker, registry, results, options);
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
+        {
+            context.Cancel = true;
+            stop.TrySetResult();
+        });
+        await worker.StartAsync(CancellationToken.None);
+        await broker.ListenerConnected.WaitAsync(TimeSpan.FromSeconds(30));
+        Console.WriteLine(Ready);
+        await stop.Task;
+        await worker.StopAsync(CancellationToken.None);
+        Console.WriteLine("stopped");
+        return 0;
+    }
+
+    /// <summary>
+    /// Kicks <paramref name="count"/> delayed <c>record</c> tasks (half one by one, half in one KickMany), notes them in
+    /// <c>fault_kicked</c> with the earliest time each may run, and exits at once: no dispose, no flush, no goodbye.
+    /// </summary>
+    public static async Task<int> ProducerAsync(string queue, int count, int delaySeconds)
+    {
+        var dataSource = NpgsqlDataSource.Create(Connection());
+        var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        DateTime before;
+        await using (var clock = dataSource.CreateCommand("SELECT clock_timestamp()"))
+        {
+            before = (DateTime)(await clock.ExecuteScalarAsync())!;
+        }
+
+        var options = new KickOptions { Delay = TimeSpan.FromSeconds(delaySeconds) };
+        var messages = Enumerable.Range(0, count).Select(i => TaskMessage.Create("record", [0])).ToArray();
+        foreach (var message in messages[..(count / 2)])
+        {
+            await broker.KickAsync(message, options);
+        }
+
+        await broker.KickManyAsync(messages[(count / 2)..], options);
+        await using (var note = dataSource.CreateCommand(
+                         "INSERT INTO fault_kicked (scenario, task_id, due_at) SELECT $1, unnest($2::text[]), $3"))
+        {
+            note.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            note.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = messages.Select(m => m.TaskId).ToArray() });
+            note.Parameters.Add(new NpgsqlParameter<DateTime> { TypedValue = before.AddSeconds(delaySeconds) });
+            await note.ExecuteNonQueryAsync();
+        }
+
+        Console.WriteLine(Ready);
+        Console.Out.Flush();
+        Environment.Exit(0); // the point of the scenario: gone right after kicking
+        return 0;
+    }
+
+    /// <summary>A scheduler with one static every-second cron schedule (task <c>tick</c> on queue <c>sched</c>).</summary>
+    public static async Task<int> SchedulerAsync(string name, Settings settings)
+    {
+        await using var dataSource = NpgsqlDataSource.Create(Connection());
+        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "sched", RunMigrations = false });
+        await using var source = new PostgresScheduleSource(dataSource, new PostgresScheduleSourceOptions { RunMigrations = false });
+        using var scheduler = new TaskiqScheduler(source, broker, new TaskiqSchedulerOptions
+        {
+            RefreshInterval = TimeSpan.FromMilliseconds(settings.Int("refreshms", 500)),
+            StaticSchedules = [new ScheduleDefinition { TaskName = "tick", Cron = "* * * * * *", MissedFires = MissedFirePolicy.CatchUp }],
+        });
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
+        {
+            context.Cancel = true;
+            stop.TrySetResult();
+        });
+        await scheduler.StartAsync(CancellationToken.None);
+        Console.WriteLine(Ready + " " + name);
+        await stop.Task;
+        await scheduler.StopAsync(CancellationToken.None);
+        return 0;
+    }
+
+    private static void AddLedgerParameters(NpgsqlParameterCollection parameters, TaskContext context, string worker, string? fireAt)
+    {
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = context.TaskId });
+        parameters.Add(new NpgsqlParameter<int> { TypedValue = context.Attempt });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = worker });
+        parameters.Add(new NpgsqlParameter { Value = (object?)fireAt ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+    }
+}

@@ -1,0 +1,494 @@
+using System.Diagnostics;
+using System.Globalization;
+using Npgsql;
+
+namespace TaskiqPg.Faults;
+
+/// <summary>
+/// The scenarios of the fault suite. Each kicks a known set of tasks (noted in <c>fault_kicked</c>), injects its fault,
+/// waits until the queue is drained (or a bound passes), and reconciles against <c>fault_ledger</c>: every kicked task
+/// completed exactly once, or at least once where a lease expired, with each duplicate explained.
+/// </summary>
+internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
+{
+    private readonly List<Child> _children = [];
+    private int _workerSerial;
+
+    public Task<ScenarioResult> RunAsync(string name) => name switch
+    {
+        "kill9" => Kill9Async(),
+        "restart" => RestartAsync(),
+        "listener" => ListenerAsync(),
+        "producer" => ProducerAsync(),
+        "poison" => PoisonAsync(),
+        "pool" => PoolAsync(),
+        "starvation" => StarvationAsync(),
+        "graceful" => GracefulAsync(),
+        "scheduler" => SchedulerAsync(),
+        "soak" => SoakAsync(),
+        _ => throw new ArgumentException($"Unknown scenario {name}", nameof(name)),
+    };
+
+    public void Dispose()
+    {
+        foreach (var child in _children)
+        {
+            child.Dispose();
+        }
+    }
+
+    // 1. Real worker processes killed with SIGKILL every few seconds and replaced. Lost must be 0; a duplicate is
+    //    explained when one of its runs was by a killed worker (it ran, the kill came before its ack).
+    private async Task<ScenarioResult> Kill9Async()
+    {
+        const string queue = "kill9";
+        var tasks = smoke ? 4_000 : 100_000;
+        var every = TimeSpan.FromSeconds(smoke ? 1 : 10);
+        // 3 workers × 8 handlers × 10–20 ms: the run lasts long enough for several kills (~3 s smoke, ~45 s full).
+        var settings = new Dictionary<string, int> { ["leasems"] = smoke ? 2_000 : 5_000, ["concurrency"] = 8 };
+        var workers = new List<Child>();
+        for (var i = 0; i < 3; i++)
+        {
+            workers.Add(await StartWorkerAsync(queue, settings));
+        }
+
+        await KickAsync(queue, tasks, "record", workMs: smoke ? 20 : 10);
+        var killed = new List<string>();
+        var random = new Random(42);
+        var watch = Stopwatch.StartNew();
+        while (await PendingAsync(queue) > 0 && watch.Elapsed < TimeSpan.FromMinutes(smoke ? 2 : 20))
+        {
+            await WaitOrDrainedAsync(queue, every);
+            if (await PendingAsync(queue) == 0)
+            {
+                break;
+            }
+
+            var victim = workers[random.Next(workers.Count)];
+            victim.Kill9();
+            killed.Add(victim.Name);
+            workers.Remove(victim);
+            workers.Add(await StartWorkerAsync(queue, settings));
+        }
+
+        var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(2));
+        var explained = await rig.ScalarAsync<long>(
+            """
+            SELECT count(*) FROM (SELECT task_id FROM fault_ledger l JOIN fault_kicked k USING (task_id)
+                                  WHERE k.scenario = $1 GROUP BY task_id HAVING count(*) > 1) d
+            WHERE EXISTS (SELECT 1 FROM fault_ledger l WHERE l.task_id = d.task_id AND l.worker = ANY($2))
+            """, queue, killed.ToArray());
+        var duplicateTasks = await DuplicateTasksAsync(queue);
+        return r.Result(queue, r.Lost == 0 && explained == duplicateTasks,
+            $"{killed.Count} SIGKILLs; {duplicateTasks} task(s) ran twice, {explained} of them explained by a killed worker (ran, killed before its ack)");
+    }
+
+    // 2. PostgreSQL stopped and started three times mid-run (fast, immediate, fast). Workers reconnect pool and listener;
+    //    delivery resumes within a bound.
+    private async Task<ScenarioResult> RestartAsync()
+    {
+        const string queue = "restart";
+        var tasks = smoke ? 6_000 : 60_000;
+        var settings = new Dictionary<string, int> { ["leasems"] = 30_000, ["concurrency"] = 8 };
+        for (var i = 0; i < 2; i++)
+        {
+            await StartWorkerAsync(queue, settings);
+        }
+
+        await KickAsync(queue, tasks, "record", workMs: smoke ? 20 : 5); // long enough for all three restarts
+        var resumes = new List<double>();
+        foreach (var mode in new[] { "fast", "immediate", "fast" })
+        {
+            await Task.Delay(TimeSpan.FromSeconds(smoke ? 1 : 4));
+            await rig.RestartServerAsync(mode, TimeSpan.FromSeconds(1));
+            var back = await rig.ScalarAsync<DateTime>("SELECT clock_timestamp()");
+            if (await PendingAsync(queue) == 0)
+            {
+                break;
+            }
+
+            var watch = Stopwatch.StartNew();
+            while (!await rig.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM fault_ledger WHERE at > $1)", back) && watch.Elapsed < TimeSpan.FromSeconds(60))
+            {
+                await Task.Delay(50);
+            }
+
+            resumes.Add(watch.Elapsed.TotalSeconds);
+        }
+
+        var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(3));
+        var runs = await DuplicateRunsAsync(queue);
+        // A duplicate is explained when its runs are successive attempts: the handler's own write (its ledger row)
+        // committed but the reply died with the server, so the attempt failed and was retried. Two runs of the same
+        // attempt would mean a lease was lost while its worker was alive: never acceptable.
+        var sameAttempt = await rig.ScalarAsync<long>(
+            """
+            SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1
+                                  GROUP BY task_id HAVING count(*) > count(DISTINCT attempt)) d
+            """, queue);
+        var bound = 15.0;
+        var resumed = resumes.Count > 0 && resumes.All(s => s < bound);
+        return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed,
+            $"{resumes.Count} restarts measured (fast, immediate, fast); first execution after the server was back: " +
+            string.Join(", ", resumes.Select(s => s.ToString("0.0", CultureInfo.InvariantCulture) + " s")) + $" (bound {bound} s)" +
+            (runs.Length > 0 ? $"; runs of duplicated tasks (worker:attempt@time): {runs}; {sameAttempt} ran twice in one attempt" : ""));
+    }
+
+    // 3. The LISTEN backends of the workers killed with pg_terminate_backend over and over while tasks are kicked one by
+    //    one: delivery continues (poll fallback) and the listeners come back.
+    private async Task<ScenarioResult> ListenerAsync()
+    {
+        const string queue = "listener";
+        var settings = new Dictionary<string, int> { ["pollms"] = 1_000 };
+        await StartWorkerAsync(queue, settings);
+        await StartWorkerAsync(queue, settings);
+        await using var broker = new PostgresBroker(rig.DataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        var count = smoke ? 40 : 400;
+        var terminated = 0L;
+        using var stop = new CancellationTokenSource();
+        var killer = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                terminated += await rig.ScalarAsync<long>(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query ILIKE 'LISTEN %' AND pid <> pg_backend_pid()");
+                await Task.Delay(TimeSpan.FromSeconds(smoke ? 1 : 3), CancellationToken.None);
+            }
+        });
+        for (var i = 0; i < count; i++)
+        {
+            var message = TaskMessage.Create("record", [0]);
+            await NoteKickedAsync(queue, [message.TaskId]);
+            await broker.KickAsync(message);
+            await Task.Delay(100);
+        }
+
+        await stop.CancelAsync();
+        await killer;
+        var r = await ReconcileAsync(queue, TimeSpan.FromSeconds(60));
+        var watch = Stopwatch.StartNew();
+        long listening;
+        while ((listening = await rig.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN %' AND datname = 'faults'")) < 2
+               && watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(200);
+        }
+
+        var latency = await rig.ScalarAsync<double>(
+            "SELECT coalesce(max(extract(epoch FROM l.at - k.due_at)), 0)::float8 FROM fault_ledger l JOIN fault_kicked k USING (task_id) WHERE k.scenario = $1",
+            queue);
+        return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && listening >= 2 && terminated > 0,
+            $"{terminated} LISTEN backends terminated; {listening} listeners back afterwards; slowest kick→run {latency:0.00} s");
+    }
+
+    // 4. A producer process kicks delayed tasks and exits at once (no dispose): they all run, none before its time.
+    private async Task<ScenarioResult> ProducerAsync()
+    {
+        const string queue = "producer";
+        await StartWorkerAsync(queue, new Dictionary<string, int> { ["pollms"] = 1_000 });
+        await StartWorkerAsync(queue, new Dictionary<string, int> { ["pollms"] = 1_000 });
+        var count = smoke ? 200 : 2_000;
+        const int delaySeconds = 3;
+        var producer = Child.Start(rig.ConnectionString, "producer", "--producer", queue, count.ToString(CultureInfo.InvariantCulture),
+            delaySeconds.ToString(CultureInfo.InvariantCulture));
+        _children.Add(producer);
+        await producer.WaitForExitAsync(TimeSpan.FromSeconds(60));
+        var r = await ReconcileAsync(queue, TimeSpan.FromSeconds(delaySeconds + 60));
+        var early = await rig.ScalarAsync<long>(
+            "SELECT count(*) FROM fault_ledger l JOIN fault_kicked k USING (task_id) WHERE k.scenario = $1 AND l.at < k.due_at", queue);
+        return r.Result(queue, producer.ExitCode == 0 && r.Tasks == count && r.Lost == 0 && r.Duplicates == 0 && early == 0,
+            $"producer exited with {producer.ExitCode} right after kicking (half KickAsync, half KickManyAsync, {delaySeconds} s delay); {early} ran early");
+    }
+
+    // 5. Poison and bad input mixed with good tasks: malformed JSON, wrong argument types, unknown names, a throwing and
+    //    a hanging handler → dead-lettered with the reason stored; oversized payloads refused at kick.
+    private async Task<ScenarioResult> PoisonAsync()
+    {
+        const string queue = "poison";
+        await StartWorkerAsync(queue, new Dictionary<string, int>());
+        await StartWorkerAsync(queue, new Dictionary<string, int>());
+        var n = smoke ? 20 : 100;
+        await using var broker = new PostgresBroker(rig.DataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        var good = Enumerable.Range(0, n * 5).Select(_ => TaskMessage.Create("record", [0])).ToArray();
+        var wrongTypes = Enumerable.Range(0, n).Select(_ => TaskMessage.Create("record", ["not a number"])).ToArray();
+        var unknown = Enumerable.Range(0, n).Select(_ => TaskMessage.Create("no_such_task")).ToArray();
+        var throwing = Enumerable.Range(0, n).Select(_ => TaskMessage.Create("fail")).ToArray();
+        var hanging = Enumerable.Range(0, n).Select(_ => TaskMessage.Create("record", [600_000])).ToArray();
+        await broker.KickManyAsync([.. good, .. wrongTypes, .. unknown], new KickOptions { MaxAttempts = 2 });
+        await broker.KickManyAsync(throwing, new KickOptions { MaxAttempts = 2 });
+        await broker.KickManyAsync(hanging, new KickOptions { MaxAttempts = 1, Timeout = TimeSpan.FromMilliseconds(300) });
+        var malformed = Enumerable.Range(0, n).Select(i => "malformed-" + Guid.NewGuid().ToString("N")).ToArray();
+        await rig.ExecuteAsync(
+            "INSERT INTO taskiq_messages (task_id, task_name, message, queue) SELECT id, 'record', '{\"task_id\": ' || id || ', oops', $2 FROM unnest($1::text[]) AS id",
+            malformed, queue);
+        await NoteKickedAsync(queue, [.. good.Concat(wrongTypes).Concat(unknown).Concat(throwing).Concat(hanging).Select(m => m.TaskId), .. malformed]);
+        var refused = 0;
+        for (var i = 0; i < n; i++)
+        {
+            try
+            {
+                await broker.KickAsync(TaskMessage.Create("record", [new string('x', 2 * 1024 * 1024)]));
+            }
+            catch (MessageTooLargeException)
+            {
+                refused++;
+            }
+        }
+
+        var r = await ReconcileAsync(queue, TimeSpan.FromSeconds(90));
+        var goodDone = await rig.ScalarAsync<long>("SELECT count(DISTINCT task_id) FROM fault_ledger WHERE task_id = ANY($1)",
+            (object)good.Select(m => m.TaskId).ToArray()); // one array parameter, not params
+        var withReason = await rig.ScalarAsync<long>(
+            "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'dead' AND coalesce(last_error, '') <> ''", queue);
+        var expectedDead = 5 * n;
+        return r.Result(queue, r.Lost == 0 && goodDone == good.Length && r.DeadLettered == expectedDead && withReason == expectedDead && refused == n,
+            $"{goodDone}/{good.Length} good tasks done; {r.DeadLettered}/{expectedDead} bad ones dead-lettered, {withReason} with the reason stored; " +
+            $"{refused}/{n} oversized (2 MiB) kicks refused with MessageTooLargeException");
+    }
+
+    // 6. A worker with a pool of 3 connections, 24 concurrent tasks, every handler also querying that pool.
+    private async Task<ScenarioResult> PoolAsync()
+    {
+        const string queue = "pool";
+        await StartWorkerAsync(queue, new Dictionary<string, int> { ["maxpool"] = 3, ["concurrency"] = 24, ["prefetch"] = 48 });
+        var tasks = smoke ? 1_000 : 20_000;
+        await KickAsync(queue, tasks, "record_db", workMs: 5);
+        var watch = Stopwatch.StartNew();
+        var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(smoke ? 2 : 10));
+        return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && r.Completed == tasks,
+            $"Max Pool Size 3, 24 concurrent handlers each querying the same pool: drained in {watch.Elapsed.TotalSeconds:0.0} s, no deadlock");
+    }
+
+    // 7. Handlers that block their threads for 3 leases in a worker whose thread pool is capped at 4 threads; a second
+    //    worker would rescue any lease that lapses. Renewal runs on its own thread, so no task runs twice.
+    private async Task<ScenarioResult> StarvationAsync()
+    {
+        const string queue = "starvation";
+        var lease = 1_500;
+        await StartWorkerAsync(queue, new Dictionary<string, int> { ["leasems"] = lease, ["maxthreads"] = 4, ["concurrency"] = 8, ["prefetch"] = 8 });
+        var tasks = smoke ? 16 : 64;
+        await KickAsync(queue, tasks, "block", workMs: lease * 3);
+        var other = await StartWorkerAsync(queue, new Dictionary<string, int> { ["leasems"] = lease, ["concurrency"] = 2, ["prefetch"] = 0 });
+        var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(smoke ? 2 : 6));
+        var byOther = await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger WHERE worker = $1", other.Name);
+        return r.Result(queue, r.Lost == 0 && r.Duplicates == 0,
+            $"{tasks} handlers each blocking a thread for {lease * 3} ms (3 leases) in a worker capped at 4 pool threads; " +
+            $"{r.Duplicates} ran twice; the competing worker ran {byOther}");
+    }
+
+    // 8. SIGTERM to a busy worker: running tasks finish, prefetched ones are released at once (taken by the other
+    //    worker well before their 30 s lease would have expired), nothing lost, nothing run twice.
+    private async Task<ScenarioResult> GracefulAsync()
+    {
+        const string queue = "graceful";
+        var settings = new Dictionary<string, int> { ["leasems"] = 30_000, ["concurrency"] = 8, ["prefetch"] = 32, ["shutdownms"] = 10_000 };
+        var stopping = await StartWorkerAsync(queue, settings);
+        var staying = await StartWorkerAsync(queue, settings);
+        var tasks = smoke ? 300 : 3_000;
+        await KickAsync(queue, tasks, "record", workMs: 200);
+        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        var watch = Stopwatch.StartNew();
+        stopping.Terminate();
+        await stopping.WaitForExitAsync(TimeSpan.FromSeconds(30));
+        var exitSeconds = watch.Elapsed.TotalSeconds;
+        var r = await ReconcileAsync(queue, TimeSpan.FromSeconds(25)); // < the 30 s lease: only a release explains it
+        var byStopping = await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger WHERE worker = $1", stopping.Name);
+        return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && r.Completed == tasks && stopping.ExitCode == 0 && exitSeconds < 15,
+            $"SIGTERM → exit code {stopping.ExitCode} after {exitSeconds:0.0} s (ShutdownTimeout 10 s); it completed {byStopping}, " +
+            $"the rest were released and done by {staying.Name} before any lease (30 s) could expire");
+    }
+
+    // 9. Three scheduler processes with one every-second cron; one is SIGKILLed mid-run and restarted.
+    private async Task<ScenarioResult> SchedulerAsync()
+    {
+        await StartWorkerAsync("sched", new Dictionary<string, int> { ["concurrency"] = 4 });
+        var schedulers = new List<Child>();
+        for (var i = 1; i <= 3; i++)
+        {
+            schedulers.Add(await StartSchedulerAsync($"scheduler-{i}"));
+        }
+
+        var start = await rig.ScalarAsync<DateTime>("SELECT clock_timestamp()");
+        var duration = TimeSpan.FromSeconds(smoke ? 12 : 180);
+        await Task.Delay(duration / 2);
+        schedulers[1].Kill9();
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        schedulers.Add(await StartSchedulerAsync("scheduler-2b"));
+        await Task.Delay(duration / 2);
+        var end = await rig.ScalarAsync<DateTime>("SELECT clock_timestamp()");
+        foreach (var s in schedulers.Where(s => !s.HasExited))
+        {
+            s.Terminate();
+        }
+
+        await Task.Delay(TimeSpan.FromSeconds(3)); // the last fires' tasks run
+        // Whole seconds strictly inside the window (start-up and shutdown edges left out), by the database clock.
+        var from = new DateTimeOffset(start, TimeSpan.Zero).AddSeconds(3);
+        var to = new DateTimeOffset(end, TimeSpan.Zero).AddSeconds(-2);
+        var counts = new Dictionary<long, int>();
+        await using (var command = rig.DataSource.CreateCommand("SELECT fire_at FROM fault_ledger WHERE fire_at IS NOT NULL"))
+        await using (var reader = await command.ExecuteReaderAsync())
+        {
+            while (await reader.ReadAsync())
+            {
+                var second = DateTimeOffset.Parse(reader.GetString(0), CultureInfo.InvariantCulture).ToUnixTimeSeconds();
+                counts[second] = counts.GetValueOrDefault(second) + 1;
+            }
+        }
+
+        var instants = Enumerable.Range(0, (int)(to - from).TotalSeconds).Select(i => from.AddSeconds(i).ToUnixTimeSeconds()).ToArray();
+        var missing = instants.Count(i => !counts.ContainsKey(i));
+        var doubled = instants.Count(i => counts.GetValueOrDefault(i) > 1);
+        var ran = instants.Sum(i => (long)counts.GetValueOrDefault(i));
+        return new ScenarioResult("scheduler", instants.Length, instants.Length - missing, missing, ran - (instants.Length - missing), 0, 0,
+            missing == 0 && doubled == 0,
+            $"3 schedulers, one SIGKILLed at {duration.TotalSeconds / 2:0} s and restarted; {instants.Length} every-second instants checked: " +
+            $"{missing} missing, {doubled} fired more than once");
+    }
+
+    // 10. Steady load for a while: dead tuples and size of the queue table stay bounded, the worker's memory stays flat.
+    private async Task<ScenarioResult> SoakAsync()
+    {
+        const string queue = "soak";
+        var worker = await StartWorkerAsync(queue, new Dictionary<string, int> { ["concurrency"] = 16 });
+        var duration = TimeSpan.FromSeconds(smoke ? 20 : 600);
+        var sampleEvery = TimeSpan.FromSeconds(smoke ? 2 : 30);
+        await using var broker = new PostgresBroker(rig.DataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        using var stop = new CancellationTokenSource(duration);
+        var kicked = 0L;
+        var producers = Enumerable.Range(0, 4).Select(async _ =>
+        {
+            var ids = new List<string>();
+            while (!stop.IsCancellationRequested)
+            {
+                var message = TaskMessage.Create("record", [0]);
+                await broker.KickAsync(message);
+                ids.Add(message.TaskId);
+                Interlocked.Increment(ref kicked);
+                if (ids.Count == 500)
+                {
+                    await NoteKickedAsync(queue, ids);
+                    ids.Clear();
+                }
+
+                await Task.Delay(5); // ~150 kicks/s per producer: steady, not a burn-down
+            }
+
+            await NoteKickedAsync(queue, ids);
+        }).ToArray();
+        var samples = new List<(double Rss, long Dead, long SizeKb)>();
+        while (!stop.IsCancellationRequested)
+        {
+            await Task.Delay(sampleEvery);
+            samples.Add((worker.RssMb(),
+                await rig.ScalarAsync<long>("SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relname = 'taskiq_messages'"),
+                await rig.ScalarAsync<long>("SELECT pg_total_relation_size('taskiq_messages') / 1024")));
+        }
+
+        await Task.WhenAll(producers);
+        var r = await ReconcileAsync(queue, TimeSpan.FromSeconds(60));
+        var third = samples.Skip(samples.Count / 3).First();
+        var last = samples[^1];
+        var flat = last.Rss <= third.Rss * 1.5;
+        var bounded = samples.Max(s => s.Dead) < 200_000 && last.SizeKb <= Math.Max(third.SizeKb * 3, 8_192);
+        return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && flat && bounded,
+            $"{duration.TotalSeconds:0} s at ~{kicked / duration.TotalSeconds:0} kicks/s; worker RSS {samples[0].Rss:0} → {third.Rss:0} → {last.Rss:0} MB; " +
+            $"dead tuples max {samples.Max(s => s.Dead):N0}, last {last.Dead:N0}; queue table {third.SizeKb:N0} → {last.SizeKb:N0} kB");
+    }
+
+    private async Task<Child> StartWorkerAsync(string queue, IReadOnlyDictionary<string, int> settings)
+    {
+        var name = $"{queue}-worker-{++_workerSerial}";
+        var child = Child.Start(rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)]);
+        _children.Add(child);
+        await child.WaitReadyAsync();
+        return child;
+    }
+
+    private async Task<Child> StartSchedulerAsync(string name)
+    {
+        var child = Child.Start(rig.ConnectionString, name, "--scheduler", name);
+        _children.Add(child);
+        await child.WaitReadyAsync();
+        return child;
+    }
+
+    /// <summary>Kicks <paramref name="count"/> tasks in batches, each batch in one transaction with its ledger note.</summary>
+    private async Task KickAsync(string queue, int count, string taskName, int workMs)
+    {
+        await using var broker = new PostgresBroker(rig.DataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        for (var sent = 0; sent < count; sent += 5_000)
+        {
+            var messages = Enumerable.Range(0, Math.Min(5_000, count - sent)).Select(_ => TaskMessage.Create(taskName, [workMs])).ToArray();
+            await using var connection = await rig.DataSource.OpenConnectionAsync();
+            await using var transaction = await connection.BeginTransactionAsync();
+            await using (var note = new NpgsqlCommand("INSERT INTO fault_kicked (scenario, task_id) SELECT $1, unnest($2::text[])", connection, transaction))
+            {
+                note.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                note.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = messages.Select(m => m.TaskId).ToArray() });
+                await note.ExecuteNonQueryAsync();
+            }
+
+            await broker.KickManyAsync(messages, connection, transaction);
+            await transaction.CommitAsync();
+        }
+    }
+
+    private Task NoteKickedAsync(string queue, IReadOnlyCollection<string> ids)
+        => ids.Count == 0 ? Task.CompletedTask
+            : rig.ExecuteAsync("INSERT INTO fault_kicked (scenario, task_id, due_at) SELECT $1, unnest($2::text[]), clock_timestamp()", queue, ids.ToArray());
+
+    private Task<long> PendingAsync(string queue)
+        => rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status IN ('pending', 'processing')", queue);
+
+    private async Task WaitOrDrainedAsync(string queue, TimeSpan wait)
+    {
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < wait && await PendingAsync(queue) > 0)
+        {
+            await Task.Delay(250);
+        }
+    }
+
+    /// <summary>Each duplicated task's runs (worker:attempt@seconds), for the notes: what explains the duplicate.</summary>
+    private Task<string> DuplicateRunsAsync(string queue) => rig.ScalarAsync<string>(
+        """
+        SELECT coalesce(string_agg(runs, '; '), '') FROM (
+            SELECT string_agg(worker || ':' || attempt || '@' || to_char(at, 'HH24:MI:SS.MS'), ', ' ORDER BY at) AS runs
+            FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1
+            GROUP BY task_id HAVING count(*) > 1 LIMIT 5) d
+        """, queue);
+
+    private Task<long> DuplicateTasksAsync(string queue) => rig.ScalarAsync<long>(
+        "SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1 GROUP BY task_id HAVING count(*) > 1) d",
+        queue);
+
+    /// <summary>Waits until nothing of <paramref name="queue"/> is pending or processing (or the bound), then counts.</summary>
+    private async Task<Reconciliation> ReconcileAsync(string queue, TimeSpan bound)
+    {
+        await WaitOrDrainedAsync(queue, bound);
+        await Task.Delay(500); // the last acks' ledger rows are committed before their acks; this is only for the stragglers' results
+        await using var command = rig.DataSource.CreateCommand(
+            """
+            WITH k AS (SELECT task_id FROM fault_kicked WHERE scenario = $1),
+                 l AS (SELECT task_id, count(*) AS runs FROM fault_ledger WHERE task_id IN (SELECT task_id FROM k) GROUP BY task_id),
+                 d AS (SELECT task_id FROM taskiq_messages WHERE queue = $1 AND status = 'dead'),
+                 q AS (SELECT task_id FROM taskiq_messages WHERE queue = $1 AND status IN ('pending', 'processing'))
+            SELECT (SELECT count(*) FROM k),
+                   (SELECT count(*) FROM l WHERE task_id NOT IN (SELECT task_id FROM d) AND task_id NOT IN (SELECT task_id FROM q)),
+                   (SELECT count(*) FROM k WHERE task_id NOT IN (SELECT task_id FROM l) AND task_id NOT IN (SELECT task_id FROM d)),
+                   (SELECT coalesce(sum(runs - 1), 0)::bigint FROM l),
+                   (SELECT count(*) FROM d)
+            """);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+        await using var reader = await command.ExecuteReaderAsync();
+        await reader.ReadAsync();
+        return new Reconciliation(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetInt64(3), reader.GetInt64(4));
+    }
+
+    private sealed record Reconciliation(long Tasks, long Completed, long Lost, long Duplicates, long DeadLettered)
+    {
+        public ScenarioResult Result(string scenario, bool passed, string notes)
+            => new(scenario, Tasks, Completed, Lost, Duplicates, DeadLettered, 0, passed, notes);
+    }
+}

@@ -1,0 +1,50 @@
+using System.Diagnostics;
+using System.Text.Json;
+
+namespace TaskiqPg.Tests;
+
+/// <summary>
+/// The fault suite (tests/TaskiqPg.Faults) in its smoke mode: every scenario with small counts, real processes, its own
+/// PostgreSQL server (restarted by the suite). Each scenario reconciles its tasks against the ledger; this asserts
+/// that every one of them passed and reports its counts.
+/// </summary>
+public sealed class FaultSuiteSmokeTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task Every_fault_scenario_passes_in_smoke_mode()
+    {
+        var summary = Path.Combine(Path.GetTempPath(), $"taskiqpg-faults-smoke-{Guid.NewGuid():N}.json");
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "TaskiqPg.Faults.dll"));
+        foreach (var arg in new[] { "--smoke", "--out", summary })
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(15));
+        output.WriteLine(await stdout);
+        try
+        {
+            Assert.True(File.Exists(summary), $"no summary written (exit code {process.ExitCode}): {await stderr}");
+            using var json = JsonDocument.Parse(await File.ReadAllTextAsync(summary));
+            var rows = json.RootElement.EnumerateArray().ToArray();
+            Assert.Equal(["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak"],
+                rows.Select(r => r.GetProperty("Scenario").GetString()));
+            foreach (var row in rows)
+            {
+                Assert.True(row.GetProperty("Passed").GetBoolean(), $"{row.GetProperty("Scenario")}: {row}");
+                Assert.Equal(0, row.GetProperty("Lost").GetInt64());
+                Assert.True(row.GetProperty("Tasks").GetInt64() > 0, $"{row.GetProperty("Scenario")} kicked nothing");
+            }
+
+            Assert.Equal(0, process.ExitCode);
+        }
+        finally
+        {
+            File.Delete(summary);
+        }
+    }
+}
