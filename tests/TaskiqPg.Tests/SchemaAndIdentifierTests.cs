@@ -68,7 +68,13 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             rows.Add((reader.GetString(0), reader.GetInt32(1)));
         }
 
-        Assert.Equal([("taskiq_messages", 1), ("taskiq_results", 1)], rows);
+        Assert.Equal([("taskiq_messages", 2), ("taskiq_results", 1)], rows);
+        await using var indexes = dataSource.CreateCommand(
+            "SELECT string_agg(indexdef, ' | ') FROM pg_indexes WHERE schemaname = $1 AND tablename = 'taskiq_messages' AND indexdef LIKE '%(task_id)%'");
+        indexes.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = schema });
+        var taskIdIndexes = (string)(await indexes.ExecuteScalarAsync())!;
+        Assert.Contains("USING hash (task_id)", taskIdIndexes); // migration 2 replaced the b-tree of migration 1
+        Assert.DoesNotContain("btree (task_id)", taskIdIndexes);
         foreach (var broker in brokers)
         {
             await broker.DisposeAsync();
