@@ -11,7 +11,8 @@ namespace TaskiqPg.Bench;
 /// </summary>
 internal static class GraphileBench
 {
-    public static async Task<(double AddRate, double DrainRate)?> RunAsync(string adminConnectionString, int jobs, string mode)
+    public static async Task<(double AddRate, double DrainRate, List<double> Latencies)?> RunAsync(string adminConnectionString, int jobs, string mode,
+        int latencySamples)
     {
         var folder = Path.Combine(FindBenchFolder(), "graphile");
         if (!Directory.Exists(Path.Combine(folder, "node_modules", "graphile-worker")))
@@ -34,7 +35,8 @@ internal static class GraphileBench
 
         var csb = new NpgsqlConnectionStringBuilder(adminConnectionString);
         var url = $"postgres://{Uri.EscapeDataString(csb.Username!)}:{Uri.EscapeDataString(csb.Password ?? "")}@{csb.Host}:{csb.Port}/{database}";
-        var result = await RunAsync("node", ["bench.mjs", url, jobs.ToString(System.Globalization.CultureInfo.InvariantCulture), mode], folder);
+        var result = await RunAsync("node", ["bench.mjs", jobs.ToString(System.Globalization.CultureInfo.InvariantCulture), mode,
+            latencySamples.ToString(System.Globalization.CultureInfo.InvariantCulture)], folder, new Dictionary<string, string> { ["TASKIQPG_BENCH_GRAPHILE_URL"] = url });
         if (result is not { ExitCode: 0 })
         {
             Console.WriteLine($"graphile-worker ({mode}) failed: {result?.Error}");
@@ -42,7 +44,8 @@ internal static class GraphileBench
         }
 
         using var json = JsonDocument.Parse(result.Value.Output.Trim().Split('\n')[^1]);
-        return (json.RootElement.GetProperty("addRate").GetDouble(), json.RootElement.GetProperty("drainRate").GetDouble());
+        return (json.RootElement.GetProperty("addRate").GetDouble(), json.RootElement.GetProperty("drainRate").GetDouble(),
+            json.RootElement.GetProperty("latencies").EnumerateArray().Select(e => e.GetDouble()).ToList());
     }
 
     private static string FindBenchFolder()
@@ -56,9 +59,15 @@ internal static class GraphileBench
         return Path.Combine(folder?.FullName ?? Directory.GetCurrentDirectory(), "bench");
     }
 
-    private static async Task<(int ExitCode, string Output, string Error)?> RunAsync(string file, string[] args, string folder)
+    private static async Task<(int ExitCode, string Output, string Error)?> RunAsync(string file, string[] args, string folder,
+        Dictionary<string, string>? environment = null)
     {
         var info = new ProcessStartInfo(file) { WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var (name, value) in environment ?? [])
+        {
+            info.Environment[name] = value;
+        }
+
         foreach (var a in args)
         {
             info.ArgumentList.Add(a);

@@ -37,6 +37,10 @@ var output = arguments.Output ?? Path.Combine("bench", "results", $"taskiqpg-{Da
 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
 await File.WriteAllTextAsync(output, JsonSerializer.Serialize(report.Rows, new JsonSerializerOptions { WriteIndented = true }));
 Console.WriteLine($"JSON: {output}");
+var chart = Path.ChangeExtension(output, ".svg");
+BenchChart.Write(report, chart, $"{DateTime.UtcNow:yyyy-MM-dd}, {Environment.ProcessorCount} cores, {(arguments.Runs > 1 ? $"medians of {arguments.Runs} runs" : "one run")}, " +
+    $"{arguments.Tasks:N0} tasks, durable local PostgreSQL; Hangfire.PostgreSql 1.21.1 (16 workers, poll 200 ms), graphile-worker 0.17.3");
+Console.WriteLine($"chart: {chart}");
 return 0;
 
 
@@ -208,6 +212,7 @@ async Task<BenchReport> MeasureAsync()
         report.Add($"Hangfire.PostgreSql drain ({HangfireBench.WorkerCount} workers, QueuePollInterval {HangfireBench.QueuePollInterval.TotalMilliseconds} ms)", hangfireDrain, "jobs/s");
         report.Add("burn-down ratio TaskiqPg / Hangfire.PostgreSql", drain / hangfireDrain, "ratio");
         report.Add("single kick ratio TaskiqPg (8 producers) / Hangfire enqueue (1 producer)", kicked / hangfireEnqueue, "ratio");
+        report.AddPercentiles("Hangfire.PostgreSql kick → job start", await HangfireBench.LatencyAsync(connectionString, PeerLatencySamples()));
     }
 
     // 7. graphile-worker side by side, default and batched configurations.
@@ -215,14 +220,18 @@ async Task<BenchReport> MeasureAsync()
     {
         foreach (var mode in new[] { "default", "batched" })
         {
-            if (await GraphileBench.RunAsync(admin, arguments.GraphileJobs, mode) is { } graphile)
+            if (await GraphileBench.RunAsync(admin, arguments.GraphileJobs, mode, PeerLatencySamples()) is { } graphile)
             {
+                report.AddPercentiles($"graphile-worker {mode}: kick → job start", graphile.Latencies);
                 report.Add($"graphile-worker {mode}: add_jobs ({arguments.GraphileJobs:N0} jobs)", graphile.AddRate, "jobs/s");
                 report.Add($"graphile-worker {mode}: drain (runOnce, 24 concurrent, no results)", graphile.DrainRate, "jobs/s");
                 report.Add($"burn-down ratio TaskiqPg / graphile-worker {mode}", drain / graphile.DrainRate, "ratio");
             }
         }
     }
+
+    // Peers' idle latency: fewer samples (Hangfire polls every 200 ms, so 1,000 sequential samples would take minutes).
+    int PeerLatencySamples() => Math.Max(10, arguments.Latency / 5);
 
     async Task<T> Scalar<T>(string sql)
     {

@@ -1,8 +1,11 @@
 // graphile-worker side of the TaskiqPg benchmark: bulk-add N no-op jobs (add_jobs, 5,000 per call), then drain them
-// with one runOnce() process. Usage: node bench.mjs <postgres-url> <jobs> <default|batched>
-import { Logger, makeWorkerUtils, runMigrations, runOnce } from "graphile-worker";
+// with one runOnce() process; then, if asked, idle latency: add one job, wait until it starts, repeat.
+// Usage: TASKIQPG_BENCH_GRAPHILE_URL=<postgres-url> node bench.mjs <jobs> <default|batched> [latencySamples]
+// (the URL carries the password: passed by environment, never on the command line where ps would show it)
+import { Logger, makeWorkerUtils, run, runMigrations, runOnce } from "graphile-worker";
 
-const [connectionString, jobsArg, mode] = process.argv.slice(2);
+const connectionString = process.env.TASKIQPG_BENCH_GRAPHILE_URL;
+const [jobsArg, mode, latencyArg] = process.argv.slice(2);
 const jobs = Number(jobsArg);
 const batched = mode === "batched";
 const worker = {
@@ -26,4 +29,21 @@ await utils.release();
 start = performance.now();
 await runOnce({ preset, logger, taskList: { noop: async () => {} } });
 const drainRate = jobs / ((performance.now() - start) / 1000);
-console.log(JSON.stringify({ addRate, drainRate }));
+
+const latencies = [];
+const samples = Number(latencyArg ?? 0);
+if (samples > 0) {
+  const waiting = new Map();
+  const runner = await run({ preset, logger, taskList: { ping: async (payload) => waiting.get(payload.id)?.(performance.now()) } });
+  const pinger = await makeWorkerUtils({ preset, logger });
+  for (let i = 0; i < samples; i++) {
+    const id = `p${i}`;
+    const startedAt = new Promise((resolve) => waiting.set(id, resolve));
+    const t0 = performance.now();
+    await pinger.addJob("ping", { id });
+    latencies.push((await startedAt) - t0);
+  }
+  await pinger.release();
+  await runner.stop();
+}
+console.log(JSON.stringify({ addRate, drainRate, latencies }));

@@ -12,6 +12,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
     [InlineData("1starts_with_digit")]
     [InlineData("drop table x; --")]
     [InlineData("naïve")]
+    [InlineData("trailing_newline\n")]
     [InlineData("a234567890123456789012345678901234567890123456789012345678901234")] // 64 bytes
     public void Invalid_identifiers_are_rejected_naming_the_option(string name)
     {

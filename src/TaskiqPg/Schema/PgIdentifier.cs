@@ -46,6 +46,6 @@ public static partial class PgIdentifier
 
     private static string Printable(string value) => value.Length > 80 ? value[..80] + "…" : value;
 
-    [GeneratedRegex("^[A-Za-z_][A-Za-z0-9_]*$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex(@"\A[A-Za-z_][A-Za-z0-9_]*\z", RegexOptions.CultureInvariant)] // \z: "$" would accept a trailing newline
     private static partial Regex Pattern();
 }
