@@ -90,7 +90,7 @@ internal sealed class Rig : IAsyncDisposable
         _root = root;
         _serverOptions = serverOptions;
         Server = server;
-        ConnectionString = new NpgsqlConnectionStringBuilder(server.GetConnectionString("faults")) { MaxPoolSize = 20 }.ConnectionString;
+        ConnectionString = new NpgsqlConnectionStringBuilder(server.GetConnectionString("faults")) { MaxPoolSize = 20, CommandTimeout = 120 }.ConnectionString;
         DataSource = NpgsqlDataSource.Create(ConnectionString);
     }
 

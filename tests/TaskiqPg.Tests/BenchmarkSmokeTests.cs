@@ -7,6 +7,7 @@ namespace TaskiqPg.Tests;
 /// The benchmark in its smoke mode (tiny sizes, a few seconds), so it never rots. No thresholds: it asserts that every
 /// workload ran and reported a real figure, never how fast.
 /// </summary>
+[Collection(RunsAlone.Name)]
 public sealed class BenchmarkSmokeTests(PostgresServerFixture server)
 {
     [Fact]

@@ -8,6 +8,7 @@ namespace TaskiqPg.Tests;
 /// PostgreSQL server (restarted by the suite). Each scenario reconciles its tasks against the ledger; this asserts
 /// that every one of them passed and reports its counts.
 /// </summary>
+[Collection(RunsAlone.Name)]
 public sealed class FaultSuiteSmokeTests(ITestOutputHelper output)
 {
     [Fact]
