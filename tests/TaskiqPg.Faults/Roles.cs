@@ -59,8 +59,9 @@ internal static class Roles
             RunMigrations = false,
             LeaseDuration = TimeSpan.FromMilliseconds(settings.Int("leasems", 5_000)),
         };
-        await using var broker = new PostgresBroker(dataSource, brokerOptions);
-        await using var results = new PostgresResultBackend(dataSource, new PostgresResultBackendOptions { RunMigrations = false });
+        using var loggers = new StderrLoggerFactory();
+        await using var broker = new PostgresBroker(dataSource, brokerOptions, loggerFactory: loggers);
+        await using var results = new PostgresResultBackend(dataSource, new PostgresResultBackendOptions { RunMigrations = false }, loggerFactory: loggers);
 
         async Task Record(TaskContext context, string? fireAt = null)
         {
@@ -109,7 +110,7 @@ internal static class Roles
             PollInterval = TimeSpan.FromMilliseconds(settings.Int("pollms", 1_000)),
             ShutdownTimeout = TimeSpan.FromMilliseconds(settings.Int("shutdownms", 10_000)),
         };
-        using var worker = new TaskiqWorker(broker, registry, results, options);
+        using var worker = new TaskiqWorker(broker, registry, results, options, loggerFactory: loggers);
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
         {
@@ -192,5 +193,35 @@ internal static class Roles
         parameters.Add(new NpgsqlParameter<int> { TypedValue = context.Attempt });
         parameters.Add(new NpgsqlParameter<string> { TypedValue = worker });
         parameters.Add(new NpgsqlParameter { Value = (object?)fireAt ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+    }
+}
+
+/// <summary>Warnings and errors of a child, one line each on stderr with a timestamp (the runner keeps the last lines).</summary>
+internal sealed class StderrLoggerFactory : Microsoft.Extensions.Logging.ILoggerFactory
+{
+    public Microsoft.Extensions.Logging.ILogger CreateLogger(string categoryName) => new Logger(categoryName);
+
+    public void AddProvider(Microsoft.Extensions.Logging.ILoggerProvider provider)
+    {
+    }
+
+    public void Dispose()
+    {
+    }
+
+    private sealed class Logger(string category) : Microsoft.Extensions.Logging.ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => logLevel >= Microsoft.Extensions.Logging.LogLevel.Warning;
+
+        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception,
+            Func<TState, Exception?, string> formatter)
+        {
+            if (IsEnabled(logLevel))
+            {
+                Console.Error.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} {logLevel} {category}: {formatter(state, exception)} {exception?.GetType().Name} {exception?.Message}".ReplaceLineEndings(" "));
+            }
+        }
     }
 }

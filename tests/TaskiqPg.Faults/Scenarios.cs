@@ -265,7 +265,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
     {
         const string queue = "starvation";
         var lease = 1_500;
-        await StartWorkerAsync(queue, new Dictionary<string, int> { ["leasems"] = lease, ["maxthreads"] = 4, ["concurrency"] = 8, ["prefetch"] = 8 });
+        var starved = await StartWorkerAsync(queue, new Dictionary<string, int> { ["leasems"] = lease, ["maxthreads"] = 4, ["concurrency"] = 8, ["prefetch"] = 8 });
         var tasks = smoke ? 16 : 64;
         await KickAsync(queue, tasks, "block", workMs: lease * 3);
         var other = await StartWorkerAsync(queue, new Dictionary<string, int> { ["leasems"] = lease, ["concurrency"] = 2, ["prefetch"] = 0 });
@@ -273,7 +273,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         var byOther = await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger WHERE worker = $1", other.Name);
         return r.Result(queue, r.Lost == 0 && r.Duplicates == 0,
             $"{tasks} handlers each blocking a thread for {lease * 3} ms (3 leases) in a worker capped at 4 pool threads; " +
-            $"{r.Duplicates} ran twice; the competing worker ran {byOther}");
+            $"{r.Duplicates} ran twice; the competing worker ran {byOther}" + (r.Duplicates > 0 ? $"; starved worker's warnings: {starved.Errors}" : ""));
     }
 
     // 8. SIGTERM to a busy worker: running tasks finish, prefetched ones are released at once (taken by the other

@@ -106,6 +106,14 @@ internal sealed class BrokerSql
              RETURNING m.id
              """;
 
+        // $1 worker, $2 lease, $3 queue
+        RenewAllOfWorker =
+            $"""
+             UPDATE {t} AS m SET locked_until = now() + $2
+             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3
+             RETURNING m.id
+             """;
+
         // $1 worker, $2 ids the worker holds, $3 queue
         ReleaseOrphans =
             $"""
@@ -182,6 +190,8 @@ internal sealed class BrokerSql
     public string Renew { get; }
 
     public string ReleaseOrphans { get; }
+
+    public string RenewAllOfWorker { get; }
 
     public string Rescue { get; }
 

@@ -188,16 +188,33 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// Synchronous <see cref="RenewLeasesAsync"/> for the worker's dedicated renewal thread: blocking I/O on its own
     /// thread keeps leases alive even when handlers starve the thread pool (which async continuations need).
     /// </summary>
-    internal IReadOnlySet<long> RenewLeases(string workerId, IReadOnlyCollection<LeaseRef> leases)
+    /// <remarks>
+    /// With <paramref name="everythingOfWorker"/>, every row leased to <paramref name="workerId"/> is renewed, held or
+    /// not: while a claim is in flight its rows are leased in the database before the worker has registered them (under
+    /// thread-pool starvation that gap can outlast a lease).
+    /// </remarks>
+    internal IReadOnlySet<long> RenewLeases(string workerId, IReadOnlyCollection<LeaseRef> leases, bool everythingOfWorker = false)
     {
-        if (leases.Count == 0)
+        if (leases.Count == 0 && !everythingOfWorker)
         {
             return new HashSet<long>();
         }
 
         using var connection = DataSource.OpenConnection();
         using var batch = new NpgsqlBatch(connection);
-        batch.BatchCommands.Add(CreateLeaseCommand(_sql.Renew, workerId, leases, withLease: true));
+        if (everythingOfWorker)
+        {
+            var command = new NpgsqlBatchCommand(_sql.RenewAllOfWorker);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+            batch.BatchCommands.Add(command);
+        }
+        else
+        {
+            batch.BatchCommands.Add(CreateLeaseCommand(_sql.Renew, workerId, leases, withLease: true));
+        }
+
         using var reader = batch.ExecuteReader();
         var ids = new HashSet<long>();
         while (reader.Read())

@@ -32,6 +32,7 @@ public sealed class TaskiqWorker : BackgroundService
     private readonly Channel<ClaimedTask> _prefetched = Channel.CreateUnbounded<ClaimedTask>();
     private readonly Channel<Completion> _completions = Channel.CreateUnbounded<Completion>(new UnboundedChannelOptions { SingleReader = true });
     private readonly ConcurrentDictionary<long, Held> _held = new();
+    private int _claimInFlight; // 1 from sending a claim until its rows are registered in _held
     private readonly CancellationTokenSource _hardStop = new();
     private readonly int _capacity;
     private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
@@ -163,15 +164,18 @@ public sealed class TaskiqWorker : BackgroundService
                     }
                 }
 
+                Volatile.Write(ref _claimInFlight, 1); // until its rows are in _held, renewal covers all rows leased to us
                 batch = await _broker.ClaimAsync(WorkerId, wanted, stoppingToken);
                 failures = 0;
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
+                Volatile.Write(ref _claimInFlight, 0);
                 break;
             }
             catch (Exception ex)
             {
+                Volatile.Write(ref _claimInFlight, 0);
                 // Transient or not, the loop keeps going: a claim that fails is retried with backoff.
                 Log.LoopFailed(_logger, ex, WorkerId, "claim");
                 await Retry.DelayAsync(Retry.Backoff(++failures), stoppingToken);
@@ -189,6 +193,8 @@ public sealed class TaskiqWorker : BackgroundService
                 _held[task.Id] = new Held(task);
                 _prefetched.Writer.TryWrite(task);
             }
+
+            Volatile.Write(ref _claimInFlight, 0);
 
             if (batch.Count < wanted)
             {
@@ -582,15 +588,16 @@ public sealed class TaskiqWorker : BackgroundService
         var interval = _options.LeaseRenewInterval ?? _broker.Options.LeaseDuration / 3;
         while (!stop.WaitHandle.WaitOne(interval))
         {
-            var held = _held.Values.ToArray();
-            if (held.Length == 0)
+            var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
+            var held = _held.Values.Where(h => !h.LeaseLost).ToArray();
+            if (held.Length == 0 && !claimInFlight)
             {
                 continue;
             }
 
             try
             {
-                var renewed = _broker.RenewLeases(WorkerId, held.Select(h => h.Task.Lease).ToArray());
+                var renewed = _broker.RenewLeases(WorkerId, held.Select(h => h.Task.Lease).ToArray(), everythingOfWorker: claimInFlight);
                 foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Id) && _held.ContainsKey(h.Task.Id)))
                 {
                     // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
