@@ -30,7 +30,10 @@ public sealed record TaskiqWorkerOptions
     /// <summary>How often this worker rescues tasks whose lease expired. <c>null</c> (default): half the broker's lease duration.</summary>
     public TimeSpan? RescueInterval { get; set; }
 
-    /// <summary>Identity written to <c>locked_by</c>. <c>null</c> (default): host name, process id and a random suffix.</summary>
+    /// <summary>
+    /// Identity written to <c>locked_by</c>; must be unique among live workers (leases, renewals and the take-back of
+    /// orphaned claims are checked against it). <c>null</c> (default): host name, process id and a random suffix.
+    /// </summary>
     public string? WorkerId { get; set; }
 
     internal void Validate()
