@@ -76,6 +76,15 @@ internal sealed partial class Child : IDisposable
         }
     }
 
+    /// <summary>Every stderr line mentioning <paramref name="text"/> (e.g. a task id).</summary>
+    public IReadOnlyList<string> ErrorLinesContaining(string text)
+    {
+        lock (_errors)
+        {
+            return _errors.Where(l => l.Contains(text, StringComparison.Ordinal)).ToArray();
+        }
+    }
+
     public Task WaitReadyAsync() => _ready.Task.WaitAsync(TimeSpan.FromSeconds(60));
 
     public Task WaitForExitAsync(TimeSpan timeout) => _process.WaitForExitAsync().WaitAsync(timeout);

@@ -90,9 +90,10 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         const string queue = "restart";
         var tasks = smoke ? 6_000 : 60_000;
         var settings = new Dictionary<string, int> { ["leasems"] = 30_000, ["concurrency"] = 8 };
+        var workers = new List<Child>();
         for (var i = 0; i < 2; i++)
         {
-            await StartWorkerAsync(queue, settings);
+            workers.Add(await StartWorkerAsync(queue, settings));
         }
 
         await KickAsync(queue, tasks, "record", workMs: smoke ? 20 : 5); // long enough for all three restarts
@@ -131,7 +132,9 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed,
             $"{resumes.Count} restarts measured (fast, immediate, fast); first execution after the server was back: " +
             string.Join(", ", resumes.Select(s => s.ToString("0.0", CultureInfo.InvariantCulture) + " s")) + $" (bound {bound} s)" +
-            (runs.Length > 0 ? $"; runs of duplicated tasks (worker:attempt@time): {runs}; {sameAttempt} ran twice in one attempt" : ""));
+            (runs.Length > 0 ? $"; runs of duplicated tasks (worker:attempt@time): {runs}; {sameAttempt} ran twice in one attempt; " +
+                               "workers' lines about them: " + string.Join(" / ", (await DuplicateTaskIdsAsync(queue)).Append("could not report")
+                                   .SelectMany(id => workers.SelectMany(w => w.ErrorLinesContaining(id).Select(l => $"{w.Name}: {l}")))) : ""));
     }
 
     // 3. The LISTEN backends of the workers killed with pg_terminate_backend over and over while tasks are kicked one by
@@ -463,6 +466,11 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1
             GROUP BY task_id HAVING count(*) > 1 LIMIT 5) d
         """, queue);
+
+    private async Task<string[]> DuplicateTaskIdsAsync(string queue)
+        => await rig.ScalarAsync<string[]>(
+            "SELECT coalesce(array_agg(task_id), '{}') FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1 GROUP BY task_id HAVING count(*) > 1) d",
+            queue);
 
     private Task<long> DuplicateTasksAsync(string queue) => rig.ScalarAsync<long>(
         "SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1 GROUP BY task_id HAVING count(*) > 1) d",

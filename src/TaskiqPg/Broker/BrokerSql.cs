@@ -106,11 +106,11 @@ internal sealed class BrokerSql
              RETURNING m.id
              """;
 
-        // $1 worker, $2 lease, $3 queue
+        // $1 worker, $2 lease, $3 queue, $4 ids the worker gave up (left to their leases)
         RenewAllOfWorker =
             $"""
              UPDATE {t} AS m SET locked_until = now() + $2
-             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3
+             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3 AND NOT (m.id = ANY($4))
              RETURNING m.id
              """;
 

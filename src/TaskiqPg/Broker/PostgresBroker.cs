@@ -190,10 +190,11 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// </summary>
     /// <remarks>
     /// With <paramref name="everythingOfWorker"/>, every row leased to <paramref name="workerId"/> is renewed, held or
-    /// not: while a claim is in flight its rows are leased in the database before the worker has registered them (under
-    /// thread-pool starvation that gap can outlast a lease).
+    /// not, except <paramref name="givenUp"/>: while a claim is in flight its rows are leased in the database before the
+    /// worker has registered them (under thread-pool starvation that gap can outlast a lease).
     /// </remarks>
-    internal IReadOnlySet<long> RenewLeases(string workerId, IReadOnlyCollection<LeaseRef> leases, bool everythingOfWorker = false)
+    internal IReadOnlySet<long> RenewLeases(string workerId, IReadOnlyCollection<LeaseRef> leases, bool everythingOfWorker = false,
+        IReadOnlyCollection<long>? givenUp = null)
     {
         if (leases.Count == 0 && !everythingOfWorker)
         {
@@ -208,6 +209,7 @@ public sealed class PostgresBroker : IAsyncDisposable
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+            command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = givenUp?.ToArray() ?? [] });
             batch.BatchCommands.Add(command);
         }
         else

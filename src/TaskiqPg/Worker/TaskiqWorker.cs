@@ -33,6 +33,7 @@ public sealed class TaskiqWorker : BackgroundService
     private readonly Channel<Completion> _completions = Channel.CreateUnbounded<Completion>(new UnboundedChannelOptions { SingleReader = true });
     private readonly ConcurrentDictionary<long, Held> _held = new();
     private int _claimInFlight; // 1 from sending a claim until its rows are registered in _held
+    private readonly ConcurrentDictionary<long, long> _givenUp = new(); // rows whose outcome could not be reported
     private readonly CancellationTokenSource _hardStop = new();
     private readonly int _capacity;
     private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
@@ -397,6 +398,11 @@ public sealed class TaskiqWorker : BackgroundService
                         Log.FlushAbandoned(_logger, ex, WorkerId, batch.Count);
                     }
 
+                    foreach (var completion in batch)
+                    {
+                        _givenUp[completion.Task.Id] = Environment.TickCount64; // never renewed again: left to its lease
+                    }
+
                     break;
                 }
             }
@@ -597,7 +603,14 @@ public sealed class TaskiqWorker : BackgroundService
 
             try
             {
-                var renewed = _broker.RenewLeases(WorkerId, held.Select(h => h.Task.Lease).ToArray(), everythingOfWorker: claimInFlight);
+                var expired = Environment.TickCount64 - (long)(_broker.Options.LeaseDuration.TotalMilliseconds * 2);
+                foreach (var id in _givenUp.Where(g => g.Value < expired).Select(g => g.Key).ToArray())
+                {
+                    _givenUp.TryRemove(id, out _); // its lease has long expired: rescued by now
+                }
+
+                var renewed = _broker.RenewLeases(WorkerId, held.Select(h => h.Task.Lease).ToArray(), everythingOfWorker: claimInFlight,
+                    givenUp: _givenUp.Keys.ToArray());
                 foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Id) && _held.ContainsKey(h.Task.Id)))
                 {
                     // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
