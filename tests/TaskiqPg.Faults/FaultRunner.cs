@@ -103,15 +103,14 @@ internal sealed class Rig : IAsyncDisposable
     public static async Task<Rig> StartAsync()
     {
         var root = Path.Combine(Path.GetTempPath(), "taskiqpg-faults-" + Guid.NewGuid().ToString("N")[..8]);
-        var port = FreePort();
         var options = new LocalPostgresServerOptions
         {
             DataDirectory = Path.Combine(root, "data"),
-            Port = port,
             Password = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(12)),
             Settings = new Dictionary<string, string> { ["max_connections"] = "300" },
         };
         var server = await LocalPostgresServer.StartAsync(options);
+        options = options with { Port = server.Port }; // restarts come back on the same port: clients' strings stay valid
         await using (var admin = new NpgsqlConnection(server.GetConnectionString()))
         {
             await admin.OpenAsync();
@@ -191,12 +190,5 @@ internal sealed class Rig : IAsyncDisposable
         {
             // left in /tmp
         }
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

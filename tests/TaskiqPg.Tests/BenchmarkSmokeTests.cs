@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 
 namespace TaskiqPg.Tests;
@@ -13,18 +12,10 @@ public sealed class BenchmarkSmokeTests(PostgresServerFixture server)
     [Fact]
     public async Task Benchmark_smoke_mode_runs_every_workload_and_writes_its_report()
     {
-        var output = Path.Combine(Path.GetTempPath(), $"taskiqpg-bench-smoke-{Guid.NewGuid():N}.json");
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "TaskiqPg.Bench.dll"));
-        info.ArgumentList.Add("--smoke");
-        info.ArgumentList.Add("--out");
-        info.ArgumentList.Add(output);
-        info.Environment["TASKIQPG_BENCH_CONNECTION"] = server.AdminConnectionString; // not on the command line
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(3));
-        Assert.True(process.ExitCode == 0, $"benchmark exited with {process.ExitCode}: {await stderr}\n{await stdout}");
+        var run = await ToolRun.RunAsync("TaskiqPg.Bench.dll", ["--smoke"], TimeSpan.FromMinutes(3),
+            new Dictionary<string, string> { ["TASKIQPG_BENCH_CONNECTION"] = server.AdminConnectionString }); // not on the command line
+        var output = run.ReportPath;
+        Assert.True(run.ExitCode == 0, $"benchmark exited with {run.ExitCode}: {run.Error}\n{run.Output}");
 
         try
         {
@@ -44,11 +35,12 @@ public sealed class BenchmarkSmokeTests(PostgresServerFixture server)
                 Assert.True(value > 0, $"'{measure}' is {value}");
             }
 
-            Assert.DoesNotContain(new Npgsql.NpgsqlConnectionStringBuilder(server.AdminConnectionString).Password ?? "\0", await stdout + await stderr);
+            Assert.DoesNotContain(new Npgsql.NpgsqlConnectionStringBuilder(server.AdminConnectionString).Password ?? "\0", run.Output + run.Error);
         }
         finally
         {
             File.Delete(output);
+            File.Delete(Path.ChangeExtension(output, ".svg")); // the chart the benchmark writes beside its report
         }
     }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 
 namespace TaskiqPg.Tests;
@@ -14,22 +13,12 @@ public sealed class FaultSuiteSmokeTests(ITestOutputHelper output)
     [Fact]
     public async Task Every_fault_scenario_passes_in_smoke_mode()
     {
-        var summary = Path.Combine(Path.GetTempPath(), $"taskiqpg-faults-smoke-{Guid.NewGuid():N}.json");
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "TaskiqPg.Faults.dll"));
-        foreach (var arg in new[] { "--smoke", "--out", summary })
-        {
-            info.ArgumentList.Add(arg);
-        }
-
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(15));
-        output.WriteLine(await stdout);
+        var run = await ToolRun.RunAsync("TaskiqPg.Faults.dll", ["--smoke"], TimeSpan.FromMinutes(15));
+        var summary = run.ReportPath;
+        output.WriteLine(run.Output);
         try
         {
-            Assert.True(File.Exists(summary), $"no summary written (exit code {process.ExitCode}): {await stderr}");
+            Assert.True(File.Exists(summary), $"no summary written (exit code {run.ExitCode}): {run.Error}");
             using var json = JsonDocument.Parse(await File.ReadAllTextAsync(summary));
             var rows = json.RootElement.EnumerateArray().ToArray();
             Assert.Equal(["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak"],
@@ -41,7 +30,7 @@ public sealed class FaultSuiteSmokeTests(ITestOutputHelper output)
                 Assert.True(row.GetProperty("Tasks").GetInt64() > 0, $"{row.GetProperty("Scenario")} kicked nothing");
             }
 
-            Assert.Equal(0, process.ExitCode);
+            Assert.Equal(0, run.ExitCode);
         }
         finally
         {
