@@ -38,9 +38,20 @@ internal sealed class TaskiqWorkerHealthCheck(TaskiqWorker? worker, TimeSpan pol
                 : HealthCheckResult.Unhealthy($"The worker has not started its loop after {(DateTime.UtcNow - worker.CreatedAt).TotalSeconds:0} s (is the database reachable and migrated?)."));
         }
 
-        return Task.FromResult(silent <= limit
-            ? HealthCheckResult.Healthy($"Worker {worker.WorkerId}: {worker.ActiveTasks} task(s) in flight.")
-            : HealthCheckResult.Unhealthy($"Worker {worker.WorkerId}'s loop has not turned for {silent.TotalSeconds:0} s."));
+        if (silent > limit)
+        {
+            return Task.FromResult(HealthCheckResult.Unhealthy($"Worker {worker.WorkerId}'s loop has not turned for {silent.TotalSeconds:0} s."));
+        }
+
+        // Outcomes that cannot be written: past a lease, their tasks may be rescued and run again elsewhere.
+        if (worker.CompletionsFailingSince is { } since)
+        {
+            var failing = DateTime.UtcNow - since;
+            var message = $"Worker {worker.WorkerId} has not been able to write the outcomes of {worker.UnreportedCompletions} task(s) for {failing.TotalSeconds:0.#} s.";
+            return Task.FromResult(failing > worker.LeaseDuration ? HealthCheckResult.Unhealthy(message) : HealthCheckResult.Degraded(message));
+        }
+
+        return Task.FromResult(HealthCheckResult.Healthy($"Worker {worker.WorkerId}: {worker.ActiveTasks} task(s) in flight."));
     }
 }
 
@@ -69,8 +80,13 @@ internal sealed class TaskiqSchedulerHealthCheck(TaskiqScheduler? scheduler) : I
                 : HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules after {(DateTime.UtcNow - scheduler.CreatedAt).TotalSeconds:0} s (is the database reachable and migrated?)."));
         }
 
-        return Task.FromResult(lag <= limit
-            ? HealthCheckResult.Healthy($"{scheduler.Fires} instant(s) fired by this scheduler.")
-            : HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules for {lag.TotalSeconds:0} s."));
+        if (lag > limit)
+        {
+            return Task.FromResult(HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules for {lag.TotalSeconds:0} s."));
+        }
+
+        return Task.FromResult(scheduler.FailedSchedules > 0
+            ? HealthCheckResult.Degraded($"{scheduler.FailedSchedules} schedule(s) could not fire in the last tick (see the logs); the others fire.")
+            : HealthCheckResult.Healthy($"{scheduler.Fires} instant(s) fired by this scheduler."));
     }
 }

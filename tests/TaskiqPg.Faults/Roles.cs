@@ -99,6 +99,12 @@ internal static class Roles
                 command.ExecuteNonQuery();
             })
             .Add("fail", (Func<TaskContext, Task>)(_ => throw new InvalidOperationException("this handler always fails")))
+            .Add("fail_nul", (Func<TaskContext, Task>)(_ => throw new InvalidOperationException("PostgreSQL refuses this text: \0 (a NUL)")))
+            .Add("poison_result", async (TaskContext context) =>
+            {
+                await Record(context);
+                return "poison"; // the scenario's trigger on the results table refuses this value
+            })
             .Add("tick", (TaskContext context) => Record(context, context.Labels.GetValueOrDefault(ScheduleLabels.FireAt)));
 
         var options = new TaskiqWorkerOptions

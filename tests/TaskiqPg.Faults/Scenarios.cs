@@ -26,6 +26,8 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         "graceful" => GracefulAsync(),
         "scheduler" => SchedulerAsync(),
         "soak" => SoakAsync(),
+        "poison-completion" => PoisonCompletionAsync(),
+        "renewal-stall" => RenewalStallAsync(),
         _ => throw new ArgumentException($"Unknown scenario {name}", nameof(name)),
     };
 
@@ -402,6 +404,79 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && flat && bounded,
             $"{duration.TotalSeconds:0} s at ~{kicked / duration.TotalSeconds:0} kicks/s; worker RSS {samples[0].Rss:0} → {third.Rss:0} → {last.Rss:0} MB; " +
             $"dead tuples max {samples.Max(s => s.Dead):N0}, last {last.Dead:N0}; queue table {third.SizeKb:N0} → {last.SizeKb:N0} kB");
+    }
+
+    // 11. Outcomes PostgreSQL refuses, in a stream of good tasks: handler errors holding a NUL, rows another producer
+    //     wrote with NUL escapes, results a trigger rejects. Each bad one is dead-lettered with its reason, every good
+    //     one completes, nothing stays processing (before: one such outcome stalled every completion behind it).
+    private async Task<ScenarioResult> PoisonCompletionAsync()
+    {
+        const string queue = "poison_completion";
+        await rig.ExecuteAsync(
+            """
+            CREATE OR REPLACE FUNCTION fault_reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.result LIKE '%"return_value":"poison"%' THEN RAISE EXCEPTION 'poison results are refused' USING ERRCODE = '23514'; END IF;
+                RETURN NEW;
+            END $$;
+            DROP TRIGGER IF EXISTS fault_reject_poison ON taskiq_results;
+            CREATE TRIGGER fault_reject_poison BEFORE INSERT OR UPDATE ON taskiq_results FOR EACH ROW EXECUTE FUNCTION fault_reject_poison();
+            """);
+        try
+        {
+            await StartWorkerAsync(queue, new Dictionary<string, int> { ["concurrency"] = 8, ["pollms"] = 100 });
+            await StartWorkerAsync(queue, new Dictionary<string, int> { ["concurrency"] = 8, ["pollms"] = 100 });
+            var n = smoke ? 20 : 200;
+            await using var broker = new PostgresBroker(rig.DataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+            var good = Enumerable.Range(0, n * 20).Select(_ => TaskMessage.Create("record", [0])).ToArray();
+            var nulErrors = Enumerable.Range(0, n).Select(_ => TaskMessage.Create("fail_nul")).ToArray();
+            var refusedResults = Enumerable.Range(0, n).Select(_ => TaskMessage.Create("poison_result")).ToArray();
+            var mixed = good.Concat(nulErrors).Concat(refusedResults).OrderBy(_ => Random.Shared.Next()).ToArray();
+            await NoteKickedAsync(queue, mixed.Select(m => m.TaskId).ToArray());
+            var nulRows = Enumerable.Range(0, n).Select(i => "nul-" + Guid.NewGuid().ToString("N")).ToArray();
+            await NoteKickedAsync(queue, nulRows);
+            await broker.KickManyAsync(mixed, new KickOptions { MaxAttempts = 1 });
+            await rig.ExecuteAsync(
+                """
+                INSERT INTO taskiq_messages (task_id, task_name, message, queue, max_attempts)
+                SELECT id, 'record', '{"task_id":"' || id || '","task_name":"rec\u0000ord","labels":{},"args":[0],"kwargs":{}}', $2, 1
+                FROM unnest($1::text[]) AS id
+                """, nulRows, queue);
+
+            var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(smoke ? 1 : 3));
+            var goodDone = await rig.ScalarAsync<long>("SELECT count(DISTINCT task_id) FROM fault_ledger WHERE task_id = ANY($1)",
+                (object)good.Select(m => m.TaskId).ToArray());
+            var withReason = await rig.ScalarAsync<long>(
+                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'dead' AND (last_error LIKE '%NUL%' OR last_error LIKE '%23514%')",
+                queue);
+            var processing = await rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'processing'", queue);
+            var expectedDead = 3 * n;
+            return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && goodDone == good.Length && r.DeadLettered == expectedDead
+                                   && withReason == expectedDead && processing == 0,
+                $"{goodDone}/{good.Length} good tasks done; {r.DeadLettered}/{expectedDead} poison outcomes dead-lettered ({n} NUL errors, {n} NUL rows, " +
+                $"{n} results refused by a trigger), {withReason} with the database's or the sanitizer's reason; {processing} left processing");
+        }
+        finally
+        {
+            await rig.ExecuteAsync("DROP TRIGGER IF EXISTS fault_reject_poison ON taskiq_results");
+        }
+    }
+
+    // 12. Handlers hold every pooled connection for 3 leases (Max Pool Size 4, 4 handlers each in a pg_sleep); a second
+    //     worker would rescue any lease that lapses. Renewals run on a connection of their own: nothing runs twice.
+    private async Task<ScenarioResult> RenewalStallAsync()
+    {
+        const string queue = "renewal_stall";
+        const int lease = 1_500;
+        await StartWorkerAsync(queue, new Dictionary<string, int> { ["leasems"] = lease, ["maxpool"] = 4, ["concurrency"] = 4, ["prefetch"] = 0 });
+        var tasks = smoke ? 8 : 40;
+        await KickAsync(queue, tasks, "record_db", workMs: lease * 3);
+        var other = await StartWorkerAsync(queue, new Dictionary<string, int> { ["leasems"] = lease, ["concurrency"] = 2, ["prefetch"] = 0 });
+        var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(smoke ? 2 : 6));
+        var byOther = await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger WHERE worker = $1", other.Name);
+        return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && r.Completed == tasks,
+            $"{tasks} handlers each holding a pooled connection for {lease * 3} ms (3 leases) with Max Pool Size 4; {r.Duplicates} ran twice; " +
+            $"the competing worker ran {byOther}");
     }
 
     private async Task<Child> StartWorkerAsync(string queue, IReadOnlyDictionary<string, int> settings)

@@ -89,3 +89,81 @@ public sealed class DependencyInjectionTests(DatabaseFixture db) : IClassFixture
         }
     }
 }
+
+/// <summary>Registrations across several calls and the host's shutdown budget (issue 10).</summary>
+public sealed class RegistrationMergeTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(15);
+
+    [Fact]
+    public async Task Tasks_of_a_second_AddTaskiqPg_call_are_registered_and_a_second_AddWorker_starts_no_second_worker()
+    {
+        var queue = "merge_" + Guid.NewGuid().ToString("N")[..8];
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddTaskiqPg(db.ConnectionString, o => o.Broker.Queue = queue).AddTask("first", () => 1).AddWorker();
+        builder.Services.AddTaskiqPg(db.ConnectionString).AddTask("second", () => 2).AddWorker(w => w.MaxConcurrentTasks = 3);
+        using var host = builder.Build();
+
+        Assert.Single(host.Services.GetServices<IHostedService>().OfType<TaskiqWorker>());
+        Assert.Equal(["first", "second"], host.Services.GetRequiredService<TaskRegistry>().Tasks.Select(t => t.Name).Order());
+        await host.StartAsync();
+        var client = host.Services.GetRequiredService<TaskiqClient>();
+        Assert.Equal(queue, client.Broker.Options.Queue);
+        Assert.Equal(1, await (await client.KickAsync<int>("first")).WaitForResultAsync(Bound));
+        Assert.Equal(2, await (await client.KickAsync<int>("second")).WaitForResultAsync(Bound));
+        Assert.Equal(3, host.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<TaskiqPgOptions>>().Value.Worker.MaxConcurrentTasks);
+        await host.StopAsync();
+    }
+
+    [Fact]
+    public void A_second_call_with_another_connection_string_is_refused_with_what_to_do()
+    {
+        var services = new ServiceCollection();
+        services.AddTaskiqPg(db.ConnectionString);
+        var error = Assert.Throws<InvalidOperationException>(() => services.AddTaskiqPg(db.ConnectionString + ";Application Name=other"));
+        Assert.Contains("AddKeyedTaskiqPg", error.Message);
+    }
+
+    [Fact]
+    public void AddWorker_raises_the_hosts_shutdown_timeout_above_the_workers_own()
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddTaskiqPg(db.ConnectionString).AddWorker(w => w.ShutdownTimeout = TimeSpan.FromSeconds(45));
+        using var host = builder.Build();
+
+        var hostTimeout = host.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<HostOptions>>().Value.ShutdownTimeout;
+        Assert.True(hostTimeout >= TimeSpan.FromSeconds(45) + TimeSpan.FromSeconds(20), $"host shutdown timeout {hostTimeout}");
+    }
+
+    [Fact]
+    public async Task A_task_running_28_s_at_stop_under_a_default_generic_host_stores_its_result_once()
+    {
+        var queue = "drain_" + Guid.NewGuid().ToString("N")[..8];
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var runs = 0;
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddTaskiqPg(db.ConnectionString, o => o.Broker.Queue = queue)
+            .AddTask("long", async () =>
+            {
+                Interlocked.Increment(ref runs);
+                started.TrySetResult();
+                await Task.Delay(TimeSpan.FromSeconds(28)); // ignores the stop, as real work does until it is done
+                return "finished";
+            })
+            .AddWorker();
+        var host = builder.Build();
+        await host.StartAsync();
+        var client = host.Services.GetRequiredService<TaskiqClient>();
+        var handle = await client.KickAsync<string>("long");
+        await started.Task.WaitAsync(Bound);
+
+        await host.StopAsync(); // default options everywhere: the host's own 30 s would end mid-drain
+        host.Dispose();
+
+        await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Queue = queue });
+        await using var results = new PostgresResultBackend(db.ConnectionString);
+        Assert.Equal("finished", (await results.GetResultAsync(handle.TaskId)).GetReturnValue<string>());
+        Assert.Null(await broker.GetTaskStateAsync(handle.TaskId)); // settled: acked, not left processing
+        Assert.Equal(1, runs);
+    }
+}

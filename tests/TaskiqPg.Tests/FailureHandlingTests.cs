@@ -153,7 +153,7 @@ public sealed class FailureHandlingTests(DatabaseFixture db) : IClassFixture<Dat
         var tooLarge = await Assert.ThrowsAsync<MessageTooLargeException>(() => harness.Client.KickAsync("big", [new string('x', 2000)]));
         Assert.Equal(1024, tooLarge.Limit);
         Assert.Contains("MaxMessageBytes", tooLarge.Message);
-        var longName = await Assert.ThrowsAsync<ArgumentException>(() => harness.Client.KickAsync(new string('n', 300)));
+        var longName = await Assert.ThrowsAsync<InvalidTaskMessageException>(() => harness.Client.KickAsync(new string('n', 300)));
         Assert.Contains("MaxTaskNameLength", longName.Message);
         Assert.Equal(0, (await harness.Broker.GetQueueCountsAsync()).Values.Sum());
     }

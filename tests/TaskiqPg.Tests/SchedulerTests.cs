@@ -214,6 +214,62 @@ public sealed class SchedulerTests(DatabaseFixture db) : IClassFixture<DatabaseF
         Assert.Empty(await rig.Source.GetFiresAsync(bad));
     }
 
+    [Fact]
+    public async Task A_zone_missing_on_this_machine_never_disables_the_schedule_and_the_others_keep_firing()
+    {
+        await using var rig = new Rig(db);
+        var good = await rig.Source.AddScheduleAsync(new ScheduleDefinition { TaskName = "good", Interval = TimeSpan.FromSeconds(1) });
+        var elsewhere = await rig.Source.AddScheduleAsync(new ScheduleDefinition { TaskName = "zoned", Cron = "* * * * * *" });
+        // Added by a replica that has this zone; this machine's time zone data lacks it.
+        await rig.ExecuteAsync($"UPDATE \"{rig.SourceOptions.SchedulesTable}\" SET schedule = schedule || '{{\"time_zone\": \"Mars/Olympus_Mons\"}}' WHERE id = '{elsewhere}'");
+
+        var scheduler = await rig.StartSchedulerAsync();
+        await Eventually.TrueAsync(async () => (await rig.Source.GetFiresAsync(good)).Count >= 2, Bound, "the good schedule fires");
+        await Eventually.TrueAsync(() => scheduler.FailedSchedules == 1, Bound, "the tick reports the schedule it could not fire");
+        var zoned = Assert.Single(await rig.Source.ListSchedulesAsync(), s => s.Id == elsewhere);
+        Assert.True(zoned.Enabled);
+        Assert.Null(zoned.DisabledReason);
+    }
+
+    [Fact]
+    public async Task One_shot_with_an_offset_fires_and_the_schedules_beside_it_keep_firing()
+    {
+        await using var rig = new Rig(db);
+        var now = await rig.DbNowAsync();
+        var oneShot = await rig.Source.AddScheduleAsync(new ScheduleDefinition
+        {
+            TaskName = "once", RunAt = (now + TimeSpan.FromSeconds(1)).ToOffset(TimeSpan.FromHours(2)),
+        });
+        var west = await rig.Source.AddScheduleAsync(new ScheduleDefinition
+        {
+            TaskName = "once_west", RunAt = (now + TimeSpan.FromSeconds(1)).ToOffset(TimeSpan.FromHours(-7)),
+        });
+        var every = await rig.Source.AddScheduleAsync(new ScheduleDefinition { TaskName = "every", Interval = TimeSpan.FromSeconds(1) });
+
+        var scheduler = await rig.StartSchedulerAsync();
+        await Eventually.TrueAsync(async () => (await rig.Source.GetFiresAsync(oneShot)).Count == 1 && (await rig.Source.GetFiresAsync(west)).Count == 1,
+            Bound, "both one-shots fire");
+        await Eventually.TrueAsync(async () => (await rig.Source.GetFiresAsync(every)).Count >= 2, Bound, "the interval schedule fires");
+        Assert.Equal(0, scheduler.FailedSchedules);
+        var fire = Assert.Single(await rig.Source.GetFiresAsync(oneShot));
+        Assert.Equal((now + TimeSpan.FromSeconds(1)).UtcDateTime, fire.FireAt.UtcDateTime, TimeSpan.FromMilliseconds(1));
+    }
+
+    [Fact]
+    public async Task A_stored_schedule_without_its_optional_fields_gets_their_defaults_and_fires()
+    {
+        await using var rig = new Rig(db);
+        var id = await rig.Source.AddScheduleAsync(new ScheduleDefinition { TaskName = "minimal", Interval = TimeSpan.FromSeconds(1) });
+        // Written by hand or by an older version: only what is required.
+        await rig.ExecuteAsync($"UPDATE \"{rig.SourceOptions.SchedulesTable}\" SET schedule = '{{\"interval_seconds\": 1}}' WHERE id = '{id}'");
+
+        await rig.StartSchedulerAsync();
+        await Eventually.TrueAsync(async () => (await rig.Source.GetFiresAsync(id)).Count >= 2, Bound, "the minimal schedule fires");
+        var listed = Assert.Single(await rig.Source.ListSchedulesAsync());
+        Assert.True(listed.Enabled, listed.DisabledReason);
+        Assert.Equal((MissedFirePolicy.Skip, 100), (listed.Definition.MissedFires, listed.Definition.MaxCatchUp));
+    }
+
     [Theory]
     [InlineData(MissedFirePolicy.Skip, 1, 1)]
     [InlineData(MissedFirePolicy.CatchUp, 10, 12)]

@@ -69,7 +69,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             rows.Add((reader.GetString(0), reader.GetInt32(1)));
         }
 
-        Assert.Equal([("taskiq_messages", 2), ("taskiq_results", 1)], rows);
+        Assert.Equal([("taskiq_messages", 3), ("taskiq_results", 1)], rows);
         await using var indexes = dataSource.CreateCommand(
             "SELECT string_agg(indexdef, ' | ') FROM pg_indexes WHERE schemaname = $1 AND tablename = 'taskiq_messages' AND indexdef LIKE '%(task_id)%'");
         indexes.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = schema });
@@ -98,6 +98,111 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
 
         await broker.MigrateAsync();
         await broker.KickAsync(TaskMessage.Create("x"));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_schema_newer_than_the_code_is_refused_at_start_naming_both_versions(bool runMigrations)
+    {
+        var schema = "new" + Guid.NewGuid().ToString("N")[..8];
+        await using (var migrate = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema }))
+        {
+            await migrate.MigrateAsync();
+        }
+
+        // A newer deploy applied a step 4 that older code cannot run against.
+        await using var dataSource = db.CreateDataSource();
+        await using (var bump = dataSource.CreateCommand(
+            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 4, min_code_version = 4 WHERE object_name = 'taskiq_messages'"))
+        {
+            Assert.Equal(1, await bump.ExecuteNonQueryAsync());
+        }
+
+        await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema, RunMigrations = runMigrations });
+        var error = await Assert.ThrowsAsync<SchemaVersionException>(() => broker.StartAsync());
+        Assert.Equal((4, 3, 4), (error.DatabaseVersion, error.CodeVersion, error.MinimumCodeVersion));
+        Assert.Contains("version 4", error.Message);
+        Assert.Contains("version 3", error.Message);
+    }
+
+    [Fact]
+    public async Task A_newer_schema_that_declares_itself_compatible_lets_older_code_run()
+    {
+        var schema = "compat" + Guid.NewGuid().ToString("N")[..8];
+        await using (var migrate = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema }))
+        {
+            await migrate.MigrateAsync();
+        }
+
+        await using var dataSource = db.CreateDataSource();
+        await using (var bump = dataSource.CreateCommand(
+            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 5, min_code_version = 2 WHERE object_name = 'taskiq_messages'"))
+        {
+            await bump.ExecuteNonQueryAsync();
+        }
+
+        // An old pod restarting during a rolling deploy: it starts, kicks and claims.
+        await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema });
+        await broker.KickAsync(TaskMessage.Create("x"));
+        Assert.Single(await broker.ClaimAsync("old-pod", 10));
+    }
+
+    [Fact]
+    public async Task An_index_left_invalid_by_an_interrupted_concurrent_build_is_rebuilt()
+    {
+        var schema = "cic" + Guid.NewGuid().ToString("N")[..8];
+        await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema });
+        await broker.MigrateAsync();
+        await using var dataSource = db.CreateDataSource();
+        async Task<bool?> DeadIndexValidAsync()
+        {
+            await using var check = dataSource.CreateCommand(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'taskiq_messages_dead'");
+            check.Parameters.Add(new NpgsqlParameter<string> { TypedValue = schema });
+            return await check.ExecuteScalarAsync() as bool?;
+        }
+
+        Assert.True(await DeadIndexValidAsync());
+        // What a build killed half-way leaves: the index exists but is invalid, and step 3 was never recorded.
+        await using (var interrupt = dataSource.CreateCommand(
+            $"""
+             UPDATE pg_index SET indisvalid = false WHERE indexrelid = '"{schema}".taskiq_messages_dead'::regclass;
+             UPDATE "{schema}".taskiq_schema_versions SET version = 2 WHERE object_name = 'taskiq_messages';
+             """))
+        {
+            await interrupt.ExecuteNonQueryAsync();
+        }
+
+        Assert.False(await DeadIndexValidAsync());
+        await using var again = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema });
+        await again.MigrateAsync();
+        Assert.True(await DeadIndexValidAsync());
+    }
+
+    [Fact]
+    public async Task Queue_depth_is_exact_below_its_bound_and_estimated_past_it()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 500).Select(i => TaskMessage.Create("x", [i])).ToArray());
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 7).Select(i => TaskMessage.Create("later")).ToArray(), new KickOptions { Delay = TimeSpan.FromHours(1) });
+        await using (var dead = harness.DataSource.CreateCommand(
+            "UPDATE taskiq_messages SET status = 'dead' WHERE id IN (SELECT id FROM taskiq_messages WHERE queue = $1 AND task_name = 'x' LIMIT 300)"))
+        {
+            dead.Parameters.Add(new NpgsqlParameter<string> { TypedValue = harness.Broker.Options.Queue });
+            await dead.ExecuteNonQueryAsync();
+        }
+
+        await harness.ScalarAsync<object>("ANALYZE taskiq_messages");
+
+        var exact = await harness.Broker.GetQueueCountsAsync();
+        Assert.Equal((207L, 0L, 300L), (exact[TaskStatuses.Pending], exact[TaskStatuses.Processing], exact[TaskStatuses.Dead]));
+        var bounded = await harness.Broker.GetQueueDepthAsync(exactUpTo: 1000, CancellationToken.None);
+        Assert.Equal(exact, bounded);
+        var estimated = await harness.Broker.GetQueueDepthAsync(exactUpTo: 50, CancellationToken.None);
+        Assert.InRange(estimated[TaskStatuses.Dead], 50, 3000); // the planner's estimate, never below what was counted
+        Assert.InRange(estimated[TaskStatuses.Pending], 50, 3000);
+        Assert.Equal(0, estimated[TaskStatuses.Processing]);
     }
 
     [Fact]

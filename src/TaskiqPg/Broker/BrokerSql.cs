@@ -10,6 +10,7 @@ internal sealed class BrokerSql
         var leaseIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "lease"), "index");
         var taskIdIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "task_id"), "index");
         var taskIdHashIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "task_id_hash"), "index");
+        var deadIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "dead"), "index");
 
         Migrations =
         [
@@ -43,6 +44,11 @@ internal sealed class BrokerSql
              DROP INDEX IF EXISTS {PgIdentifier.Quote(options.Schema, nameof(options.Schema))}.{taskIdIndex};
              CREATE INDEX IF NOT EXISTS {taskIdHashIndex} ON {t} USING hash (task_id);
              """,
+
+            // 3: dead letters by queue, so counting (and listing) them never scans the table; built without blocking
+            // kicks and claims on a large live table.
+            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {deadIndex} ON {t} (queue, id) WHERE status = 'dead'",
+                ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "dead")),
         ];
 
         // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
@@ -79,7 +85,7 @@ internal sealed class BrokerSql
              DELETE FROM {t} AS m
              USING unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
              WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
-             RETURNING m.id
+             RETURNING m.id, m.attempts
              """;
 
         // $1 ids, $2 attempts, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds
@@ -93,7 +99,21 @@ internal sealed class BrokerSql
                  last_error = f.error, locked_by = NULL, locked_until = NULL
              FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::boolean[]) AS f(id, attempt, error, retry)
              WHERE m.id = f.id AND m.attempts = f.attempt AND m.locked_by = $5 AND m.status = 'processing'
-             RETURNING m.id, m.status
+             RETURNING m.id, m.status, m.attempts
+             """;
+
+        // $1 queue, $2 channel; arrays $3 task ids, $4 task names, $5 messages, $6 labels, $7 priorities, $8 max attempts,
+        // $9 attempts already used. Tasks whose rows were deleted at claim (AckMode.WhenReceived) and never started.
+        Requeue =
+            $"""
+             WITH ins AS (
+                 INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, max_attempts, attempts)
+                 SELECT r.task_id, r.task_name, r.message, r.labels::jsonb, $1, r.priority, r.max_attempts, r.attempts
+                 FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::integer[])
+                     AS r(task_id, task_name, message, labels, priority, max_attempts, attempts)
+                 RETURNING 1
+             )
+             SELECT count(*), pg_notify($2, $1) FROM ins
              """;
 
         // $1 ids, $2 attempts, $3 worker: back to pending without using up an attempt
@@ -106,12 +126,13 @@ internal sealed class BrokerSql
              RETURNING m.id
              """;
 
-        // $1 worker, $2 lease, $3 queue, $4 ids the worker gave up (left to their leases)
+        // $1 worker, $2 lease, $3 queue, $4 ids and $5 attempts of the claims the worker gave up (left to their leases)
         RenewAllOfWorker =
             $"""
              UPDATE {t} AS m SET locked_until = now() + $2
-             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3 AND NOT (m.id = ANY($4))
-             RETURNING m.id
+             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3
+               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[], $5::integer[]) AS g(id, attempt) WHERE g.id = m.id AND g.attempt = m.attempts)
+             RETURNING m.id, m.attempts
              """;
 
         // $1 worker, $2 ids the worker holds, $3 queue
@@ -130,7 +151,7 @@ internal sealed class BrokerSql
              SET locked_until = now() + $4
              FROM unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
              WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
-             RETURNING m.id
+             RETURNING m.id, m.attempts
              """;
 
         // $1 batch size
@@ -156,10 +177,20 @@ internal sealed class BrokerSql
         State = $"SELECT status, attempts, max_attempts, run_at, last_error, locked_by FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1";
 
         // $1 queue
-        Counts = $"SELECT status, count(*) FROM {t} WHERE queue = $1 GROUP BY status";
+        // $1 queue, $2 most rows counted per status (null: all). One partial index per status, so no count ever reads
+        // rows of another status: due, scheduled and retrying work on the claim index, dead letters on the dead index.
+        Counts =
+            $"""
+             SELECT 'pending', count(*) FROM (SELECT 1 FROM {t} WHERE status = 'pending' AND queue = $1 LIMIT $2) AS p
+             UNION ALL SELECT 'processing', count(*) FROM (SELECT 1 FROM {t} WHERE status = 'processing' AND queue = $1 LIMIT $2) AS r
+             UNION ALL SELECT 'dead', count(*) FROM (SELECT 1 FROM {t} WHERE status = 'dead' AND queue = $1 LIMIT $2) AS d
+             """;
+
+        // $1 queue, $2 status: the planner's row estimate (no rows read), for counts past the bound.
+        EstimateCount = $"EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE status = $2 AND queue = $1";
     }
 
-    public IReadOnlyList<string> Migrations { get; }
+    public IReadOnlyList<MigrationStep> Migrations { get; }
 
     /// <summary>Insert only: the broker's coalescing notifier sends the NOTIFY after the commit.</summary>
     public string Kick { get; }
@@ -187,6 +218,8 @@ internal sealed class BrokerSql
 
     public string Release { get; }
 
+    public string Requeue { get; }
+
     public string Renew { get; }
 
     public string ReleaseOrphans { get; }
@@ -198,4 +231,6 @@ internal sealed class BrokerSql
     public string State { get; }
 
     public string Counts { get; }
+
+    public string EstimateCount { get; }
 }

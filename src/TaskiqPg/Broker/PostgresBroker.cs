@@ -70,9 +70,15 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// <summary>Completes once the LISTEN connection is up.</summary>
     public Task ListenerConnected => _resources.Listener.Connected;
 
-    /// <summary>Runs the migrations (unless <see cref="PostgresBrokerOptions.RunMigrations"/> is false). Idempotent.</summary>
+    /// <summary>
+    /// Runs the migrations (unless <see cref="PostgresBrokerOptions.RunMigrations"/> is false; then only checks that the
+    /// schema is not newer than this code in a way it cannot run against). Idempotent.
+    /// </summary>
+    /// <exception cref="SchemaVersionException">The database's schema is newer and not compatible with this code.</exception>
     public Task StartAsync(CancellationToken cancellationToken = default)
-        => _resources.Start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
+        => _resources.Start.RunOnceAsync(ct => Options.RunMigrations
+            ? MigrateAsync(ct)
+            : SchemaMigrator.VerifyAsync(DataSource, Options.Schema, Options.MessagesTable, _sql.Migrations.Count, ct), cancellationToken);
 
     /// <summary>Creates or upgrades the messages table and its indexes. Safe to call from many processes at once.</summary>
     public Task MigrateAsync(CancellationToken cancellationToken = default)
@@ -179,6 +185,14 @@ public sealed class PostgresBroker : IAsyncDisposable
     public Task<IReadOnlySet<long>> AckAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
         => LeaseCommandAsync(_sql.Ack, workerId, leases, withLease: false, cancellationToken);
 
+    /// <summary><see cref="AckAsync"/> by claim: which leases (row and attempt) were completed.</summary>
+    internal async Task<IReadOnlySet<LeaseRef>> AckLeasesAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken)
+        => await LeaseRefCommandAsync(_sql.Ack, workerId, leases, withLease: false, cancellationToken);
+
+    /// <summary><see cref="RenewLeasesAsync"/> by claim: which leases (row and attempt) are still this worker's, now extended.</summary>
+    internal async Task<IReadOnlySet<LeaseRef>> RenewLeaseRefsAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken)
+        => await LeaseRefCommandAsync(_sql.Renew, workerId, leases, withLease: true, cancellationToken);
+
     /// <summary>Extends the leases that are still this worker's.</summary>
     /// <returns>The row ids renewed; a missing id means that lease was lost.</returns>
     public Task<IReadOnlySet<long>> RenewLeasesAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
@@ -193,15 +207,14 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// not, except <paramref name="givenUp"/>: while a claim is in flight its rows are leased in the database before the
     /// worker has registered them (under thread-pool starvation that gap can outlast a lease).
     /// </remarks>
-    internal IReadOnlySet<long> RenewLeases(string workerId, IReadOnlyCollection<LeaseRef> leases, bool everythingOfWorker = false,
-        IReadOnlyCollection<long>? givenUp = null)
+    internal IReadOnlySet<LeaseRef> RenewLeases(NpgsqlConnection connection, string workerId, IReadOnlyCollection<LeaseRef> leases,
+        bool everythingOfWorker = false, IReadOnlyCollection<LeaseRef>? givenUp = null)
     {
         if (leases.Count == 0 && !everythingOfWorker)
         {
-            return new HashSet<long>();
+            return new HashSet<LeaseRef>();
         }
 
-        using var connection = DataSource.OpenConnection();
         using var batch = new NpgsqlBatch(connection);
         if (everythingOfWorker)
         {
@@ -209,7 +222,8 @@ public sealed class PostgresBroker : IAsyncDisposable
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-            command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = givenUp?.ToArray() ?? [] });
+            command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = givenUp?.Select(g => g.Id).ToArray() ?? [] });
+            command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = givenUp?.Select(g => g.Attempt).ToArray() ?? [] });
             batch.BatchCommands.Add(command);
         }
         else
@@ -218,13 +232,13 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
 
         using var reader = batch.ExecuteReader();
-        var ids = new HashSet<long>();
+        var renewed = new HashSet<LeaseRef>();
         while (reader.Read())
         {
-            ids.Add(reader.GetInt64(0));
+            renewed.Add(new LeaseRef(reader.GetInt64(0), reader.GetInt32(1)));
         }
 
-        return ids;
+        return renewed;
     }
 
     /// <summary>
@@ -262,6 +276,63 @@ public sealed class PostgresBroker : IAsyncDisposable
         batch.BatchCommands.Add(CreateFailCommand(workerId, failures));
         await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
         return await ReadFailOutcomeAsync(reader, cancellationToken);
+    }
+
+    /// <summary><see cref="FailAsync"/> by claim: the new status of each lease (row and attempt) that was still ours.</summary>
+    internal async Task<IReadOnlyDictionary<LeaseRef, string>> FailLeasesAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
+        CancellationToken cancellationToken)
+    {
+        var outcome = new Dictionary<LeaseRef, string>();
+        if (failures.Count == 0)
+        {
+            return outcome;
+        }
+
+        await using var batch = DataSource.CreateBatch();
+        batch.BatchCommands.Add(CreateFailCommand(workerId, failures));
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            outcome[new LeaseRef(reader.GetInt64(0), reader.GetInt32(2))] = reader.GetString(1);
+        }
+
+        return outcome;
+    }
+
+    /// <summary>
+    /// Inserts tasks again whose rows were deleted at claim (<see cref="AckMode.WhenReceived"/>) and that never started:
+    /// a stopping worker hands them back instead of losing them. The attempt they were claimed for is not counted.
+    /// </summary>
+    internal async Task<long> RequeueAsync(IReadOnlyCollection<ClaimedTask> tasks, CancellationToken cancellationToken)
+    {
+        if (tasks.Count == 0)
+        {
+            return 0;
+        }
+
+        await using var command = DataSource.CreateCommand(_sql.Requeue);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = tasks.Select(t => t.TaskId).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = tasks.Select(t => t.TaskName).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = tasks.Select(t => t.Message).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = tasks.Select(t => LabelsOf(t.Message)).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = tasks.Select(t => t.Priority).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = tasks.Select(t => t.MaxAttempts).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = tasks.Select(t => t.Attempt - 1).ToArray() });
+        return (long)(await command.ExecuteScalarAsync(cancellationToken))!;
+
+        static string LabelsOf(string message)
+        {
+            try
+            {
+                return JsonSerializer.Serialize(TaskMessage.FromJson(message).Labels, LabelsJsonContext.Default.DictionaryStringString);
+            }
+            catch (Exception ex) when (ex is JsonException or NotSupportedException or InvalidOperationException)
+            {
+                return "{}"; // malformed: the worker that claims it dead-letters it with the reason
+            }
+        }
     }
 
     internal NpgsqlBatchCommand CreateFailCommand(string workerId, IReadOnlyCollection<TaskFailure> failures)
@@ -323,20 +394,51 @@ public sealed class PostgresBroker : IAsyncDisposable
             reader.IsDBNull(4) ? null : reader.GetString(4), reader.IsDBNull(5) ? null : reader.GetString(5));
     }
 
-    /// <summary>Number of tasks of this broker's queue by status (<see cref="TaskStatuses"/>).</summary>
+    /// <summary>Number of tasks of this broker's queue by status (<see cref="TaskStatuses"/>), counted exactly.</summary>
     public async Task<IReadOnlyDictionary<string, long>> GetQueueCountsAsync(CancellationToken cancellationToken = default)
+        => (await CountAsync(limit: null, cancellationToken)).ToDictionary(kv => kv.Key, kv => kv.Value.Count);
+
+    /// <summary>
+    /// The queue's depth by status, cheap at any table size: each status is counted exactly up to
+    /// <paramref name="exactUpTo"/> rows (a bounded index scan); past that the planner's estimate is given instead.
+    /// </summary>
+    internal async Task<IReadOnlyDictionary<string, long>> GetQueueDepthAsync(int exactUpTo, CancellationToken cancellationToken)
+    {
+        var counts = await CountAsync(exactUpTo, cancellationToken);
+        var depth = new Dictionary<string, long>();
+        foreach (var (status, (count, capped)) in counts)
+        {
+            depth[status] = capped ? Math.Max(count, await EstimateAsync(status, cancellationToken)) : count;
+        }
+
+        return depth;
+    }
+
+    private async Task<Dictionary<string, (long Count, bool Capped)>> CountAsync(int? limit, CancellationToken cancellationToken)
     {
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.Counts);
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-        var counts = new Dictionary<string, long> { [TaskStatuses.Pending] = 0, [TaskStatuses.Processing] = 0, [TaskStatuses.Dead] = 0 };
+        command.Parameters.Add(new NpgsqlParameter { Value = (object?)limit ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bigint });
+        var counts = new Dictionary<string, (long, bool)>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            counts[reader.GetString(0)] = reader.GetInt64(1);
+            var count = reader.GetInt64(1);
+            counts[reader.GetString(0)] = (count, limit is { } l && count >= l);
         }
 
         return counts;
+    }
+
+    private async Task<long> EstimateAsync(string status, CancellationToken cancellationToken)
+    {
+        await using var command = DataSource.CreateCommand(_sql.EstimateCount);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = status });
+        var plan = (string)(await command.ExecuteScalarAsync(cancellationToken))!;
+        using var json = JsonDocument.Parse(plan);
+        return (long)json.RootElement[0].GetProperty("Plan").GetProperty("Plan Rows").GetDouble();
     }
 
     /// <summary>
@@ -363,10 +465,13 @@ public sealed class PostgresBroker : IAsyncDisposable
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
-        using var activity = MessagingTags.StartSend(Options.Queue, [message]);
+        var outgoing = PrepareCopy(message, options);
+        var runAt = RunAtOf(options);
+        using var activity = MessagingTags.StartSend(Options.Queue, [outgoing]);
         try
         {
-            var (json, labels) = Prepare(message, options);
+            var (json, labels) = Serialize(outgoing);
+            message = outgoing;
             // On a pooled connection of ours: insert only, prepared, and the notifier wakes workers after the commit. In the
             // caller's connection: the NOTIFY rides in the statement, so it is delivered exactly when the caller commits.
             command.CommandText = pooledConnection ? _sql.Kick : _sql.KickAndNotify;
@@ -376,7 +481,7 @@ public sealed class PostgresBroker : IAsyncDisposable
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = labels });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
             command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = options?.Priority ?? 0 });
-            command.Parameters.Add(new NpgsqlParameter { Value = (object?)options?.RunAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)runAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
             command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
             if (!pooledConnection)
@@ -400,9 +505,9 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
     }
 
-    private (TaskMessage Message, string Json, string Labels)[] PrepareMany(IReadOnlyCollection<TaskMessage> messages, KickOptions? options)
+    private TaskMessage[] PrepareCopies(IReadOnlyCollection<TaskMessage> messages, KickOptions? options)
     {
-        var rows = new (TaskMessage, string, string)[messages.Count];
+        var copies = new TaskMessage[messages.Count];
         var i = 0;
         foreach (var message in messages)
         {
@@ -411,11 +516,10 @@ public sealed class PostgresBroker : IAsyncDisposable
                 throw new ArgumentException("A message in the list is null.", nameof(messages));
             }
 
-            var (json, labels) = Prepare(message, options);
-            rows[i++] = (message, json, labels);
+            copies[i++] = PrepareCopy(message, options);
         }
 
-        return rows;
+        return copies;
     }
 
     private async Task<int> KickManyCoreAsync(IReadOnlyCollection<TaskMessage> messages, NpgsqlConnection? callerConnection,
@@ -427,16 +531,17 @@ public sealed class PostgresBroker : IAsyncDisposable
             return 0;
         }
 
-        // The span first: it injects the trace context into the labels that are serialized next.
-        using var activity = MessagingTags.StartSend(Options.Queue, messages as IReadOnlyList<TaskMessage> ?? messages.ToList());
+        var copies = PrepareCopies(messages, options);
+        var runAt = RunAtOf(options);
+        // The span before serializing: it injects the trace context into the (copied) labels.
+        using var activity = MessagingTags.StartSend(Options.Queue, copies);
         NpgsqlConnection? connection = null;
         NpgsqlTransaction? own = null;
         try
         {
-            var rows = PrepareMany(messages, options); // before taking a connection: serialization holds none
+            var rows = copies.Select(c => (Message: c, Serialize(c))).Select(r => (r.Message, r.Item2.Json, r.Item2.Labels)).ToArray(); // before taking a connection
             connection = callerConnection ?? await DataSource.OpenConnectionAsync(cancellationToken);
             own = transaction is null ? await connection.BeginTransactionAsync(cancellationToken) : null;
-            var runAt = options?.RunAt;
             if (runAt is null && DelayOf(options) is { } delay && delay > TimeSpan.Zero)
             {
                 await using var now = new NpgsqlCommand(BrokerSql.TransactionNow, connection, transaction ?? own);
@@ -500,35 +605,47 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
     }
 
-    private (string Json, string Labels) Prepare(TaskMessage message, KickOptions? options)
+    /// <summary>
+    /// Validates a message and its kick options and returns a copy with the options' labels and timeout merged in; the
+    /// caller's message is never changed (one message may be kicked from many threads).
+    /// </summary>
+    private TaskMessage PrepareCopy(TaskMessage message, KickOptions? options)
     {
         ArgumentException.ThrowIfNullOrEmpty(message.TaskId, nameof(message.TaskId));
         ArgumentException.ThrowIfNullOrEmpty(message.TaskName, nameof(message.TaskName));
         if (message.TaskName.Length > Options.MaxTaskNameLength)
         {
-            throw new ArgumentException(
-                $"Task name '{message.TaskName[..40]}…' is {message.TaskName.Length} characters, more than {nameof(PostgresBrokerOptions.MaxTaskNameLength)} ({Options.MaxTaskNameLength}).",
-                nameof(message));
+            throw new InvalidTaskMessageException("task_name",
+                $"Task name '{Shorten(message.TaskName)}' is {message.TaskName.Length} characters, more than {nameof(PostgresBrokerOptions.MaxTaskNameLength)} ({Options.MaxTaskNameLength}).");
         }
 
-        if (options?.MaxAttempts is < 1)
+        if (options is not null)
         {
-            throw new ArgumentException($"{nameof(KickOptions.MaxAttempts)} must be at least 1.", nameof(options));
+            KickOptions.Validate(options);
         }
 
-        if (options?.Labels is { Count: > 0 } || options?.Timeout is not null)
+        var labels = new Dictionary<string, string>(message.Labels ?? []);
+        foreach (var (key, value) in options?.Labels ?? new Dictionary<string, string>())
         {
-            foreach (var (key, value) in options.Labels ?? new Dictionary<string, string>())
-            {
-                message.Labels[key] = value;
-            }
-
-            if (options.Timeout is { } timeout)
-            {
-                message.Labels[TaskLabels.Timeout] = timeout.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            }
+            labels[key] = value ?? throw new InvalidTaskMessageException("labels", $"The value of label '{Shorten(key)}' in {nameof(KickOptions)}.{nameof(KickOptions.Labels)} is null.");
         }
 
+        if (options?.Timeout is { } timeout)
+        {
+            labels[TaskLabels.Timeout] = timeout.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        var copy = message.WithLabels(labels);
+        if (MessageChecks.FindProblem(copy) is { } problem)
+        {
+            throw new InvalidTaskMessageException(problem.Field, MessageChecks.Describe(problem) + " It cannot be stored in PostgreSQL.");
+        }
+
+        return copy;
+    }
+
+    private (string Json, string Labels) Serialize(TaskMessage message)
+    {
         var json = message.ToJson();
         var size = Encoding.UTF8.GetByteCount(json);
         if (size > Options.MaxMessageBytes)
@@ -538,6 +655,11 @@ public sealed class PostgresBroker : IAsyncDisposable
 
         return (json, JsonSerializer.Serialize(message.Labels, LabelsJsonContext.Default.DictionaryStringString));
     }
+
+    private static string Shorten(string text) => text.Length <= 40 ? text : text[..40] + "…";
+
+    /// <summary>The kick's explicit run time in UTC (Npgsql writes <c>timestamptz</c> only from UTC values).</summary>
+    private static DateTimeOffset? RunAtOf(KickOptions? options) => options?.RunAt?.ToUniversalTime();
 
     private static TimeSpan DelayOf(KickOptions? options) => options?.Delay is { } d && d > TimeSpan.Zero ? d : TimeSpan.Zero;
 
@@ -557,8 +679,25 @@ public sealed class PostgresBroker : IAsyncDisposable
         return await ReadIdsAsync(reader, cancellationToken);
     }
 
-    internal NpgsqlBatchCommand CreateAckCommand(string workerId, IReadOnlyCollection<LeaseRef> leases)
-        => CreateLeaseCommand(_sql.Ack, workerId, leases, withLease: false);
+    private async Task<HashSet<LeaseRef>> LeaseRefCommandAsync(string sql, string workerId, IReadOnlyCollection<LeaseRef> leases,
+        bool withLease, CancellationToken cancellationToken)
+    {
+        var refs = new HashSet<LeaseRef>();
+        if (leases.Count == 0)
+        {
+            return refs;
+        }
+
+        await using var batch = DataSource.CreateBatch();
+        batch.BatchCommands.Add(CreateLeaseCommand(sql, workerId, leases, withLease));
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            refs.Add(new LeaseRef(reader.GetInt64(0), reader.GetInt32(1)));
+        }
+
+        return refs;
+    }
 
     private NpgsqlBatchCommand CreateLeaseCommand(string sql, string workerId, IReadOnlyCollection<LeaseRef> leases, bool withLease)
     {

@@ -1,15 +1,19 @@
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
 
 namespace TaskiqPg;
 
 /// <summary>Adds tasks and the worker to a TaskiqPg registration.</summary>
 public sealed class TaskiqPgBuilder
 {
-    internal TaskiqPgBuilder(IServiceCollection services, string? serviceKey)
+    private readonly TaskiqPgRegistration _registration;
+
+    internal TaskiqPgBuilder(IServiceCollection services, string? serviceKey, TaskiqPgRegistration registration)
     {
         Services = services;
         ServiceKey = serviceKey;
+        _registration = registration;
     }
 
     /// <summary>The service collection.</summary>
@@ -18,10 +22,11 @@ public sealed class TaskiqPgBuilder
     /// <summary>The key of a keyed registration; null for the default one.</summary>
     public string? ServiceKey { get; }
 
-    /// <summary>True once <see cref="AddWorker"/> was called: this app runs a worker.</summary>
-    public bool HasWorker { get; private set; }
+    /// <summary>True once <see cref="AddWorker"/> was called (by any builder of this registration): this app runs a worker.</summary>
+    public bool HasWorker => _registration.HasWorker;
 
-    internal List<Action<TaskRegistry>> Registrations { get; } = [];
+    /// <summary>Task registrations of every builder of this registration (every AddTaskiqPg call with this key).</summary>
+    internal List<Action<TaskRegistry>> Registrations => _registration.Tasks;
 
     /// <summary>Resolves this registration's <typeparamref name="T"/> (keyed or not).</summary>
     public T Resolve<T>(IServiceProvider services)
@@ -44,8 +49,8 @@ public sealed class TaskiqPgBuilder
         return this;
     }
 
-    /// <summary>True once <see cref="AddScheduler"/> was called: this app runs a scheduler.</summary>
-    public bool HasScheduler { get; private set; }
+    /// <summary>True once <see cref="AddScheduler"/> was called (by any builder of this registration): this app runs a scheduler.</summary>
+    public bool HasScheduler => _registration.HasScheduler;
 
     /// <summary>Declares a static schedule (synced under a stable id when a scheduler starts; see <see cref="TaskiqScheduler"/>).</summary>
     public TaskiqPgBuilder AddSchedule(ScheduleDefinition schedule)
@@ -66,7 +71,7 @@ public sealed class TaskiqPgBuilder
         if (!HasScheduler)
         {
             Services.AddSingleton<IHostedService>(Resolve<TaskiqScheduler>);
-            HasScheduler = true;
+            _registration.HasScheduler = true;
         }
 
         return this;
@@ -84,9 +89,38 @@ public sealed class TaskiqPgBuilder
         {
             // Not AddHostedService: it de-duplicates by implementation type, which would drop a keyed second worker.
             Services.AddSingleton<IHostedService>(Resolve<TaskiqWorker>);
-            HasWorker = true;
+            // The host must wait for the worker's own drain (running tasks, then their outcomes): raise its timeout.
+            var optionsName = ServiceKey ?? Microsoft.Extensions.Options.Options.DefaultName;
+            Services.AddOptions<HostOptions>().PostConfigure<IOptionsMonitor<TaskiqPgOptions>>((host, taskiq) =>
+            {
+                var needed = WorkerStopAllowance(taskiq.Get(optionsName).Worker.ShutdownTimeout);
+                if (host.ShutdownTimeout < needed)
+                {
+                    host.ShutdownTimeout = needed;
+                }
+            });
+            _registration.HasWorker = true;
         }
 
         return this;
     }
+
+    /// <summary>
+    /// The host shutdown timeout a worker needs: its own <see cref="TaskiqWorkerOptions.ShutdownTimeout"/> for running
+    /// tasks, plus the time its stop path may take after it (cancelled handlers, writing their outcomes, loops ending).
+    /// </summary>
+    internal static TimeSpan WorkerStopAllowance(TimeSpan workerShutdownTimeout) => workerShutdownTimeout + TimeSpan.FromSeconds(20);
+}
+
+/// <summary>What every <c>AddTaskiqPg</c> call with one service key shares: tasks, worker and scheduler flags.</summary>
+internal sealed class TaskiqPgRegistration
+{
+    public List<Action<TaskRegistry>> Tasks { get; } = [];
+
+    public bool HasWorker { get; set; }
+
+    public bool HasScheduler { get; set; }
+
+    /// <summary>The connection string of an <c>AddTaskiqPg(connectionString)</c> call; null with a data-source factory.</summary>
+    public string? ConnectionString { get; set; }
 }

@@ -17,8 +17,18 @@ public static class TaskiqServiceCollectionExtensions
         Action<TaskiqPgOptions>? configure = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(connectionString);
+        ArgumentNullException.ThrowIfNull(services);
+        if (FindRegistration(services, serviceKey: null) is { } existing && existing.ConnectionString != connectionString)
+        {
+            throw new InvalidOperationException(existing.ConnectionString is null
+                ? "AddTaskiqPg was already called with a data source; a second call cannot change it to a connection string. Call it with the same data source (or without changing it), or use AddKeyedTaskiqPg for another database."
+                : "AddTaskiqPg was already called with another connection string. Call it again with the same one to add tasks, or use AddKeyedTaskiqPg for another database.");
+        }
+
         services.TryAddSingleton(_ => new OwnedDataSource(NpgsqlDataSource.Create(connectionString))); // a factory, so the container disposes it
-        return services.AddTaskiqPg(sp => sp.GetRequiredService<OwnedDataSource>().DataSource, configure);
+        var builder = services.AddTaskiqPg(sp => sp.GetRequiredService<OwnedDataSource>().DataSource, configure);
+        FindRegistration(services, serviceKey: null)!.ConnectionString = connectionString;
+        return builder;
     }
 
     /// <summary>
@@ -46,13 +56,23 @@ public static class TaskiqServiceCollectionExtensions
     {
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(dataSource);
-        var builder = new TaskiqPgBuilder(services, serviceKey);
         var optionsName = serviceKey ?? Options.DefaultName;
-        services.AddOptions<TaskiqPgOptions>(optionsName);
         if (configure is not null)
         {
             services.Configure(optionsName, configure);
         }
+
+        // A second call with the same key adds to the first (its tasks, options, worker): one registry, one worker.
+        // The data source of the first call is the one used.
+        if (FindRegistration(services, serviceKey) is { } existing)
+        {
+            return new TaskiqPgBuilder(services, serviceKey, existing);
+        }
+
+        var registration = new TaskiqPgRegistration();
+        services.Add(new ServiceDescriptor(typeof(TaskiqPgRegistration), serviceKey, registration));
+        var builder = new TaskiqPgBuilder(services, serviceKey, registration);
+        services.AddOptions<TaskiqPgOptions>(optionsName);
 
         TaskiqPgOptions OptionsOf(IServiceProvider sp) => sp.GetRequiredService<IOptionsMonitor<TaskiqPgOptions>>().Get(optionsName);
 
@@ -82,6 +102,11 @@ public static class TaskiqServiceCollectionExtensions
             builder.Resolve<PostgresResultBackend>(sp), OptionsOf(sp).Worker, sp, sp.GetService<ILoggerFactory>()));
         return builder;
     }
+
+    private static TaskiqPgRegistration? FindRegistration(IServiceCollection services, string? serviceKey)
+        => services.FirstOrDefault(d => d.ServiceType == typeof(TaskiqPgRegistration) && Equals(d.ServiceKey, serviceKey)) is { } descriptor
+            ? (TaskiqPgRegistration)(descriptor.IsKeyedService ? descriptor.KeyedImplementationInstance : descriptor.ImplementationInstance)!
+            : null;
 
     private static void Add<T>(IServiceCollection services, string? serviceKey, Func<IServiceProvider, T> factory)
         where T : class

@@ -50,6 +50,12 @@ internal static partial class Log
     [LoggerMessage(2010, LogLevel.Warning, "Worker {WorkerId} took back {Count} task(s) a failed claim had leased to it (the claim committed, its reply was lost)")]
     public static partial void OrphansReleased(ILogger logger, string workerId, int count);
 
+    [LoggerMessage(2011, LogLevel.Error, "PostgreSQL refused the outcome of task {TaskId} ({TaskName}); it is dead-lettered with the reason instead")]
+    public static partial void OutcomeRefused(ILogger logger, Exception exception, string taskId, string taskName);
+
+    [LoggerMessage(2012, LogLevel.Error, "Worker {WorkerId} could not hand back {Count} unstarted task(s) received with AckMode.WhenReceived; they are lost")]
+    public static partial void RequeueFailed(ILogger logger, Exception exception, string workerId, int count);
+
     [LoggerMessage(4001, LogLevel.Error, "Schedule {ScheduleId} ({TaskName}) was disabled: {Reason}")]
     public static partial void ScheduleDisabled(ILogger logger, Guid scheduleId, string taskName, string reason);
 
@@ -61,6 +67,9 @@ internal static partial class Log
 
     [LoggerMessage(4004, LogLevel.Debug, "Schedule {ScheduleId} fired {TaskName} for {FireAt:O} ({LatenessMs} ms late)")]
     public static partial void ScheduleFired(ILogger logger, Guid scheduleId, string taskName, DateTimeOffset fireAt, double latenessMs);
+
+    [LoggerMessage(4005, LogLevel.Error, "Schedule {ScheduleId} ({TaskName}) could not fire; the other schedules go on and it is retried")]
+    public static partial void ScheduleFailed(ILogger logger, Exception exception, Guid scheduleId, string taskName);
 
     [LoggerMessage(3001, LogLevel.Warning, "Pruning expired results failed; retrying at the next interval")]
     public static partial void PruneFailed(ILogger logger, Exception exception);

@@ -164,17 +164,7 @@ internal sealed class NotificationListener : IAsyncDisposable
 
     private async Task<NpgsqlConnection> OpenPhysicalConnectionAsync(CancellationToken cancellationToken)
     {
-        // A clone with Pooling=false is one physical connection outside the pool's MaxPoolSize. CloneWith keeps the
-        // data source's password (also one from a password provider) without us ever handling it.
-        await using var template = _dataSource.CreateConnection();
-        var builder = new NpgsqlConnectionStringBuilder(template.ConnectionString)
-        {
-            Pooling = false,
-            Multiplexing = false,
-            KeepAlive = 15,
-            ApplicationName = AppendPurpose(template.ConnectionString),
-        };
-        var connection = template.CloneWith(builder.ConnectionString);
+        var connection = PhysicalConnection.Create(_dataSource, _purpose);
         try
         {
             await connection.OpenAsync(cancellationToken);
@@ -185,12 +175,6 @@ internal sealed class NotificationListener : IAsyncDisposable
             await connection.DisposeAsync();
             throw;
         }
-    }
-
-    private string AppendPurpose(string connectionString)
-    {
-        var name = new NpgsqlConnectionStringBuilder(connectionString).ApplicationName;
-        return string.IsNullOrEmpty(name) ? "taskiqpg-" + _purpose : name + " (" + _purpose + ")";
     }
 
     private async Task UnlistenQuietlyAsync(NpgsqlConnection connection)

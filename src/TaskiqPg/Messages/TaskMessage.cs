@@ -9,6 +9,15 @@ namespace TaskiqPg;
 /// </summary>
 public sealed class TaskMessage
 {
+    /// <summary>Longest task id a kick accepts, in characters (a NOTIFY payload carries ids, and it is limited).</summary>
+    public const int MaxTaskIdLength = 255;
+
+    // Backing fields with null-coalescing init accessors: the source-generated deserializer sets init-only properties
+    // that are missing from the JSON to null instead of leaving their initializers (other producers omit fields).
+    private readonly Dictionary<string, string> _labels = [];
+    private readonly List<JsonElement> _args = [];
+    private readonly Dictionary<string, JsonElement> _kwargs = [];
+
     /// <summary>Unique id of this task; by default 32 lowercase hex characters (<see cref="TaskIds.New"/>).</summary>
     [JsonPropertyName("task_id")]
     public required string TaskId { get; init; }
@@ -20,7 +29,7 @@ public sealed class TaskMessage
     /// <summary>Free-form labels (trace context, user metadata). Values are strings; scalar JSON values are read as their text.</summary>
     [JsonPropertyName("labels")]
     [JsonConverter(typeof(StringLabelsConverter))]
-    public Dictionary<string, string> Labels { get; init; } = [];
+    public Dictionary<string, string> Labels { get => _labels; init => _labels = value ?? []; }
 
     /// <summary>taskiq's label type codes, kept as received.</summary>
     [JsonPropertyName("labels_types")]
@@ -28,11 +37,22 @@ public sealed class TaskMessage
 
     /// <summary>Positional arguments.</summary>
     [JsonPropertyName("args")]
-    public List<JsonElement> Args { get; init; } = [];
+    public List<JsonElement> Args { get => _args; init => _args = value ?? []; }
 
     /// <summary>Keyword arguments.</summary>
     [JsonPropertyName("kwargs")]
-    public Dictionary<string, JsonElement> Kwargs { get; init; } = [];
+    public Dictionary<string, JsonElement> Kwargs { get => _kwargs; init => _kwargs = value ?? []; }
+
+    /// <summary>A copy with its own label dictionary (the caller's message is never changed by a kick).</summary>
+    internal TaskMessage WithLabels(Dictionary<string, string> labels) => new()
+    {
+        TaskId = TaskId,
+        TaskName = TaskName,
+        Labels = labels,
+        LabelsTypes = LabelsTypes,
+        Args = Args,
+        Kwargs = Kwargs,
+    };
 
     /// <summary>Serializes to taskiq's JSON text.</summary>
     public string ToJson() => JsonSerializer.Serialize(this, TaskiqJsonContext.Default.TaskMessage);

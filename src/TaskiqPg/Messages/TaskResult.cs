@@ -12,6 +12,9 @@ public sealed class TaskResult
 {
     private static readonly JsonElement JsonNull = JsonDocument.Parse("null").RootElement.Clone();
 
+    // See TaskMessage: a missing "labels" must read as empty, not null.
+    private readonly Dictionary<string, string> _labels = [];
+
     /// <summary>True when the task failed.</summary>
     [JsonPropertyName("is_err")]
     public bool IsError { get; init; }
@@ -27,7 +30,7 @@ public sealed class TaskResult
     /// <summary>The task's labels.</summary>
     [JsonPropertyName("labels")]
     [JsonConverter(typeof(StringLabelsConverter))]
-    public Dictionary<string, string> Labels { get; init; } = [];
+    public Dictionary<string, string> Labels { get => _labels; init => _labels = value ?? []; }
 
     /// <summary>The failure, when <see cref="IsError"/>.</summary>
     [JsonPropertyName("error")]

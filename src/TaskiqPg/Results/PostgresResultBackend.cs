@@ -67,6 +67,10 @@ public sealed class PostgresResultBackend : IAsyncDisposable
             {
                 await MigrateAsync(ct);
             }
+            else
+            {
+                await SchemaMigrator.VerifyAsync(DataSource, Options.Schema, Options.ResultsTable, _sql.Migrations.Count, ct);
+            }
 
             if (Options.PruneInterval is { } interval && interval > TimeSpan.Zero)
             {
@@ -312,7 +316,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         return command;
     }
 
-    private NpgsqlParameter TtlParameter()
+    internal NpgsqlParameter TtlParameter()
         => new() { Value = Options.ResultTtl is { } ttl ? ttl : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Interval };
 
     private async Task WaitBrieflyForListenerAsync(CancellationToken cancellationToken)

@@ -57,7 +57,7 @@ internal sealed class ResultSql
              """;
     }
 
-    public IReadOnlyList<string> Migrations { get; }
+    public IReadOnlyList<MigrationStep> Migrations { get; }
 
     public string SetMany { get; }
 

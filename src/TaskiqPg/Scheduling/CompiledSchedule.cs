@@ -66,7 +66,7 @@ internal sealed class CompiledSchedule
         }
         catch (Exception ex) when (ex is TimeZoneNotFoundException or InvalidTimeZoneException)
         {
-            throw new ScheduleValidationException(nameof(definition.TimeZone), $"'{definition.TimeZone}' is not a known time zone (use an IANA name such as 'Europe/Berlin').");
+            throw new ScheduleValidationException(nameof(definition.TimeZone), $"'{definition.TimeZone}' is not a known time zone (use an IANA name such as 'Europe/Berlin').", ex);
         }
 
         CronExpression? cron = null;

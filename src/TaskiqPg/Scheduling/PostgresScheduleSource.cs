@@ -52,7 +52,9 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
 
     /// <summary>Runs the migrations (unless disabled). Idempotent.</summary>
     public Task StartAsync(CancellationToken cancellationToken = default)
-        => _resources.Start.RunOnceAsync(ct => Options.RunMigrations ? MigrateAsync(ct) : Task.CompletedTask, cancellationToken);
+        => _resources.Start.RunOnceAsync(ct => Options.RunMigrations
+            ? MigrateAsync(ct)
+            : SchemaMigrator.VerifyAsync(DataSource, Options.Schema, Options.SchedulesTable, _sql.Migrations.Count, ct), cancellationToken);
 
     /// <summary>Creates or upgrades the schedule tables. Safe to call from many processes at once.</summary>
     public Task MigrateAsync(CancellationToken cancellationToken = default)
@@ -198,6 +200,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     internal async Task<bool> FireAsync(ActiveSchedule schedule, ScheduleDefinition definition, DateTimeOffset fireAt, PostgresBroker broker,
         CancellationToken cancellationToken)
     {
+        fireAt = fireAt.ToUniversalTime(); // Npgsql writes timestamptz only from UTC values
         await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
         await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
         var message = TaskMessage.Create(definition.TaskName, definition.Args, definition.Kwargs, SerializerOptions);
@@ -245,9 +248,15 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
 
     internal async Task PruneFiresAsync(TimeSpan retention, CancellationToken cancellationToken)
     {
-        await using var command = DataSource.CreateCommand(_sql.PruneFires);
-        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = retention });
-        await command.ExecuteNonQueryAsync(cancellationToken);
+        await using var batch = DataSource.CreateBatch();
+        foreach (var sql in new[] { _sql.PruneFires, _sql.PruneDone })
+        {
+            var command = new NpgsqlBatchCommand(sql);
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = retention });
+            batch.BatchCommands.Add(command);
+        }
+
+        await batch.ExecuteNonQueryAsync(cancellationToken);
     }
 
     private async Task UpsertAsync(Guid id, ScheduleDefinition definition, string source, CancellationToken cancellationToken)

@@ -8,6 +8,8 @@ internal sealed class ScheduleSql
         var s = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.SchedulesTable, nameof(options.SchedulesTable));
         var f = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.FiresTable, nameof(options.FiresTable));
         var firedIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.FiresTable, "fired_at"), "index");
+        var activeIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.SchedulesTable, "active"), "index");
+        var doneIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.SchedulesTable, "done"), "index");
         Migrations =
         [
             $"""
@@ -32,6 +34,13 @@ internal sealed class ScheduleSql
              );
              CREATE INDEX IF NOT EXISTS {firedIndex} ON {f} (fired_at);
              """,
+
+            // 2: every tick reads the enabled, unfinished schedules only: finished one-shots (kept for a retention) and
+            // paused schedules must not be scanned.
+            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {activeIndex} ON {s} (created_at, id) WHERE enabled AND NOT done",
+                ConcurrentIndex: SchemaMigrator.IndexName(options.SchedulesTable, "active")),
+            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {doneIndex} ON {s} (last_fire_at) WHERE done",
+                ConcurrentIndex: SchemaMigrator.IndexName(options.SchedulesTable, "done")),
         ];
 
         // $1 id, $2 task, $3 schedule json, $4 source, $5 channel
@@ -85,11 +94,14 @@ internal sealed class ScheduleSql
         // $1 retention
         PruneFires = $"DELETE FROM {f} WHERE fired_at < now() - $1";
 
+        // $1 retention: one-shots that fired longer ago than the retention are finished for good
+        PruneDone = $"DELETE FROM {s} WHERE done AND last_fire_at < now() - $1";
+
         // $1 schedule id
         Fires = $"SELECT fire_at, task_id FROM {f} WHERE schedule_id = $1 ORDER BY fire_at";
     }
 
-    public IReadOnlyList<string> Migrations { get; }
+    public IReadOnlyList<MigrationStep> Migrations { get; }
 
     public string Upsert { get; }
 
@@ -112,6 +124,8 @@ internal sealed class ScheduleSql
     public string RecordFire { get; }
 
     public string PruneFires { get; }
+
+    public string PruneDone { get; }
 
     public string Fires { get; }
 }

@@ -1,5 +1,5 @@
 namespace TaskiqPg;
 
 /// <summary>A schedule was refused; <see cref="ArgumentException.ParamName"/> names the field that is wrong.</summary>
-public sealed class ScheduleValidationException(string field, string message)
-    : ArgumentException($"Invalid schedule: {field}: {message}", field);
+public sealed class ScheduleValidationException(string field, string message, Exception? innerException = null)
+    : ArgumentException($"Invalid schedule: {field}: {message}", field, innerException);

@@ -5,42 +5,45 @@ using System.Text.Json.Serialization;
 
 namespace TaskiqPg;
 
-/// <summary>The JSON stored in the <c>schedule</c> column.</summary>
+/// <summary>
+/// The JSON stored in the <c>schedule</c> column. Settable properties, not init-only: the source-generated
+/// deserializer would set init-only properties missing from the JSON to null/0 instead of their declared defaults.
+/// </summary>
 internal sealed class StoredSchedule
 {
     [JsonPropertyName("cron")]
-    public string? Cron { get; init; }
+    public string? Cron { get; set; }
 
     [JsonPropertyName("time_zone")]
-    public string? TimeZone { get; init; }
+    public string? TimeZone { get; set; }
 
     [JsonPropertyName("interval_seconds")]
-    public double? IntervalSeconds { get; init; }
+    public double? IntervalSeconds { get; set; }
 
     [JsonPropertyName("run_at")]
-    public DateTimeOffset? RunAt { get; init; }
+    public DateTimeOffset? RunAt { get; set; }
 
     [JsonPropertyName("args")]
-    public List<JsonElement> Args { get; init; } = [];
+    public List<JsonElement> Args { get; set; } = [];
 
     [JsonPropertyName("kwargs")]
-    public Dictionary<string, JsonElement> Kwargs { get; init; } = [];
+    public Dictionary<string, JsonElement> Kwargs { get; set; } = [];
 
     [JsonPropertyName("labels")]
-    public Dictionary<string, string> Labels { get; init; } = [];
+    public Dictionary<string, string> Labels { get; set; } = [];
 
     [JsonPropertyName("missed_fires")]
-    public string MissedFires { get; init; } = "skip";
+    public string MissedFires { get; set; } = "skip";
 
     [JsonPropertyName("max_catch_up")]
-    public int MaxCatchUp { get; init; } = 100;
+    public int MaxCatchUp { get; set; } = 100;
 
     public static StoredSchedule From(ScheduleDefinition definition, JsonSerializerOptions options) => new()
     {
         Cron = definition.Cron,
         TimeZone = definition.TimeZone,
         IntervalSeconds = definition.Interval?.TotalSeconds,
-        RunAt = definition.RunAt,
+        RunAt = definition.RunAt?.ToUniversalTime(),
         Args = definition.Args?.Select(a => JsonSerializer.SerializeToElement(a, options)).ToList() ?? [],
         Kwargs = definition.Kwargs?.ToDictionary(kv => kv.Key, kv => JsonSerializer.SerializeToElement(kv.Value, options)) ?? [],
         Labels = definition.Labels?.ToDictionary(kv => kv.Key, kv => kv.Value) ?? [],
@@ -54,11 +57,11 @@ internal sealed class StoredSchedule
         Cron = Cron,
         TimeZone = TimeZone,
         Interval = IntervalSeconds is { } s ? TimeSpan.FromSeconds(s) : null,
-        RunAt = RunAt,
+        RunAt = RunAt?.ToUniversalTime(),
         Args = (Args ?? []).Cast<object?>().ToList(),
         Kwargs = (Kwargs ?? []).ToDictionary(kv => kv.Key, kv => (object?)kv.Value),
         Labels = Labels ?? [],
-        MissedFires = MissedFires switch
+        MissedFires = (MissedFires ?? "skip") switch
         {
             "skip" => MissedFirePolicy.Skip,
             "catch_up" => MissedFirePolicy.CatchUp,

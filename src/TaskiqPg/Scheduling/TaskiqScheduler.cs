@@ -22,6 +22,8 @@ public sealed class TaskiqScheduler : BackgroundService
     private readonly WakeSignal _wake = new();
     private long _lastTickTicks;
     private long _fires;
+    private int _failedSchedules;
+    private int _failedTicks; // consecutive ticks with failed schedules (the loop's own state)
 
     /// <summary>Creates a scheduler kicking fired tasks to <paramref name="broker"/> (same database as the source).</summary>
     public TaskiqScheduler(PostgresScheduleSource source, PostgresBroker broker, TaskiqSchedulerOptions? options = null, ILoggerFactory? loggerFactory = null)
@@ -41,6 +43,9 @@ public sealed class TaskiqScheduler : BackgroundService
 
     /// <summary>Instants this scheduler fired (others' fires of the same instants are not counted).</summary>
     public long Fires => Interlocked.Read(ref _fires);
+
+    /// <summary>Schedules whose firing failed in the last tick (their instants are retried); 0 when all fired.</summary>
+    public int FailedSchedules => Volatile.Read(ref _failedSchedules);
 
     /// <summary>The refresh interval (for health checks).</summary>
     public TimeSpan RefreshInterval => _options.RefreshInterval;
@@ -113,50 +118,85 @@ public sealed class TaskiqScheduler : BackgroundService
     private async Task<TimeSpan> TickAsync(CancellationToken cancellationToken)
     {
         var (now, schedules) = await _source.LoadActiveAsync(cancellationToken);
-        Interlocked.Exchange(ref _lastTickTicks, DateTime.UtcNow.Ticks);
         var wakeAt = now + _options.RefreshInterval;
+        var failed = 0;
         foreach (var schedule in schedules)
         {
-            CompiledSchedule compiled;
+            // Each schedule on its own: one that fails (its kick, its time zone on this machine) never stops the others.
             try
             {
-                compiled = CompiledSchedule.Compile(StoredSchedule.FromJson(schedule.Json).ToDefinition(schedule.TaskName));
-            }
-            catch (Exception ex) // parsing only, no I/O: whatever it throws means this schedule is broken
-            {
-                // A stored schedule that no longer parses stops here, with the reason kept; the others keep firing.
-                var reason = $"the stored schedule no longer parses: {ex.Message}";
-                await _source.DisableAsync(schedule.Id, reason, cancellationToken);
-                Log.ScheduleDisabled(_logger, schedule.Id, schedule.TaskName, reason);
-                continue;
-            }
-
-            foreach (var instant in compiled.DueInstants(schedule.LastFireAt ?? schedule.CreatedAt, schedule.CreatedAt, now))
-            {
-                if (await _source.FireAsync(schedule, compiled.Definition, instant, _broker, cancellationToken))
+                if (await FireDueAsync(schedule, now, cancellationToken) is { } next && next < wakeAt)
                 {
-                    var lateness = now - instant;
-                    var nameTag = new KeyValuePair<string, object?>(MessagingTags.TaskName, schedule.TaskName);
-                    Interlocked.Increment(ref _fires);
-                    TaskiqDiagnostics.ScheduleFires.Add(1, nameTag);
-                    TaskiqDiagnostics.ScheduleLateness.Record(lateness.TotalSeconds, nameTag);
-                    if (lateness > LateThreshold)
-                    {
-                        TaskiqDiagnostics.LateScheduleFires.Add(1, nameTag);
-                    }
-
-                    Log.ScheduleFired(_logger, schedule.Id, schedule.TaskName, instant, lateness.TotalMilliseconds);
+                    wakeAt = next;
                 }
             }
-
-            if (compiled.NextAfter(now, schedule.CreatedAt) is { } next && next < wakeAt)
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
-                wakeAt = next;
+                throw;
             }
+            catch (Exception ex)
+            {
+                failed++;
+                Log.ScheduleFailed(_logger, ex, schedule.Id, schedule.TaskName);
+            }
+        }
+
+        Interlocked.Exchange(ref _failedSchedules, failed);
+        Interlocked.Exchange(ref _lastTickTicks, DateTime.UtcNow.Ticks);
+        _failedTicks = failed > 0 ? _failedTicks + 1 : 0;
+        if (failed > 0)
+        {
+            // Try the failed ones again soon (a kick that met a restart), backing off while they keep failing.
+            wakeAt = Min(wakeAt, now + Retry.Backoff(_failedTicks));
         }
 
         var sleep = wakeAt - now;
         return sleep < TimeSpan.Zero ? TimeSpan.Zero : sleep;
     }
 
+    /// <returns>The schedule's next instant after now, or null when there is none (or it was disabled).</returns>
+    private async Task<DateTimeOffset?> FireDueAsync(ActiveSchedule schedule, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        CompiledSchedule compiled;
+        try
+        {
+            compiled = CompiledSchedule.Compile(StoredSchedule.FromJson(schedule.Json).ToDefinition(schedule.TaskName));
+        }
+        catch (ScheduleValidationException ex) when (ex.ParamName == nameof(ScheduleDefinition.TimeZone) && ex.InnerException is TimeZoneNotFoundException)
+        {
+            // This machine lacks the zone (time zone data missing on one pod): an error of this replica, not of the
+            // schedule, which replicas with the data keep firing. Never disabled for it.
+            throw new InvalidOperationException($"Schedule {schedule.Id} cannot be computed on this machine: {ex.Message}", ex);
+        }
+        catch (Exception ex) // parsing only, no I/O: whatever it throws means this schedule is broken everywhere
+        {
+            // A stored schedule that no longer parses stops here, with the reason kept; the others keep firing.
+            var reason = $"the stored schedule no longer parses: {ex.Message}";
+            await _source.DisableAsync(schedule.Id, reason, cancellationToken);
+            Log.ScheduleDisabled(_logger, schedule.Id, schedule.TaskName, reason);
+            return null;
+        }
+
+        foreach (var instant in compiled.DueInstants(schedule.LastFireAt ?? schedule.CreatedAt, schedule.CreatedAt, now))
+        {
+            if (await _source.FireAsync(schedule, compiled.Definition, instant, _broker, cancellationToken))
+            {
+                var lateness = now - instant;
+                var nameTag = new KeyValuePair<string, object?>(MessagingTags.TaskName, schedule.TaskName);
+                Interlocked.Increment(ref _fires);
+                TaskiqDiagnostics.ScheduleFires.Add(1, nameTag);
+                TaskiqDiagnostics.ScheduleLateness.Record(lateness.TotalSeconds, nameTag);
+                if (lateness > LateThreshold)
+                {
+                    TaskiqDiagnostics.LateScheduleFires.Add(1, nameTag);
+                }
+
+                Log.ScheduleFired(_logger, schedule.Id, schedule.TaskName, instant, lateness.TotalMilliseconds);
+            }
+        }
+
+        return compiled.NextAfter(now, schedule.CreatedAt);
+    }
+
+    private static DateTimeOffset Min(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
 }

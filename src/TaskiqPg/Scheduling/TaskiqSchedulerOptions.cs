@@ -9,7 +9,10 @@ public sealed record TaskiqSchedulerOptions
     /// <summary>Schedules declared in code: synced on start under stable ids; static schedules no longer listed are deleted.</summary>
     public IList<ScheduleDefinition> StaticSchedules { get; set; } = [];
 
-    /// <summary>How long fired instants are kept (the exactly-once guard needs them only briefly). Default 7 days.</summary>
+    /// <summary>
+    /// How long fired instants are kept (the exactly-once guard needs them only briefly), and how long a one-shot schedule
+    /// is kept (listed as done) after it fired; both are pruned hourly. Default 7 days.
+    /// </summary>
     public TimeSpan FiresRetention { get; set; } = TimeSpan.FromDays(7);
 
     internal void Validate()

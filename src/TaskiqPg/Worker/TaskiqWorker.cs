@@ -22,6 +22,12 @@ public sealed class TaskiqWorker : BackgroundService
 {
     private const int FlushBatchSize = 1000;
 
+    /// <summary>
+    /// Outcomes waiting to be written at which the claim loop stops claiming: when the database refuses or cannot take
+    /// outcomes, the worker must not keep taking work whose results it cannot report.
+    /// </summary>
+    private const int MaxUnreportedCompletions = 2 * FlushBatchSize;
+
     private readonly PostgresBroker _broker;
     private readonly PostgresResultBackend? _results;
     private readonly TaskRegistry _registry;
@@ -31,12 +37,19 @@ public sealed class TaskiqWorker : BackgroundService
     private readonly WakeSignal _wake = new();
     private readonly Channel<ClaimedTask> _prefetched = Channel.CreateUnbounded<ClaimedTask>();
     private readonly Channel<Completion> _completions = Channel.CreateUnbounded<Completion>(new UnboundedChannelOptions { SingleReader = true });
-    private readonly ConcurrentDictionary<long, Held> _held = new();
+    private readonly ConcurrentDictionary<LeaseRef, Held> _held = new(); // by claim: a row lost and claimed again is another entry
     private int _claimInFlight; // 1 from sending a claim until its rows are registered in _held
-    private readonly ConcurrentDictionary<long, long> _givenUp = new(); // rows whose outcome could not be reported
+    private readonly ConcurrentDictionary<LeaseRef, long> _givenUp = new(); // claims whose outcome could not be reported
     private readonly CancellationTokenSource _hardStop = new();
+    private readonly SettleSql? _settleSql;
+    private int _unreported; // outcomes produced by handlers and not yet written
+    private long _reportFailingSinceTicks; // 0 while outcomes are written
+    private int _renewalRounds;
     private readonly int _capacity;
     private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
+
+    /// <summary>Rows per status the depth gauge counts exactly; past this it reports the planner's estimate.</summary>
+    private const int DepthExactUpTo = 10_000;
     private readonly KeyValuePair<string, object?> _queueTag;
     private IReadOnlyDictionary<string, long> _depth = new Dictionary<string, long>();
     private int _active;
@@ -57,6 +70,9 @@ public sealed class TaskiqWorker : BackgroundService
         WorkerId = _options.WorkerId ?? $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid().ToString("N")[..8]}";
         _capacity = _options.MaxConcurrentTasks + (_options.PrefetchCount ?? _options.MaxConcurrentTasks);
         _queueTag = new KeyValuePair<string, object?>(MessagingTags.Destination, _broker.Options.Queue);
+        _settleSql = _results is not null && ReferenceEquals(_results.DataSource, _broker.DataSource)
+            ? new SettleSql(_broker.Options, _results.Options)
+            : null;
     }
 
     /// <summary>The identity this worker writes to <c>locked_by</c>.</summary>
@@ -70,6 +86,19 @@ public sealed class TaskiqWorker : BackgroundService
 
     /// <summary>When the claim loop last completed an iteration (UTC); for liveness checks.</summary>
     public DateTime LastLoopActivity => new(Interlocked.Read(ref _lastLoopTicks), DateTimeKind.Utc);
+
+    /// <summary>Outcomes (results, acks, failures) of finished tasks not yet written to the database.</summary>
+    public int UnreportedCompletions => Volatile.Read(ref _unreported);
+
+    /// <summary>Since when (UTC) writing outcomes has failed without a success in between; null while they are written.</summary>
+    public DateTime? CompletionsFailingSince
+        => Interlocked.Read(ref _reportFailingSinceTicks) is var ticks and > 0 ? new DateTime(ticks, DateTimeKind.Utc) : null;
+
+    /// <summary>Test signal: renewal rounds that reached the database.</summary>
+    internal int RenewalRounds => Volatile.Read(ref _renewalRounds);
+
+    /// <summary>The broker's lease duration: outcomes unwritten for longer than this may be rerun elsewhere.</summary>
+    public TimeSpan LeaseDuration => _broker.Options.LeaseDuration;
 
     /// <inheritdoc />
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -92,7 +121,7 @@ public sealed class TaskiqWorker : BackgroundService
         _wake.Set(); // scan at start: tasks kicked while no worker listened
         Log.WorkerStarted(_logger, WorkerId, _broker.Options.Queue, _options.MaxConcurrentTasks, _capacity - _options.MaxConcurrentTasks);
 
-        using var background = new CancellationTokenSource();
+        var background = new CancellationTokenSource(); // never disposed: the renewal thread may still read it
         var flusher = Task.Run(() => FlushLoopAsync(background.Token), CancellationToken.None);
         var renewer = StartRenewalThread(background.Token);
         var rescuer = Task.Run(() => RescueLoopAsync(background.Token), CancellationToken.None);
@@ -100,33 +129,48 @@ public sealed class TaskiqWorker : BackgroundService
         using var depthRegistration = TaskiqDiagnostics.RegisterDepthSource(ObserveDepth);
         var executors = Enumerable.Range(0, _options.MaxConcurrentTasks)
             .Select(_ => Task.Run(ExecuteLoopAsync, CancellationToken.None)).ToArray();
-
-        await ClaimLoopAsync(stoppingToken);
-
-        // Shutdown: claim nothing more, hand prefetched tasks back at once, let running ones finish.
-        _stopping = true;
-        _prefetched.Writer.TryComplete();
-        var released = await ReleasePrefetchedAsync();
+        var released = 0;
         var abandoned = 0;
-        var allExecutors = Task.WhenAll(executors);
         try
         {
-            await allExecutors.WaitAsync(_options.ShutdownTimeout);
+            await ClaimLoopAsync(stoppingToken);
+
+            // Shutdown: claim nothing more, hand prefetched tasks back at once, let running ones finish.
+            _stopping = true;
+            _prefetched.Writer.TryComplete();
+            await ReleaseOrphansOnStopAsync();
+            if (_options.AckMode != AckMode.WhenReceived)
+            {
+                released = await ReleasePrefetchedAsync(); // with WhenReceived their rows are gone: they run instead
+            }
+
+            var allExecutors = Task.WhenAll(executors);
+            try
+            {
+                await allExecutors.WaitAsync(_options.ShutdownTimeout);
+            }
+            catch (TimeoutException)
+            {
+                abandoned = ActiveTasks;
+                await _hardStop.CancelAsync();
+                released += await RequeuePrefetchedAsync();
+                await Task.WhenAny(allExecutors, Task.Delay(TimeSpan.FromSeconds(5)));
+            }
         }
-        catch (TimeoutException)
+        finally
         {
-            abandoned = ActiveTasks;
-            await _hardStop.CancelAsync();
-            await Task.WhenAny(allExecutors, Task.Delay(TimeSpan.FromSeconds(5)));
+            _stopping = true;
+            _prefetched.Writer.TryComplete();
+            _completions.Writer.TryComplete();
+            await Task.WhenAny(flusher, Task.Delay(TimeSpan.FromSeconds(10)));
+            await ReleaseOrphansOnStopAsync(); // last sweep: whatever is still leased to us and not ours to report
+            await background.CancelAsync();
+            await Task.WhenAll(renewer.ContinueWith(static _ => { }, TaskScheduler.Default),
+                rescuer.ContinueWith(static _ => { }, TaskScheduler.Default),
+                sampler.ContinueWith(static _ => { }, TaskScheduler.Default),
+                flusher.ContinueWith(static _ => { }, TaskScheduler.Default));
         }
 
-        _completions.Writer.TryComplete();
-        await Task.WhenAny(flusher, Task.Delay(TimeSpan.FromSeconds(10)));
-        await background.CancelAsync();
-        await Task.WhenAll(renewer.ContinueWith(static _ => { }, TaskScheduler.Default),
-            rescuer.ContinueWith(static _ => { }, TaskScheduler.Default),
-            sampler.ContinueWith(static _ => { }, TaskScheduler.Default),
-            flusher.ContinueWith(static _ => { }, TaskScheduler.Default));
         Log.WorkerStopped(_logger, WorkerId, released, abandoned);
     }
 
@@ -134,7 +178,8 @@ public sealed class TaskiqWorker : BackgroundService
     public override void Dispose()
     {
         base.Dispose();
-        _hardStop.Dispose();
+        // Cancelled, not disposed: a host whose shutdown timeout ran out disposes the worker while its loops still end.
+        _hardStop.Cancel();
     }
 
     private async Task ClaimLoopAsync(CancellationToken stoppingToken)
@@ -144,7 +189,7 @@ public sealed class TaskiqWorker : BackgroundService
         {
             Interlocked.Exchange(ref _lastLoopTicks, DateTime.UtcNow.Ticks);
             var free = _capacity - Volatile.Read(ref _active);
-            if (free <= 0)
+            if (free <= 0 || Volatile.Read(ref _unreported) >= MaxUnreportedCompletions)
             {
                 await WaitForWakeAsync(stoppingToken);
                 continue;
@@ -158,7 +203,7 @@ public sealed class TaskiqWorker : BackgroundService
                 {
                     // The failed claim may have committed before the connection died: take back what it leased to
                     // us at once instead of leaving it to wait out the lease.
-                    var orphans = await _broker.ReleaseOrphansAsync(WorkerId, _held.Keys.ToArray(), stoppingToken);
+                    var orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), stoppingToken);
                     if (orphans > 0)
                     {
                         Log.OrphansReleased(_logger, WorkerId, orphans);
@@ -185,13 +230,13 @@ public sealed class TaskiqWorker : BackgroundService
 
             if (batch.Count > 0 && _options.AckMode == AckMode.WhenReceived)
             {
-                batch = await AckOnReceiveAsync(batch, stoppingToken);
+                batch = await AckOnReceiveAsync(batch);
             }
 
             foreach (var task in batch)
             {
                 Interlocked.Increment(ref _active);
-                _held[task.Id] = new Held(task);
+                _held[task.Lease] = new Held(task);
                 _prefetched.Writer.TryWrite(task);
             }
 
@@ -204,14 +249,60 @@ public sealed class TaskiqWorker : BackgroundService
         }
     }
 
-    private async Task<IReadOnlyList<ClaimedTask>> AckOnReceiveAsync(IReadOnlyList<ClaimedTask> batch, CancellationToken cancellationToken)
+    /// <summary>Rows this worker knows it holds or gave up: everything else leased to it is an orphan.</summary>
+    private long[] KnownClaimIds() => [.. _held.Keys.Select(k => k.Id), .. _givenUp.Keys.Select(k => k.Id)];
+
+    /// <summary>
+    /// A claim cancelled by the stop may have committed on the server: its rows are leased to this worker, which never
+    /// read them. Hand them back now (attempt not spent) instead of letting them wait out the lease.
+    /// </summary>
+    private async Task ReleaseOrphansOnStopAsync()
+    {
+        var orphans = 0;
+        if (await StopStepAsync(async () => orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), CancellationToken.None), "release on stop")
+            && orphans > 0)
+        {
+            Log.OrphansReleased(_logger, WorkerId, orphans);
+        }
+    }
+
+    /// <summary>
+    /// One database step of the stop path, retried a few times on transient errors (a deadlock with a renewal, a
+    /// restart): what it hands back must not wait out a lease.
+    /// </summary>
+    /// <returns>False when it failed for good (logged; the leases expire instead).</returns>
+    private async Task<bool> StopStepAsync(Func<Task> step, string loop)
+    {
+        for (var failures = 1; ; failures++)
+        {
+            try
+            {
+                await step();
+                return true;
+            }
+            catch (Exception ex) when (failures < StopStepAttempts && TransientErrors.IsTransient(ex))
+            {
+                await Task.Delay(Retry.Backoff(failures));
+            }
+            catch (Exception ex)
+            {
+                Log.LoopFailed(_logger, ex, WorkerId, loop);
+                return false;
+            }
+        }
+    }
+
+    private const int StopStepAttempts = 5;
+
+    private async Task<IReadOnlyList<ClaimedTask>> AckOnReceiveAsync(IReadOnlyList<ClaimedTask> batch)
     {
         try
         {
-            var acked = await _broker.AckAsync(WorkerId, batch.Select(t => t.Lease).ToArray(), cancellationToken);
-            return batch.Where(t => acked.Contains(t.Id)).ToArray();
+            // Not cancelled by the stop: a delete that commits while its reply is dropped would lose the tasks.
+            var acked = await _broker.AckLeasesAsync(WorkerId, batch.Select(t => t.Lease).ToArray(), CancellationToken.None);
+            return batch.Where(t => acked.Contains(t.Lease)).ToArray();
         }
-        catch (Exception ex) when (IsTransient(ex))
+        catch (Exception ex)
         {
             // Not acked: the leases expire and the tasks are rescued, so nothing is lost.
             Log.LoopFailed(_logger, ex, WorkerId, "ack on receive");
@@ -234,16 +325,27 @@ public sealed class TaskiqWorker : BackgroundService
     {
         await foreach (var task in _prefetched.Reader.ReadAllAsync())
         {
-            if (_stopping)
+            if (!_held.TryGetValue(task.Lease, out var held))
+            {
+                continue; // handed back by the stop path already
+            }
+
+            if (_stopping && _options.AckMode != AckMode.WhenReceived)
             {
                 await ReleaseAsync([task]);
                 continue;
             }
 
-            Completion completion;
+            if (_hardStop.IsCancellationRequested && _options.AckMode == AckMode.WhenReceived)
+            {
+                await RequeueAsync([task]);
+                continue;
+            }
+
+            Completion? completion;
             try
             {
-                completion = await RunAsync(task);
+                completion = await RunAsync(task, held);
             }
             catch (Exception ex)
             {
@@ -253,11 +355,20 @@ public sealed class TaskiqWorker : BackgroundService
 
             Interlocked.Decrement(ref _active);
             _wake.Set(); // a slot is free
+            if (completion is null)
+            {
+                _held.TryRemove(task.Lease, out _); // never started: its lease is another worker's
+                continue;
+            }
+
+            held.Settling = true; // its outcome is on its way: a missing row at renewal means it was written, not lost
+            Interlocked.Increment(ref _unreported);
             _completions.Writer.TryWrite(completion);
         }
     }
 
-    private async Task<Completion> RunAsync(ClaimedTask task)
+    /// <returns>The outcome, or null when the task was not started because its lease had already been lost.</returns>
+    private async Task<Completion?> RunAsync(ClaimedTask task, Held held)
     {
         var started = Stopwatch.StartNew();
         TaskMessage message;
@@ -275,6 +386,11 @@ public sealed class TaskiqWorker : BackgroundService
             return Completion.Failure(task, null, "MalformedMessage", "The message has an empty task_id or task_name.", null, retry: false);
         }
 
+        if (MessageChecks.FindProblem(message) is { } problem)
+        {
+            return Completion.Failure(task, null, "MalformedMessage", MessageChecks.Describe(problem), null, retry: false);
+        }
+
         if (!_registry.TryGet(message.TaskName, out var descriptor))
         {
             return Completion.Failure(task, message, "UnknownTask",
@@ -283,9 +399,9 @@ public sealed class TaskiqWorker : BackgroundService
 
         var timeout = TimeoutOf(message, descriptor);
         using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(_hardStop.Token);
-        if (_held.TryGetValue(task.Id, out var held))
+        if (!held.TryStart(cancellation))
         {
-            held.Cancellation = cancellation;
+            return null;
         }
 
         if (timeout is { } t)
@@ -299,15 +415,12 @@ public sealed class TaskiqWorker : BackgroundService
         }
         finally
         {
-            if (held is not null)
-            {
-                held.Cancellation = null;
-            }
+            held.Finish();
         }
     }
 
     private async Task<Completion> InvokeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
-        CancellationTokenSource cancellation, Held? held, Stopwatch started)
+        CancellationTokenSource cancellation, Held held, Stopwatch started)
     {
         using var activity = MessagingTags.StartProcess(_broker.Options.Queue, message, task.Attempt);
         var completion = await InvokeInScopeAsync(task, message, descriptor, timeout, cancellation, held, started);
@@ -321,17 +434,29 @@ public sealed class TaskiqWorker : BackgroundService
     }
 
     private async Task<Completion> InvokeInScopeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
-        CancellationTokenSource cancellation, Held? held, Stopwatch started)
+        CancellationTokenSource cancellation, Held held, Stopwatch started)
     {
         await using var scope = _services.GetService<IServiceScopeFactory>()?.CreateAsyncScope();
         var context = new TaskContext(message, task, scope?.ServiceProvider ?? _services, _results, _registry.SerializerOptions, cancellation.Token);
         try
         {
             var (value, type) = await descriptor.Invoke(context, cancellation.Token);
+            JsonElement returned;
+            try
+            {
+                returned = JsonSerializer.SerializeToElement(value, type, _registry.SerializerOptions);
+            }
+            catch (Exception ex) when (ex is JsonException or NotSupportedException or ArgumentException or InvalidOperationException)
+            {
+                // The same value would fail the same way on every attempt (NaN, a cycle, an unsupported type).
+                return Completion.Failure(task, message, "ResultNotSerializable",
+                    $"The handler's return value ({type.Name}) cannot be serialized to JSON: {ex.Message}", ex.StackTrace, retry: false, started.Elapsed);
+            }
+
             var result = new TaskResult
             {
                 IsError = false,
-                ReturnValue = JsonSerializer.SerializeToElement(value, type, _registry.SerializerOptions),
+                ReturnValue = returned,
                 ExecutionTime = started.Elapsed.TotalSeconds,
                 Labels = message.Labels,
             };
@@ -342,7 +467,7 @@ public sealed class TaskiqWorker : BackgroundService
             return Completion.Failure(task, message, nameof(TaskArgumentException), ex.Message, ex.StackTrace, retry: false, started.Elapsed);
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested && !_hardStop.IsCancellationRequested && timeout is not null
-                                                 && held?.LeaseLost != true)
+                                                 && !held.LeaseLost)
         {
             var ex = new TaskTimeoutException(message.TaskName, timeout.Value);
             return Completion.Failure(task, message, nameof(TaskTimeoutException), ex.Message, null, retry: true, started.Elapsed);
@@ -357,12 +482,13 @@ public sealed class TaskiqWorker : BackgroundService
     private TimeSpan? TimeoutOf(TaskMessage message, TaskDescriptor descriptor)
     {
         if (message.Labels.TryGetValue(TaskLabels.Timeout, out var text)
-            && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) && seconds > 0)
+            && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) && double.IsFinite(seconds) && seconds > 0)
         {
-            return TimeSpan.FromSeconds(seconds);
+            // A timeout past what a cancellation timer can hold (another producer's label) means "no timeout".
+            return seconds < KickOptions.MaxTimeout.TotalSeconds ? TimeSpan.FromSeconds(seconds) : null;
         }
 
-        return descriptor.Timeout ?? _options.DefaultTaskTimeout;
+        return (descriptor.Timeout ?? _options.DefaultTaskTimeout) is { } t && t <= KickOptions.MaxTimeout ? t : null;
     }
 
     private async Task FlushLoopAsync(CancellationToken stop)
@@ -375,155 +501,218 @@ public sealed class TaskiqWorker : BackgroundService
                 batch.Add(completion);
             }
 
-            var failures = 0;
-            while (true)
-            {
-                try
-                {
-                    await FlushAsync(batch, stop);
-                    break;
-                }
-                catch (Exception ex) when (IsTransient(ex) && !stop.IsCancellationRequested)
-                {
-                    // Keep the outcomes and try again: leases stay renewed meanwhile, so nothing reruns needlessly.
-                    Log.LoopFailed(_logger, ex, WorkerId, "complete");
-                    await Retry.DelayAsync(Retry.Backoff(++failures), stop);
-                }
-                catch (Exception ex)
-                {
-                    // Shutting down, or a fault that retrying cannot fix: these tasks are rescued after their leases
-                    // expire, so they run again rather than vanish.
-                    if (!stop.IsCancellationRequested)
-                    {
-                        Log.FlushAbandoned(_logger, ex, WorkerId, batch.Count);
-                    }
-
-                    foreach (var completion in batch)
-                    {
-                        _givenUp[completion.Task.Id] = Environment.TickCount64; // never renewed again: left to its lease
-                    }
-
-                    break;
-                }
-            }
-
+            await ReportAsync(batch, stop);
             foreach (var completion in batch)
             {
-                _held.TryRemove(completion.Task.Id, out _);
+                _held.TryRemove(completion.Task.Lease, out _);
             }
 
+            Interlocked.Add(ref _unreported, -batch.Count);
+            _wake.Set(); // the claim loop may be holding back for unreported outcomes
             batch.Clear();
+        }
+    }
+
+    /// <summary>
+    /// Writes outcomes; never throws. Transient failures are retried (leases stay renewed meanwhile). A batch that
+    /// PostgreSQL refuses for its content is split until the refused outcome is alone; that one is dead-lettered with
+    /// the database's reason (then without its result; then left to its lease), so it never holds up the others.
+    /// </summary>
+    private async Task ReportAsync(List<Completion> batch, CancellationToken stop)
+    {
+        var failures = 0;
+        while (true)
+        {
+            try
+            {
+                await FlushAsync(batch, stop);
+                Interlocked.Exchange(ref _reportFailingSinceTicks, 0);
+                return;
+            }
+            catch (Exception ex) when (!stop.IsCancellationRequested && TransientErrors.IsTransient(ex))
+            {
+                Interlocked.CompareExchange(ref _reportFailingSinceTicks, DateTime.UtcNow.Ticks, 0);
+                Log.LoopFailed(_logger, ex, WorkerId, "complete");
+                await Retry.DelayAsync(Retry.Backoff(++failures), stop);
+            }
+            catch (Exception ex) when (!stop.IsCancellationRequested)
+            {
+                Interlocked.CompareExchange(ref _reportFailingSinceTicks, DateTime.UtcNow.Ticks, 0);
+                if (batch.Count > 1)
+                {
+                    var half = batch.Count / 2;
+                    await ReportAsync(batch[..half], stop);
+                    await ReportAsync(batch[half..], stop);
+                    return;
+                }
+
+                var refused = batch[0];
+                Log.OutcomeRefused(_logger, ex, refused.Task.TaskId, refused.Task.TaskName);
+                if (refused.Refused(ex) is not { } fallback)
+                {
+                    GiveUp(batch, ex, logged: true);
+                    return;
+                }
+
+                batch = [fallback];
+            }
+            catch (Exception ex)
+            {
+                GiveUp(batch, ex, logged: false); // shutting down
+                return;
+            }
+        }
+    }
+
+    /// <summary>These claims are never renewed again: left to their leases, they are rescued and run again.</summary>
+    private void GiveUp(List<Completion> batch, Exception ex, bool logged)
+    {
+        if (logged)
+        {
+            Log.FlushAbandoned(_logger, ex, WorkerId, batch.Count);
+        }
+
+        foreach (var completion in batch)
+        {
+            _givenUp[completion.Task.Lease] = Environment.TickCount64;
         }
     }
 
     private async Task FlushAsync(List<Completion> batch, CancellationToken cancellationToken)
     {
-        var acks = batch.Where(c => c.Succeeded && _options.AckMode != AckMode.WhenReceived).Select(c => c.Task.Lease).ToArray();
-        var fails = _options.AckMode == AckMode.WhenReceived
-            ? []
-            : batch.Where(c => !c.Succeeded).Select(c => new TaskFailure(c.Task.Lease, c.Error!.Type + ": " + c.Error.Message, c.Retry)).ToArray();
-        var results = _results is null
-            ? []
-            : batch.Where(c => c.Result is not null && (c.Succeeded || c.IsFinal || _options.AckMode == AckMode.WhenReceived))
-                .Select(c => new KeyValuePair<string, TaskResult>(c.Task.TaskId, c.Result!)).ToArray();
-
-        IReadOnlySet<long> acked;
-        IReadOnlyDictionary<long, string> failed;
-        if (_results is not null && ReferenceEquals(_results.DataSource, _broker.DataSource))
+        if (_options.AckMode == AckMode.WhenReceived)
         {
-            // One pool for both (the seed's shared-pool setup): results, acks and failures go in one batch, one round
-            // trip and one implicit transaction, so a waiter never sees a result before the task's row is settled.
-            (acked, failed) = await FlushTogetherAsync(results, acks, fails, cancellationToken);
-        }
-        else
-        {
-            if (_options.AckMode == AckMode.WhenSaved && results.Length > 0)
+            // The rows were deleted at claim: there is no lease to check, only results to store.
+            var results = batch.Where(c => c.Result is not null).Select(c => new KeyValuePair<string, TaskResult>(c.Task.TaskId, c.Result!)).ToArray();
+            if (_results is not null && results.Length > 0)
             {
-                await _results!.SetResultsAsync(results, cancellationToken);
+                await _results.SetResultsAsync(results, cancellationToken);
             }
 
-            acked = acks.Length > 0 ? await _broker.AckAsync(WorkerId, acks, cancellationToken) : new HashSet<long>();
-            failed = fails.Length > 0 ? await _broker.FailAsync(WorkerId, fails, cancellationToken) : new Dictionary<long, string>();
-
-            if (_options.AckMode != AckMode.WhenSaved && results.Length > 0)
+            foreach (var completion in batch)
             {
-                await _results!.SetResultsAsync(results, cancellationToken);
+                RecordOutcome(completion.Succeeded ? TaskStatuses.Processing : TaskStatuses.Dead, completion.Succeeded, NameTag(completion.Task.TaskName));
             }
+
+            return;
         }
+
+        var acks = batch.Where(c => c.Succeeded).ToArray();
+        var fails = batch.Where(c => !c.Succeeded).ToArray();
+        var stored = _results is null ? [] : batch.Where(c => c.Result is not null && c.IsFinal).ToArray();
+        var (acked, failed) = _settleSql is not null
+            ? await SettleTogetherAsync(acks, fails, stored, cancellationToken)
+            : await SettleSeparatelyAsync(acks, fails, stored, cancellationToken);
 
         foreach (var completion in batch)
         {
             var task = completion.Task;
-            var nameTag = new KeyValuePair<string, object?>(MessagingTags.TaskName, task.TaskName);
-            if (_options.AckMode == AckMode.WhenReceived)
+            var nameTag = NameTag(task.TaskName);
+            var newStatus = completion.Succeeded ? (acked.Contains(task.Lease) ? TaskStatuses.Processing : null) : failed.GetValueOrDefault(task.Lease);
+            if (newStatus is null)
             {
-                RecordOutcome(completion.Succeeded ? TaskStatuses.Processing : TaskStatuses.Dead, completion.Succeeded, nameTag);
+                Log.CompletionRejected(_logger, task.TaskId, task.TaskName);
                 continue;
             }
 
-            var accepted = completion.Succeeded ? acked.Contains(task.Id) : failed.ContainsKey(task.Id);
-            if (accepted)
+            RecordOutcome(newStatus, completion.Succeeded, nameTag);
+            if (completion.Succeeded)
             {
-                RecordOutcome(completion.Succeeded ? TaskStatuses.Processing : failed[task.Id], completion.Succeeded, nameTag);
+                continue;
             }
 
-            if (!accepted)
+            if (newStatus == TaskStatuses.Dead)
             {
-                Log.CompletionRejected(_logger, task.TaskId, task.TaskName);
+                Log.TaskDeadLettered(_logger, task.TaskId, task.TaskName, completion.Error!.Message);
             }
-            else if (!completion.Succeeded)
+            else
             {
-                if (failed[task.Id] == TaskStatuses.Dead)
-                {
-                    Log.TaskDeadLettered(_logger, task.TaskId, task.TaskName, completion.Error!.Message);
-                }
-                else
-                {
-                    Log.TaskFailed(_logger, completion.Exception ?? new InvalidOperationException(completion.Error!.Message),
-                        task.TaskId, task.TaskName, task.Attempt, task.MaxAttempts);
-                }
+                Log.TaskFailed(_logger, completion.Exception ?? new InvalidOperationException(completion.Error!.Message),
+                    task.TaskId, task.TaskName, task.Attempt, task.MaxAttempts);
             }
         }
     }
 
-    private async Task<(IReadOnlySet<long> Acked, IReadOnlyDictionary<long, string> Failed)> FlushTogetherAsync(
-        KeyValuePair<string, TaskResult>[] results, LeaseRef[] acks, TaskFailure[] fails, CancellationToken cancellationToken)
+    /// <summary>One statement: acks, failures, and the results of exactly the claims whose ack or failure matched.</summary>
+    private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, string> Failed)> SettleTogetherAsync(
+        Completion[] acks, Completion[] fails, Completion[] stored, CancellationToken cancellationToken)
     {
-        await using var batch = _broker.DataSource.CreateBatch();
-        var resultCommands = results.Length > 0 ? _results!.CreateSetResultCommands(results) : [];
-        resultCommands.ForEach(batch.BatchCommands.Add);
-        if (acks.Length > 0)
+        await using var command = _broker.DataSource.CreateCommand(_settleSql!.Settle);
+        var p = command.Parameters;
+        p.Add(new NpgsqlParameter<long[]> { TypedValue = acks.Select(c => c.Task.Id).ToArray() });
+        p.Add(new NpgsqlParameter<int[]> { TypedValue = acks.Select(c => c.Task.Attempt).ToArray() });
+        p.Add(new NpgsqlParameter<long[]> { TypedValue = fails.Select(c => c.Task.Id).ToArray() });
+        p.Add(new NpgsqlParameter<int[]> { TypedValue = fails.Select(c => c.Task.Attempt).ToArray() });
+        p.Add(new NpgsqlParameter<string[]> { TypedValue = fails.Select(c => c.FailureText).ToArray() });
+        p.Add(new NpgsqlParameter<bool[]> { TypedValue = fails.Select(c => c.Retry).ToArray() });
+        p.Add(new NpgsqlParameter<string> { TypedValue = WorkerId });
+        p.Add(new NpgsqlParameter<double> { TypedValue = _broker.Options.RetryBaseDelay.TotalSeconds });
+        p.Add(new NpgsqlParameter<double> { TypedValue = _broker.Options.RetryMaxDelay.TotalSeconds });
+        p.Add(new NpgsqlParameter<long[]> { TypedValue = stored.Select(c => c.Task.Id).ToArray() });
+        p.Add(new NpgsqlParameter<int[]> { TypedValue = stored.Select(c => c.Task.Attempt).ToArray() });
+        p.Add(new NpgsqlParameter<string[]> { TypedValue = stored.Select(c => c.Task.TaskId).ToArray() });
+        p.Add(new NpgsqlParameter<string[]> { TypedValue = stored.Select(c => c.Result!.ToJson()).ToArray() });
+        p.Add(new NpgsqlParameter<string?[]> { TypedValue = stored.Select(c => _results!.Options.StoreStackTraces ? c.Result!.StackTrace : null).ToArray() });
+        p.Add(_results!.TtlParameter());
+        p.Add(new NpgsqlParameter<string> { TypedValue = _results.Options.Channel });
+
+        var acked = new HashSet<LeaseRef>();
+        var failed = new Dictionary<LeaseRef, string>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
         {
-            batch.BatchCommands.Add(_broker.CreateAckCommand(WorkerId, acks));
+            switch (reader.GetInt32(0))
+            {
+                case 0:
+                    acked.Add(new LeaseRef(reader.GetInt64(1), reader.GetInt32(2)));
+                    break;
+                case 1:
+                    failed[new LeaseRef(reader.GetInt64(1), reader.GetInt32(2))] = reader.GetString(3);
+                    break;
+            }
         }
 
-        if (fails.Length > 0)
-        {
-            batch.BatchCommands.Add(_broker.CreateFailCommand(WorkerId, fails));
-        }
-
-        if (batch.BatchCommands.Count == 0)
-        {
-            return (new HashSet<long>(), new Dictionary<long, string>());
-        }
-
-        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
-        for (var i = 0; i < resultCommands.Count; i++)
-        {
-            await reader.NextResultAsync(cancellationToken); // skip each upsert's notify row
-        }
-
-        IReadOnlySet<long> acked = acks.Length > 0 ? await PostgresBroker.ReadIdsAsync(reader, cancellationToken) : new HashSet<long>();
-        if (acks.Length > 0)
-        {
-            await reader.NextResultAsync(cancellationToken);
-        }
-
-        IReadOnlyDictionary<long, string> failed = fails.Length > 0
-            ? await PostgresBroker.ReadFailOutcomeAsync(reader, cancellationToken)
-            : new Dictionary<long, string>();
         return (acked, failed);
     }
+
+    /// <summary>
+    /// Broker and result backend on different data sources: with <see cref="AckMode.WhenSaved"/> the leases are confirmed
+    /// (renewed) first and results stored only for confirmed claims, then acked; with <see cref="AckMode.WhenExecuted"/>
+    /// acks go first and results are stored for the accepted claims only.
+    /// </summary>
+    private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, string> Failed)> SettleSeparatelyAsync(
+        Completion[] acks, Completion[] fails, Completion[] stored, CancellationToken cancellationToken)
+    {
+        if (_options.AckMode == AckMode.WhenSaved && stored.Length > 0)
+        {
+            var confirmed = await _broker.RenewLeaseRefsAsync(WorkerId, stored.Select(c => c.Task.Lease).ToArray(), cancellationToken);
+            await StoreResultsAsync(stored.Where(c => confirmed.Contains(c.Task.Lease)), cancellationToken);
+        }
+
+        IReadOnlySet<LeaseRef> acked = acks.Length > 0
+            ? await _broker.AckLeasesAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), cancellationToken)
+            : new HashSet<LeaseRef>();
+        IReadOnlyDictionary<LeaseRef, string> failed = fails.Length > 0
+            ? await _broker.FailLeasesAsync(WorkerId, fails.Select(c => new TaskFailure(c.Task.Lease, c.FailureText, c.Retry)).ToArray(), cancellationToken)
+            : new Dictionary<LeaseRef, string>();
+
+        if (_options.AckMode == AckMode.WhenExecuted && stored.Length > 0)
+        {
+            await StoreResultsAsync(stored.Where(c => acked.Contains(c.Task.Lease) || failed.ContainsKey(c.Task.Lease)), cancellationToken);
+        }
+
+        return (acked, failed);
+    }
+
+    private Task StoreResultsAsync(IEnumerable<Completion> completions, CancellationToken cancellationToken)
+        => _results!.SetResultsAsync(completions.Select(c => new KeyValuePair<string, TaskResult>(c.Task.TaskId, c.Result!)).ToArray(), cancellationToken);
+
+    /// <summary>A task name as a metric tag: names this worker does not know (any producer can write any name) share one series.</summary>
+    private KeyValuePair<string, object?> NameTag(string taskName)
+        => new(MessagingTags.TaskName, _registry.TryGet(taskName, out _) ? taskName : UnknownTaskNameTag);
+
+    /// <summary>The <c>taskiq.task_name</c> metric tag of tasks whose name no handler of this worker has.</summary>
+    internal const string UnknownTaskNameTag = "(unknown)";
 
     private void RecordOutcome(string newStatus, bool succeeded, KeyValuePair<string, object?> nameTag)
     {
@@ -549,7 +738,7 @@ public sealed class TaskiqWorker : BackgroundService
 
             try
             {
-                _depth = await _broker.GetQueueCountsAsync(stop);
+                _depth = await _broker.GetQueueDepthAsync(DepthExactUpTo, stop);
             }
             catch (Exception ex) when (!stop.IsCancellationRequested)
             {
@@ -563,9 +752,9 @@ public sealed class TaskiqWorker : BackgroundService
         => _depth.Select(kv => new Measurement<long>(kv.Value, _queueTag, new KeyValuePair<string, object?>("taskiq.status", kv.Key)));
 
     /// <summary>
-    /// Lease renewal runs on a dedicated thread with synchronous database calls, not on the thread pool: handlers that
-    /// block threads (or a CPU-starved pool) would otherwise delay the renewals past the lease, and another worker
-    /// would run a task whose worker is alive and still running it.
+    /// Lease renewal runs on a dedicated thread with synchronous database calls over a connection of its own (outside
+    /// the pool): handlers that block threads, starve the thread pool or hold every pooled connection would otherwise
+    /// delay the renewals past the lease, and another worker would run a task whose worker is alive and running it.
     /// </summary>
     private Task StartRenewalThread(CancellationToken stop)
     {
@@ -575,6 +764,11 @@ public sealed class TaskiqWorker : BackgroundService
             try
             {
                 RenewLoop(stop);
+            }
+            catch (Exception ex)
+            {
+                // Never let an exception escape: on a thread of its own it would end the process.
+                Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
             }
             finally
             {
@@ -592,48 +786,76 @@ public sealed class TaskiqWorker : BackgroundService
     private void RenewLoop(CancellationToken stop)
     {
         var interval = _options.LeaseRenewInterval ?? _broker.Options.LeaseDuration / 3;
-        while (!stop.WaitHandle.WaitOne(interval))
+        NpgsqlConnection? connection = null;
+        try
         {
-            var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
-            var held = _held.Values.Where(h => !h.LeaseLost).ToArray();
-            if (held.Length == 0 && !claimInFlight)
+            while (!stop.WaitHandle.WaitOne(interval))
             {
-                continue;
-            }
-
-            try
-            {
-                var expired = Environment.TickCount64 - (long)(_broker.Options.LeaseDuration.TotalMilliseconds * 2);
-                foreach (var id in _givenUp.Where(g => g.Value < expired).Select(g => g.Key).ToArray())
+                var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
+                // With WhenReceived the rows are deleted at claim: there is no lease left to renew.
+                var held = _options.AckMode == AckMode.WhenReceived ? [] : _held.Values.Where(h => !h.LeaseLost).ToArray();
+                if (held.Length == 0 && !claimInFlight)
                 {
-                    _givenUp.TryRemove(id, out _); // its lease has long expired: rescued by now
+                    continue;
                 }
 
-                var renewed = _broker.RenewLeases(WorkerId, held.Select(h => h.Task.Lease).ToArray(), everythingOfWorker: claimInFlight,
-                    givenUp: _givenUp.Keys.ToArray());
-                foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Id) && _held.ContainsKey(h.Task.Id)))
+                var expired = Environment.TickCount64 - (long)(_broker.Options.LeaseDuration.TotalMilliseconds * 2);
+                foreach (var lease in _givenUp.Where(g => g.Value < expired).Select(g => g.Key).ToArray())
                 {
-                    // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
-                    lost.LeaseLost = true;
-                    Log.LeaseLost(_logger, lost.Task.TaskId, lost.Task.TaskName);
+                    _givenUp.TryRemove(lease, out _); // its lease has long expired: rescued by now
+                }
+
+                // A broken connection is replaced and the renewal tried once more at once, not a tick later.
+                for (var attempt = 1; attempt <= 2 && !stop.IsCancellationRequested; attempt++)
+                {
                     try
                     {
-                        lost.Cancellation?.Cancel();
+                        connection ??= OpenRenewalConnection();
+                        var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
+                            everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray());
+                        foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.ContainsKey(h.Task.Lease)))
+                        {
+                            // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
+                            if (lost.MarkLost())
+                            {
+                                Log.LeaseLost(_logger, lost.Task.TaskId, lost.Task.TaskName);
+                            }
+                        }
+
+                        Interlocked.Increment(ref _renewalRounds);
+                        break;
                     }
-                    catch (ObjectDisposedException)
+                    catch (Exception ex)
                     {
-                        // the handler has just finished
+                        connection?.Dispose();
+                        connection = null;
+                        if (!stop.IsCancellationRequested && (attempt == 2 || !TransientErrors.IsConnectionFailure(ex)))
+                        {
+                            Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
+                            break;
+                        }
                     }
                 }
             }
-            catch (Exception ex)
-            {
-                // Never let an exception escape: on a thread of its own it would end the process.
-                if (!stop.IsCancellationRequested)
-                {
-                    Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
-                }
-            }
+        }
+        finally
+        {
+            connection?.Dispose();
+        }
+    }
+
+    private NpgsqlConnection OpenRenewalConnection()
+    {
+        var connection = PhysicalConnection.Create(_broker.DataSource, "lease renewal");
+        try
+        {
+            connection.Open();
+            return connection;
+        }
+        catch
+        {
+            connection.Dispose();
+            throw;
         }
     }
 
@@ -667,15 +889,37 @@ public sealed class TaskiqWorker : BackgroundService
         while (await TickAsync(timer, stop));
     }
 
-    private async Task<int> ReleasePrefetchedAsync()
+    private List<ClaimedTask> DrainPrefetched()
     {
         var pending = new List<ClaimedTask>();
         while (_prefetched.Reader.TryRead(out var task))
         {
-            pending.Add(task);
+            if (_held.ContainsKey(task.Lease))
+            {
+                pending.Add(task);
+            }
         }
 
+        return pending;
+    }
+
+    private async Task<int> ReleasePrefetchedAsync()
+    {
+        var pending = DrainPrefetched();
         await ReleaseAsync(pending);
+        return pending.Count;
+    }
+
+    /// <summary>With <see cref="AckMode.WhenReceived"/> at the hard stop: tasks that never started go back as new rows.</summary>
+    private async Task<int> RequeuePrefetchedAsync()
+    {
+        if (_options.AckMode != AckMode.WhenReceived)
+        {
+            return 0;
+        }
+
+        var pending = DrainPrefetched();
+        await RequeueAsync(pending);
         return pending.Count;
     }
 
@@ -686,19 +930,59 @@ public sealed class TaskiqWorker : BackgroundService
             return;
         }
 
-        try
+        MarkSettling(tasks);
+        await StopStepAsync(() => _broker.ReleaseAsync(WorkerId, tasks.Select(t => t.Lease).ToArray()), "release");
+        Forget(tasks);
+    }
+
+    private async Task RequeueAsync(IReadOnlyCollection<ClaimedTask> tasks)
+    {
+        if (tasks.Count == 0)
         {
-            await _broker.ReleaseAsync(WorkerId, tasks.Select(t => t.Lease).ToArray());
-        }
-        catch (Exception ex) when (IsTransient(ex))
-        {
-            Log.LoopFailed(_logger, ex, WorkerId, "release"); // the leases expire instead
+            return;
         }
 
+        for (var failures = 1; ; failures++)
+        {
+            try
+            {
+                await _broker.RequeueAsync(tasks, CancellationToken.None);
+                break;
+            }
+            catch (Exception ex) when (failures < StopStepAttempts && TransientErrors.IsTransient(ex))
+            {
+                await Task.Delay(Retry.Backoff(failures));
+            }
+            catch (Exception ex)
+            {
+                // Their rows were deleted at claim: this is the loss AckMode.WhenReceived documents for a failed stop.
+                Log.RequeueFailed(_logger, ex, WorkerId, tasks.Count);
+                break;
+            }
+        }
+
+        Forget(tasks);
+    }
+
+    private void MarkSettling(IEnumerable<ClaimedTask> tasks)
+    {
         foreach (var task in tasks)
         {
-            _held.TryRemove(task.Id, out _);
-            Interlocked.Decrement(ref _active);
+            if (_held.TryGetValue(task.Lease, out var held))
+            {
+                held.Settling = true;
+            }
+        }
+    }
+
+    private void Forget(IReadOnlyCollection<ClaimedTask> tasks)
+    {
+        foreach (var task in tasks)
+        {
+            if (_held.TryRemove(task.Lease, out _))
+            {
+                Interlocked.Decrement(ref _active);
+            }
         }
     }
 
@@ -711,29 +995,30 @@ public sealed class TaskiqWorker : BackgroundService
                 await action(cancellationToken);
                 return;
             }
-            catch (Exception ex) when (IsTransient(ex) && !cancellationToken.IsCancellationRequested)
-            {
-                Log.LoopFailed(_logger, ex, WorkerId, loop);
-                await Retry.DelayAsync(Retry.Backoff(failures), cancellationToken);
-            }
             catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
                 return;
             }
+            catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+            {
+                // Start-up keeps trying whatever the error (a schema not yet migrated, a grant not yet given): the
+                // health check reports a worker that has not started.
+                Log.LoopFailed(_logger, ex, WorkerId, loop);
+                await Retry.DelayAsync(Retry.Backoff(failures), cancellationToken);
+            }
         }
     }
 
+    /// <summary>An error result; the message and stack trace come from user code and are made storable here.</summary>
     internal static TaskResult ErrorResult(string type, string message, string? stackTrace, TimeSpan elapsed, Dictionary<string, string>? labels)
         => new()
         {
             IsError = true,
             ExecutionTime = elapsed.TotalSeconds,
             Labels = labels ?? [],
-            Error = new TaskError(type, message),
-            StackTrace = stackTrace,
+            Error = new TaskError(StoredText.Sanitize(type, StoredText.MaxErrorLength), StoredText.Sanitize(message, StoredText.MaxErrorLength)),
+            StackTrace = stackTrace is null ? null : StoredText.Sanitize(stackTrace, StoredText.MaxStackTraceLength),
         };
-
-    private static bool IsTransient(Exception ex) => TransientErrors.IsRetryable(ex);
 
     private static async Task<bool> TickAsync(PeriodicTimer timer, CancellationToken stop)
     {
@@ -747,27 +1032,117 @@ public sealed class TaskiqWorker : BackgroundService
         }
     }
 
+    /// <summary>One claim held by this worker: the handler's cancellation and whether the lease was lost.</summary>
     private sealed class Held(ClaimedTask task)
     {
+        private readonly Lock _gate = new();
+        private CancellationTokenSource? _cancellation;
+        private bool _leaseLost;
+
         public ClaimedTask Task { get; } = task;
 
-        public CancellationTokenSource? Cancellation { get; set; }
+        /// <summary>Its outcome is being written (or it is being handed back): the renewal no longer judges its lease.</summary>
+        public volatile bool Settling;
 
-        public volatile bool LeaseLost;
+        public bool LeaseLost
+        {
+            get
+            {
+                lock (_gate)
+                {
+                    return _leaseLost;
+                }
+            }
+        }
+
+        /// <summary>Publishes the run's cancellation before the lost flag is read, so a concurrent loss is never missed.</summary>
+        /// <returns>False when the lease is already lost: the task must not start.</returns>
+        public bool TryStart(CancellationTokenSource cancellation)
+        {
+            lock (_gate)
+            {
+                if (_leaseLost)
+                {
+                    return false;
+                }
+
+                _cancellation = cancellation;
+                return true;
+            }
+        }
+
+        public void Finish()
+        {
+            lock (_gate)
+            {
+                _cancellation = null;
+            }
+        }
+
+        /// <summary>Marks the lease lost and cancels a running handler.</summary>
+        /// <returns>True the first time.</returns>
+        public bool MarkLost()
+        {
+            CancellationTokenSource? running;
+            lock (_gate)
+            {
+                if (_leaseLost)
+                {
+                    return false;
+                }
+
+                _leaseLost = true;
+                running = _cancellation;
+            }
+
+            try
+            {
+                running?.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+                // the handler has just finished
+            }
+
+            return true;
+        }
     }
 
-    private sealed record Completion(ClaimedTask Task, TaskResult? Result, TaskError? Error, bool Retry, Exception? Exception)
+    private sealed record Completion(ClaimedTask Task, TaskResult? Result, TaskError? Error, bool Retry, Exception? Exception, int RefusedCount = 0)
     {
         public bool Succeeded => Error is null;
 
         /// <summary>No attempt follows this one.</summary>
         public bool IsFinal => Succeeded || !Retry || Task.Attempt >= Task.MaxAttempts;
 
+        /// <summary>The text kept in <c>last_error</c>.</summary>
+        public string FailureText => Error!.Type + ": " + Error.Message;
+
         public static Completion Success(ClaimedTask task, TaskResult result) => new(task, result, null, false, null);
 
         public static Completion Failure(ClaimedTask task, TaskMessage? message, string type, string reason, string? stackTrace,
             bool retry, TimeSpan elapsed = default, Exception? exception = null)
-            => new(task, ErrorResult(type, reason, stackTrace, elapsed, message?.Labels), new TaskError(type, reason), retry, exception);
+        {
+            var result = ErrorResult(type, reason, stackTrace, elapsed, message?.Labels);
+            return new(task, result, result.Error, retry, exception);
+        }
+
+        /// <summary>
+        /// What to write instead after PostgreSQL refused this outcome: first a dead letter with the database's reason
+        /// and an error result, then the dead letter alone; null when both were refused too.
+        /// </summary>
+        public Completion? Refused(Exception ex)
+        {
+            var reason = ex is PostgresException pg ? $"{pg.SqlState}: {pg.MessageText}" : $"{ex.GetType().Name}: {ex.Message}";
+            var failure = Failure(Task, null, "OutcomeRefused", $"PostgreSQL refused to store this task's outcome ({reason}).", null, retry: false)
+                with { RefusedCount = RefusedCount + 1 };
+            return RefusedCount switch
+            {
+                0 => failure,
+                1 => failure with { Result = null },
+                _ => null,
+            };
+        }
     }
 
     private sealed class EmptyServiceProvider : IServiceProvider

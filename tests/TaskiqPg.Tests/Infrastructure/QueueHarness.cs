@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace TaskiqPg.Tests;
@@ -17,6 +18,11 @@ public sealed class QueueHarness : IAsyncDisposable
     }
 
     public NpgsqlDataSource DataSource { get; }
+
+    /// <summary>Console logs of the harness's workers when TASKIQPG_TEST_LOG=1 (for debugging a test by hand).</summary>
+    public static ILoggerFactory? DebugLogs { get; } = Environment.GetEnvironmentVariable("TASKIQPG_TEST_LOG") == "1"
+        ? LoggerFactory.Create(b => b.AddSimpleConsole().SetMinimumLevel(LogLevel.Debug))
+        : null;
 
     public PostgresBroker Broker { get; }
 
@@ -48,7 +54,8 @@ public sealed class QueueHarness : IAsyncDisposable
     /// <summary>Starts a worker; by default it polls rarely, so prompt delivery proves the NOTIFY path.</summary>
     public async Task<TaskiqWorker> StartWorkerAsync(TaskiqWorkerOptions? options = null, PostgresBroker? broker = null)
     {
-        var worker = new TaskiqWorker(broker ?? Broker, Registry, Results, options ?? new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMinutes(1) });
+        var worker = new TaskiqWorker(broker ?? Broker, Registry, Results, options ?? new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMinutes(1) },
+            loggerFactory: DebugLogs);
         _workers.Add(worker);
         await worker.StartAsync(CancellationToken.None);
         await (broker ?? Broker).ListenerConnected.WaitAsync(TimeSpan.FromSeconds(10));

@@ -1,0 +1,138 @@
+using Npgsql;
+
+namespace TaskiqPg.Tests;
+
+/// <summary>One run per lease, one result per run (issue 10): lost leases, zombies, pool exhaustion, multiplexing.</summary>
+public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task A_prefetched_task_whose_lease_was_lost_does_not_start_and_its_new_claim_runs_once()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var runsOfY = 0;
+        await using var harness = await QueueHarness.CreateAsync(db, r => r
+            .Add("x", async () => { await gate.Task; return "x"; })
+            .Add("y", () => { Interlocked.Increment(ref runsOfY); return "y"; }));
+        var x = await harness.Client.KickAsync<string>("x", options: new KickOptions { Priority = 1 });
+        var y = await harness.Client.KickAsync<string>("y");
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions
+        {
+            MaxConcurrentTasks = 1, PrefetchCount = 2, PollInterval = TimeSpan.FromMilliseconds(50), LeaseRenewInterval = TimeSpan.FromMilliseconds(200),
+        });
+        await Eventually.TrueAsync(() => worker.ActiveTasks == 2, Bound, "x runs and y is prefetched");
+
+        // What a rescuer does once y's lease has lapsed (e.g. renewals stalled): y is due again, for another claim.
+        await using (var rescue = harness.DataSource.CreateCommand(
+            "UPDATE taskiq_messages SET status = 'pending', locked_by = NULL, locked_until = NULL WHERE task_id = $1"))
+        {
+            rescue.Parameters.Add(new NpgsqlParameter<string> { TypedValue = y.TaskId });
+            Assert.Equal(1, await rescue.ExecuteNonQueryAsync());
+        }
+
+        // The same worker claims y again (attempt 2) into its free slot, and a renewal round sees attempt 1 is no longer its.
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetTaskStateAsync(y.TaskId))?.Attempts == 2, Bound, "y is claimed again");
+        var rounds = worker.RenewalRounds;
+        await Eventually.TrueAsync(() => worker.RenewalRounds >= rounds + 2, Bound, "two renewal rounds pass");
+
+        gate.SetResult();
+        Assert.Equal("x", await x.WaitForResultAsync(Bound));
+        Assert.Equal("y", await y.WaitForResultAsync(Bound));
+        await Eventually.TrueAsync(() => worker.ActiveTasks == 0 && worker.UnreportedCompletions == 0, Bound, "the worker is idle");
+        Assert.Equal(1, runsOfY);
+    }
+
+    [Fact]
+    public async Task A_zombie_whose_lease_was_rescued_never_overwrites_the_result_of_the_rerun()
+    {
+        var zombieGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var zombieStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("once", async (TaskContext context) =>
+        {
+            if (context.Attempt == 1)
+            {
+                zombieStarted.TrySetResult();
+                await zombieGate.Task; // ignores its cancellation, as a hung handler would
+                return "zombie";
+            }
+
+            return "rerun";
+        }), broker: new PostgresBrokerOptions { LeaseDuration = TimeSpan.FromSeconds(1) });
+        // The zombie never renews in time (a stalled renewal thread) and never rescues.
+        var zombie = await harness.StartWorkerAsync(new TaskiqWorkerOptions
+        {
+            LeaseRenewInterval = TimeSpan.FromMinutes(10), RescueInterval = TimeSpan.FromMinutes(10), PollInterval = TimeSpan.FromMilliseconds(50),
+        });
+        var handle = await harness.Client.KickAsync<string>("once");
+        await zombieStarted.Task.WaitAsync(Bound);
+        await Eventually.TrueAsync(async () => (await harness.Broker.RescueExpiredLeasesAsync()).Count == 1, Bound, "the lapsed lease is rescued");
+
+        var healthy = await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
+        Assert.Equal("rerun", await handle.WaitForResultAsync(Bound));
+
+        zombieGate.SetResult();
+        await Eventually.TrueAsync(() => zombie.ActiveTasks == 0 && zombie.UnreportedCompletions == 0, Bound, "the zombie reported its outcome");
+        Assert.Equal("rerun", (await harness.Results.GetResultAsync(handle.TaskId)).GetReturnValue<string>());
+        Assert.Equal("rerun", await handle.WaitForResultAsync(Bound));
+        Assert.Equal(0, healthy.ActiveTasks);
+    }
+
+    [Fact]
+    public async Task Leases_are_renewed_while_handlers_hold_every_pooled_connection_for_three_leases()
+    {
+        var lease = TimeSpan.FromSeconds(1);
+        var pool = db.CreateDataSource(maxPoolSize: 4);
+        var runs = new System.Collections.Concurrent.ConcurrentDictionary<int, int>();
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("hog", async (int i, CancellationToken ct) =>
+        {
+            runs.AddOrUpdate(i, 1, (_, n) => n + 1);
+            await using var connection = await pool.OpenConnectionAsync(ct);
+            await using var sleep = new NpgsqlCommand("SELECT pg_sleep(3.5)", connection); // 3.5 leases
+            await sleep.ExecuteNonQueryAsync(ct);
+            return i;
+        }), broker: new PostgresBrokerOptions { LeaseDuration = lease }, dataSource: pool);
+        // A second worker on a pool of its own rescues any lapsed lease and would run that task again.
+        var otherBroker = new PostgresBroker(db.CreateDataSource(), harness.Broker.Options);
+        await using var _ = otherBroker;
+        var messages = Enumerable.Range(0, 4).Select(i => TaskMessage.Create("hog", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+        var hogging = await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 4, PrefetchCount = 0 });
+        await Eventually.TrueAsync(() => hogging.ActiveTasks == 4, Bound, "the first worker runs all four");
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 4, PollInterval = TimeSpan.FromMilliseconds(50) }, otherBroker);
+
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.Equal(i, (await harness.Results.WaitForResultAsync(messages[i].TaskId, Bound)).GetReturnValue<int>());
+        }
+
+        Assert.Equal(4, runs.Count);
+        Assert.All(runs, kv => Assert.Equal(1, kv.Value));
+    }
+
+    [Fact]
+    public async Task A_multiplexing_data_source_still_renews_leases()
+    {
+        var builder = new NpgsqlConnectionStringBuilder(db.ConnectionString) { Multiplexing = true };
+        await using var multiplexing = NpgsqlDataSource.Create(builder.ConnectionString);
+        var runs = 0;
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("long", async (CancellationToken ct) =>
+        {
+            Interlocked.Increment(ref runs);
+            await Task.Delay(TimeSpan.FromSeconds(2.5), ct); // > 3 renewal intervals and > 2 leases
+            return "done";
+        }), broker: new PostgresBrokerOptions { LeaseDuration = TimeSpan.FromSeconds(1) }, dataSource: multiplexing);
+        var otherBroker = new PostgresBroker(db.CreateDataSource(), harness.Broker.Options);
+        await using var _ = otherBroker;
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
+        var handle = await harness.Client.KickAsync<string>("long");
+        await Eventually.TrueAsync(() => worker.ActiveTasks == 1, Bound, "the multiplexing worker runs the task");
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) }, otherBroker);
+
+        Assert.Equal("done", await handle.WaitForResultAsync(Bound));
+        // Settled: a lapsed lease would have been rescued and the task run again before its row went away.
+        await Eventually.TrueAsync(async () => await harness.Broker.GetTaskStateAsync(handle.TaskId) is null, Bound, "the task is settled");
+        Assert.Equal(1, runs);
+        Assert.True(worker.RenewalRounds > 0);
+    }
+}

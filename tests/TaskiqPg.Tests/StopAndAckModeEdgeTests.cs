@@ -1,0 +1,138 @@
+using Npgsql;
+
+namespace TaskiqPg.Tests;
+
+/// <summary>Documented modes do what they say and every stop ends cleanly (issue 10).</summary>
+public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task WhenReceived_task_running_longer_than_three_renewal_intervals_is_not_cancelled()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("slow", async (CancellationToken ct) =>
+        {
+            await Task.Delay(TimeSpan.FromSeconds(1), ct);
+            return "finished";
+        }));
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived, LeaseRenewInterval = TimeSpan.FromMilliseconds(200) });
+        var handle = await harness.Client.KickAsync<string>("slow");
+
+        Assert.Equal("finished", await handle.WaitForResultAsync(Bound));
+        Assert.Equal(0, worker.ActiveTasks);
+    }
+
+    [Fact]
+    public async Task WhenReceived_stop_runs_the_prefetched_tasks_instead_of_losing_them()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("gated", async (int i) => { await gate.Task; return i; }));
+        var messages = Enumerable.Range(0, 4).Select(i => TaskMessage.Create("gated", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived, MaxConcurrentTasks = 1, PrefetchCount = 3 });
+        await Eventually.TrueAsync(() => worker.ActiveTasks == 4, Bound, "one runs, three are prefetched");
+        Assert.Equal(0L, (await harness.Broker.GetQueueCountsAsync()).Values.Sum()); // their rows are gone
+
+        var stopping = harness.StopWorkerAsync(worker);
+        gate.SetResult();
+        await stopping.WaitAsync(Bound);
+
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.Equal(i, (await harness.Results.GetResultAsync(messages[i].TaskId)).GetReturnValue<int>());
+        }
+    }
+
+    [Fact]
+    public async Task WhenReceived_hard_stop_hands_unstarted_tasks_back_to_the_queue()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var runs = 0;
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("stuck", async (int i) =>
+        {
+            Interlocked.Increment(ref runs);
+            await gate.Task; // ignores cancellation: still running at the shutdown timeout
+            return i;
+        }));
+        var messages = Enumerable.Range(0, 4).Select(i => TaskMessage.Create("stuck", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions
+        {
+            AckMode = AckMode.WhenReceived, MaxConcurrentTasks = 1, PrefetchCount = 3, ShutdownTimeout = TimeSpan.FromMilliseconds(300),
+        });
+        await Eventually.TrueAsync(() => worker.ActiveTasks == 4, Bound, "one runs, three are prefetched");
+
+        var stopping = harness.StopWorkerAsync(worker);
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Pending] == 3, Bound,
+            "the three unstarted tasks are back in the queue");
+        gate.SetResult();
+        await stopping.WaitAsync(Bound);
+        Assert.Equal(1, runs);
+        foreach (var message in messages)
+        {
+            if (await harness.Broker.GetTaskStateAsync(message.TaskId) is { } state)
+            {
+                Assert.Equal((TaskStatuses.Pending, 0), (state.Status, state.Attempts)); // no attempt spent on a task that never ran
+            }
+        }
+
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived });
+        await Eventually.TrueAsync(() => Volatile.Read(ref runs) == 4, Bound, "another worker runs the handed-back tasks");
+    }
+
+    [Theory]
+    [InlineData(AckMode.WhenReceived)]
+    [InlineData(AckMode.WhenExecuted)]
+    [InlineData(AckMode.WhenSaved)]
+    public async Task Stopping_workers_at_random_moments_under_load_loses_nothing_and_leaves_nothing_leased(AckMode mode)
+    {
+        var runs = new System.Collections.Concurrent.ConcurrentDictionary<int, int>();
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("work", async (int i, CancellationToken ct) =>
+        {
+            runs.AddOrUpdate(i, 1, (_, n) => n + 1);
+            await Task.Delay(Random.Shared.Next(0, 3), ct);
+            return i;
+        }));
+        var messages = Enumerable.Range(0, 2000).Select(i => TaskMessage.Create("work", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+
+        var options = new TaskiqWorkerOptions
+        {
+            AckMode = mode, MaxConcurrentTasks = 8, PrefetchCount = 16, PollInterval = TimeSpan.FromMilliseconds(20),
+            LeaseRenewInterval = TimeSpan.FromMilliseconds(10), ShutdownTimeout = TimeSpan.FromSeconds(5),
+        };
+        for (var round = 0; round < 12; round++)
+        {
+            var worker = await harness.StartWorkerAsync(options);
+            await Task.Delay(Random.Shared.Next(0, 120)); // a random moment, not a synchronisation
+            await harness.StopWorkerAsync(worker).WaitAsync(Bound);
+            Assert.Equal(0L, await harness.ScalarAsync<long>(
+                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'processing'", harness.Broker.Options.Queue));
+        }
+
+        await harness.StartWorkerAsync(options with { PollInterval = TimeSpan.FromMilliseconds(50) });
+        foreach (var message in messages)
+        {
+            await harness.Results.WaitForResultAsync(message.TaskId, Bound);
+        }
+
+        Assert.Equal(2000, runs.Count);
+        Assert.Equal(0L, await harness.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue));
+    }
+
+    [Fact]
+    public async Task A_claim_cancelled_by_the_stop_leaves_no_row_leased_to_the_stopped_worker()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("noop", () => 1));
+        // A claim that commits while the worker stops: row leased to a worker id that no longer claims anything.
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 50).Select(_ => TaskMessage.Create("noop")).ToArray());
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { WorkerId = "stopped-worker", MaxConcurrentTasks = 1, PrefetchCount = 0 });
+        await harness.Broker.ClaimAsync("stopped-worker", 10); // as if the stop had cancelled this claim after its commit
+        await harness.StopWorkerAsync(worker);
+
+        Assert.Equal(0L, await harness.ScalarAsync<long>(
+            "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND locked_by = 'stopped-worker'", harness.Broker.Options.Queue));
+        Assert.Equal(0L, await harness.ScalarAsync<long>(
+            "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'pending' AND attempts > 0", harness.Broker.Options.Queue));
+    }
+}
