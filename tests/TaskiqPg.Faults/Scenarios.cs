@@ -26,8 +26,8 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         "graceful" => GracefulAsync(),
         "scheduler" => SchedulerAsync(),
         "soak" => SoakAsync(),
-        "poison-completion" => PoisonCompletionAsync(),
-        "renewal-stall" => RenewalStallAsync(),
+        "poison_completion" => PoisonCompletionAsync(),
+        "renewal_stall" => RenewalStallAsync(),
         _ => throw new ArgumentException($"Unknown scenario {name}", nameof(name)),
     };
 
@@ -81,8 +81,17 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             WHERE EXISTS (SELECT 1 FROM fault_ledger l WHERE l.task_id = d.task_id AND l.worker = ANY($2))
             """, queue, killed.ToArray());
         var duplicateTasks = await DuplicateTasksAsync(queue);
+        var unexplained = explained == duplicateTasks ? "" : await rig.ScalarAsync<string>(
+            """
+            SELECT coalesce(string_agg(runs, '; '), '') FROM (
+                SELECT string_agg(l.worker || ':' || l.attempt || '@' || to_char(l.at, 'HH24:MI:SS.MS'), ', ' ORDER BY l.at) AS runs
+                FROM fault_ledger l JOIN fault_kicked k USING (task_id) WHERE k.scenario = $1
+                GROUP BY l.task_id HAVING count(*) > 1 AND NOT bool_or(l.worker = ANY($2)) LIMIT 5) d
+            """, queue, killed.ToArray());
+        var lines = explained == duplicateTasks ? "" : "; live workers' warnings: " + string.Join(" | ", workers.Select(w => w.Name + ": " + w.Errors));
         return r.Result(queue, r.Lost == 0 && explained == duplicateTasks,
-            $"{killed.Count} SIGKILLs; {duplicateTasks} task(s) ran twice, {explained} of them explained by a killed worker (ran, killed before its ack)");
+            $"{killed.Count} SIGKILLs; {duplicateTasks} task(s) ran twice, {explained} of them explained by a killed worker (ran, killed before its ack)"
+            + (unexplained.Length > 0 ? $"; unexplained (worker:attempt@time): {unexplained}{lines}" : ""));
     }
 
     // 2. PostgreSQL stopped and started three times mid-run (fast, immediate, fast). Workers reconnect pool and listener;

@@ -48,9 +48,10 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
     {
         var zombieGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var zombieStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("once", async (TaskContext context) =>
+        var runs = 0;
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("once", async () =>
         {
-            if (context.Attempt == 1)
+            if (Interlocked.Increment(ref runs) == 1)
             {
                 zombieStarted.TrySetResult();
                 await zombieGate.Task; // ignores its cancellation, as a hung handler would
@@ -76,6 +77,74 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
         Assert.Equal("rerun", (await harness.Results.GetResultAsync(handle.TaskId)).GetReturnValue<string>());
         Assert.Equal("rerun", await handle.WaitForResultAsync(Bound));
         Assert.Equal(0, healthy.ActiveTasks);
+    }
+
+    [Fact]
+    public async Task A_dead_workers_prefetched_tasks_get_their_attempts_back_and_its_started_task_does_not()
+    {
+        var target = new NpgsqlConnectionStringBuilder(db.ConnectionString);
+        await using var proxy = new TcpProxy(target.Host!, target.Port);
+        await using var proxied = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString) { Port = proxy.Port, Timeout = 2 }.ConnectionString);
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var harness = await QueueHarness.CreateAsync(db, r => r
+            .Add("x", async () => { started.TrySetResult(); await gate.Task; return "x"; })
+            .Add("y", () => "y"), broker: new PostgresBrokerOptions { LeaseDuration = TimeSpan.FromSeconds(1) });
+        await using var doomedBroker = new PostgresBroker(proxied, harness.Broker.Options);
+        var x = TaskMessage.Create("x");
+        var ys = Enumerable.Range(0, 3).Select(_ => TaskMessage.Create("y")).ToArray();
+        await harness.Broker.KickAsync(x, new KickOptions { Priority = 1 });
+        await harness.Broker.KickManyAsync(ys);
+        var doomed = await harness.StartWorkerAsync(new TaskiqWorkerOptions
+        {
+            MaxConcurrentTasks = 1, PrefetchCount = 3, LeaseRenewInterval = TimeSpan.FromMilliseconds(100), RescueInterval = TimeSpan.FromMinutes(10),
+        }, doomedBroker);
+        await started.Task.WaitAsync(Bound);
+        await Eventually.TrueAsync(() => doomed.ActiveTasks == 4, Bound, "x runs and the three y are prefetched");
+        var rounds = doomed.RenewalRounds;
+        await Eventually.TrueAsync(() => doomed.RenewalRounds >= rounds + 2, Bound, "renewals have recorded that x started");
+
+        proxy.Cut(); // the worker is gone for the database, as after a kill -9
+        var rescued = 0;
+        await Eventually.TrueAsync(async () => (rescued += (await harness.Broker.RescueExpiredLeasesAsync()).Count) == 4, Bound, "all four leases are rescued");
+
+        var xState = await harness.Broker.GetTaskStateAsync(x.TaskId);
+        Assert.Equal((TaskStatuses.Pending, 1), (xState!.Status, xState.Attempts)); // it ran: its attempt counts
+        foreach (var y in ys)
+        {
+            var state = await harness.Broker.GetTaskStateAsync(y.TaskId);
+            Assert.Equal((TaskStatuses.Pending, 0), (state!.Status, state.Attempts)); // never started: attempt given back
+            Assert.Contains("attempt not counted", state.LastError);
+        }
+
+        gate.SetResult();
+        proxy.Restore();
+    }
+
+    [Fact]
+    public async Task A_task_whose_worker_dies_before_it_is_seen_to_start_still_ends()
+    {
+        // Poison that kills its worker at once never gets its start recorded: the attempt is given back a bounded
+        // number of times, then attempts count and the task is dead-lettered.
+        await using var harness = await QueueHarness.CreateAsync(db, broker: new PostgresBrokerOptions { LeaseDuration = TimeSpan.FromMilliseconds(200) });
+        var message = TaskMessage.Create("kills_its_worker");
+        await harness.Broker.KickAsync(message, new KickOptions { MaxAttempts = 2 });
+        var rescues = 0;
+        for (var claim = 1; claim <= 10; claim++)
+        {
+            if (await harness.Broker.GetTaskStateAsync(message.TaskId) is { Status: TaskStatuses.Dead })
+            {
+                break;
+            }
+
+            Assert.Single(await harness.Broker.ClaimAsync("dies-" + claim, 1)); // claimed, then the worker "dies"
+            await Eventually.TrueAsync(async () => (await harness.Broker.RescueExpiredLeasesAsync()).Count == 1, Bound, "the lease is rescued");
+            rescues++;
+        }
+
+        var state = await harness.Broker.GetTaskStateAsync(message.TaskId);
+        Assert.Equal(TaskStatuses.Dead, state!.Status);
+        Assert.Equal(PostgresBroker.MinUnstartedRefunds + 2, rescues); // 3 given back, then 2 counted attempts
     }
 
     [Fact]

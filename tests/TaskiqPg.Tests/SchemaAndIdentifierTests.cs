@@ -69,7 +69,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             rows.Add((reader.GetString(0), reader.GetInt32(1)));
         }
 
-        Assert.Equal([("taskiq_messages", 3), ("taskiq_results", 1)], rows);
+        Assert.Equal([("taskiq_messages", 4), ("taskiq_results", 1)], rows);
         await using var indexes = dataSource.CreateCommand(
             "SELECT string_agg(indexdef, ' | ') FROM pg_indexes WHERE schemaname = $1 AND tablename = 'taskiq_messages' AND indexdef LIKE '%(task_id)%'");
         indexes.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = schema });
@@ -111,19 +111,19 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             await migrate.MigrateAsync();
         }
 
-        // A newer deploy applied a step 4 that older code cannot run against.
+        // A newer deploy applied a step 5 that older code cannot run against.
         await using var dataSource = db.CreateDataSource();
         await using (var bump = dataSource.CreateCommand(
-            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 4, min_code_version = 4 WHERE object_name = 'taskiq_messages'"))
+            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 5, min_code_version = 5 WHERE object_name = 'taskiq_messages'"))
         {
             Assert.Equal(1, await bump.ExecuteNonQueryAsync());
         }
 
         await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema, RunMigrations = runMigrations });
         var error = await Assert.ThrowsAsync<SchemaVersionException>(() => broker.StartAsync());
-        Assert.Equal((4, 3, 4), (error.DatabaseVersion, error.CodeVersion, error.MinimumCodeVersion));
+        Assert.Equal((5, 4, 5), (error.DatabaseVersion, error.CodeVersion, error.MinimumCodeVersion));
+        Assert.Contains("version 5", error.Message);
         Assert.Contains("version 4", error.Message);
-        Assert.Contains("version 3", error.Message);
     }
 
     [Fact]
@@ -137,7 +137,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
 
         await using var dataSource = db.CreateDataSource();
         await using (var bump = dataSource.CreateCommand(
-            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 5, min_code_version = 2 WHERE object_name = 'taskiq_messages'"))
+            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 6, min_code_version = 2 WHERE object_name = 'taskiq_messages'"))
         {
             await bump.ExecuteNonQueryAsync();
         }

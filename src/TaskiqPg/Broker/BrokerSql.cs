@@ -49,6 +49,17 @@ internal sealed class BrokerSql
             // kicks and claims on a large live table.
             new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {deadIndex} ON {t} (queue, id) WHERE status = 'dead'",
                 ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "dead")),
+
+            // 4: a lease is identified by the claim number (never decremented), no longer by the attempt, so a rescue can
+            // give back the attempt of a claim that never started without two claims sharing one identity. `started`
+            // is set by the renewals of a started claim; `unstarted_rescues` bounds how often an attempt is given back.
+            // Constant defaults: no table rewrite.
+            $"""
+             ALTER TABLE {t}
+                 ADD COLUMN IF NOT EXISTS claims integer NOT NULL DEFAULT 0,
+                 ADD COLUMN IF NOT EXISTS started boolean NOT NULL DEFAULT false,
+                 ADD COLUMN IF NOT EXISTS unstarted_rescues integer NOT NULL DEFAULT 0;
+             """,
         ];
 
         // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
@@ -73,22 +84,23 @@ internal sealed class BrokerSql
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE {t} AS m
-             SET status = 'processing', attempts = m.attempts + 1, locked_by = $3, locked_until = now() + $4
+             SET status = 'processing', attempts = m.attempts + 1, claims = m.claims + 1, started = false,
+                 locked_by = $3, locked_until = now() + $4
              FROM next
              WHERE m.id = next.id
-             RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at, now()
+             RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at, now(), m.claims
              """;
 
-        // $1 ids, $2 attempts, $3 worker
+        // $1 ids, $2 claim numbers, $3 worker
         Ack =
             $"""
              DELETE FROM {t} AS m
-             USING unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
-             WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
-             RETURNING m.id, m.attempts
+             USING unnest($1::bigint[], $2::integer[]) AS a(id, claim)
+             WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
+             RETURNING m.id, m.claims
              """;
 
-        // $1 ids, $2 attempts, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds
+        // $1 ids, $2 claim numbers, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds
         Fail =
             $"""
              UPDATE {t} AS m
@@ -97,9 +109,9 @@ internal sealed class BrokerSql
                                THEN now() + make_interval(secs => least($6 * power(2, m.attempts - 1), $7) * (0.5 + random() * 0.5))
                                ELSE m.run_at END,
                  last_error = f.error, locked_by = NULL, locked_until = NULL
-             FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::boolean[]) AS f(id, attempt, error, retry)
-             WHERE m.id = f.id AND m.attempts = f.attempt AND m.locked_by = $5 AND m.status = 'processing'
-             RETURNING m.id, m.status, m.attempts
+             FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::boolean[]) AS f(id, claim, error, retry)
+             WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $5 AND m.status = 'processing'
+             RETURNING m.id, m.status, m.claims
              """;
 
         // $1 queue, $2 channel; arrays $3 task ids, $4 task names, $5 messages, $6 labels, $7 priorities, $8 max attempts,
@@ -116,23 +128,23 @@ internal sealed class BrokerSql
              SELECT count(*), pg_notify($2, $1) FROM ins
              """;
 
-        // $1 ids, $2 attempts, $3 worker: back to pending without using up an attempt
+        // $1 ids, $2 claim numbers, $3 worker: back to pending without using up an attempt
         Release =
             $"""
              UPDATE {t} AS m
              SET status = 'pending', attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
-             FROM unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
-             WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
+             FROM unnest($1::bigint[], $2::integer[]) AS a(id, claim)
+             WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
              RETURNING m.id
              """;
 
-        // $1 worker, $2 lease, $3 queue, $4 ids and $5 attempts of the claims the worker gave up (left to their leases)
+        // $1 worker, $2 lease, $3 queue, $4 ids and $5 claim numbers of the claims the worker gave up (left to their leases)
         RenewAllOfWorker =
             $"""
              UPDATE {t} AS m SET locked_until = now() + $2
              WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3
-               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[], $5::integer[]) AS g(id, attempt) WHERE g.id = m.id AND g.attempt = m.attempts)
-             RETURNING m.id, m.attempts
+               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[], $5::integer[]) AS g(id, claim) WHERE g.id = m.id AND g.claim = m.claims)
+             RETURNING m.id, m.claims
              """;
 
         // $1 worker, $2 ids the worker holds, $3 queue
@@ -144,32 +156,36 @@ internal sealed class BrokerSql
              RETURNING m.id
              """;
 
-        // $1 ids, $2 attempts, $3 worker, $4 lease
+        // $1 ids, $2 claim numbers, $3 worker, $4 lease, $5 whether each claim has started (recorded for the rescue)
         Renew =
             $"""
              UPDATE {t} AS m
-             SET locked_until = now() + $4
-             FROM unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
-             WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $3 AND m.status = 'processing'
-             RETURNING m.id, m.attempts
+             SET locked_until = now() + $4, started = m.started OR a.started
+             FROM unnest($1::bigint[], $2::integer[], $5::boolean[]) AS a(id, claim, started)
+             WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
+             RETURNING m.id, m.claims
              """;
 
-        // $1 batch size
+        // $1 batch size, $2 how many times at least a claim that was never seen to start gets its attempt back (a task
+        // whose worker dies before its first renewal, every time, still ends: then its attempts count).
         Rescue =
             $"""
              WITH expired AS (
-                 SELECT id FROM {t}
+                 SELECT id, NOT started AND unstarted_rescues < greatest(max_attempts, $2) AS refund FROM {t}
                  WHERE status = 'processing' AND locked_until < now()
                  ORDER BY locked_until
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE {t} AS m
-             SET status = CASE WHEN m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
-                 last_error = 'lease expired: worker ' || coalesce(m.locked_by, '?') || ' stopped renewing attempt ' || m.attempts,
+             SET status = CASE WHEN e.refund OR m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
+                 attempts = m.attempts - CASE WHEN e.refund THEN 1 ELSE 0 END,
+                 unstarted_rescues = m.unstarted_rescues + CASE WHEN e.refund THEN 1 ELSE 0 END,
+                 last_error = 'lease expired: worker ' || coalesce(m.locked_by, '?') || ' stopped renewing attempt ' || m.attempts
+                              || CASE WHEN e.refund THEN ' before it was seen to start (attempt not counted)' ELSE '' END,
                  locked_by = NULL, locked_until = NULL, run_at = now()
-             FROM expired
-             WHERE m.id = expired.id
+             FROM expired AS e
+             WHERE m.id = e.id
              RETURNING m.task_id, m.task_name, m.status
              """;
 

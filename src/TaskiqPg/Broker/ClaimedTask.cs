@@ -33,6 +33,9 @@ public sealed record ClaimedTask
     /// <summary>When it was claimed (database clock).</summary>
     public required DateTimeOffset ClaimedAt { get; init; }
 
+    /// <summary>This claim's number: 1 for the row's first claim, one more for each claim after it (released, rescued or retried).</summary>
+    public required int Claim { get; init; }
+
     /// <summary>The lease identity used to renew, ack, fail or release this claim.</summary>
-    public LeaseRef Lease => new(Id, Attempt);
+    public LeaseRef Lease => new(Id, Claim);
 }

@@ -1,4 +1,7 @@
 namespace TaskiqPg;
 
-/// <summary>Identifies one claim of a task: the row and the attempt number. A later claim of the same row has another attempt.</summary>
-public readonly record struct LeaseRef(long Id, int Attempt);
+/// <summary>
+/// Identifies one claim of a task: the row and the claim number. Every claim of a row gets a new number (a rescue that
+/// gives an unstarted claim's attempt back does not give its number back), so a lost claim can never act for a later one.
+/// </summary>
+public readonly record struct LeaseRef(long Id, int Claim);

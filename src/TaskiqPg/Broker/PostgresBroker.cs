@@ -164,6 +164,7 @@ public sealed class PostgresBroker : IAsyncDisposable
                     RunAt = reader.GetFieldValue<DateTimeOffset>(7),
                     CreatedAt = reader.GetFieldValue<DateTimeOffset>(8),
                     ClaimedAt = reader.GetFieldValue<DateTimeOffset>(9),
+                    Claim = reader.GetInt32(10),
                 });
             }
         }
@@ -208,7 +209,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// worker has registered them (under thread-pool starvation that gap can outlast a lease).
     /// </remarks>
     internal IReadOnlySet<LeaseRef> RenewLeases(NpgsqlConnection connection, string workerId, IReadOnlyCollection<LeaseRef> leases,
-        bool everythingOfWorker = false, IReadOnlyCollection<LeaseRef>? givenUp = null)
+        IReadOnlyCollection<bool> started, bool everythingOfWorker = false, IReadOnlyCollection<LeaseRef>? givenUp = null)
     {
         if (leases.Count == 0 && !everythingOfWorker)
         {
@@ -223,12 +224,12 @@ public sealed class PostgresBroker : IAsyncDisposable
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
             command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = givenUp?.Select(g => g.Id).ToArray() ?? [] });
-            command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = givenUp?.Select(g => g.Attempt).ToArray() ?? [] });
+            command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = givenUp?.Select(g => g.Claim).ToArray() ?? [] });
             batch.BatchCommands.Add(command);
         }
         else
         {
-            batch.BatchCommands.Add(CreateLeaseCommand(_sql.Renew, workerId, leases, withLease: true));
+            batch.BatchCommands.Add(CreateLeaseCommand(_sql.Renew, workerId, leases, withLease: true, started));
         }
 
         using var reader = batch.ExecuteReader();
@@ -339,7 +340,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     {
         var command = new NpgsqlBatchCommand(_sql.Fail);
         command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = failures.Select(f => f.Lease.Id).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = failures.Select(f => f.Lease.Attempt).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = failures.Select(f => f.Lease.Claim).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = failures.Select(f => f.Error).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<bool[]> { TypedValue = failures.Select(f => f.Retry).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
@@ -360,14 +361,22 @@ public sealed class PostgresBroker : IAsyncDisposable
     }
 
     /// <summary>
+    /// How many times at least a rescue gives back the attempt of a claim that was never seen to start (a prefetched
+    /// task of a worker that died); <c>max_attempts</c> when that is larger. Past it the attempts count, so a task that
+    /// kills its worker before the first renewal still ends dead-lettered.
+    /// </summary>
+    internal const int MinUnstartedRefunds = 3;
+
+    /// <summary>
     /// Returns tasks whose lease expired (their worker died or hung) to pending, or dead-letters them when their
-    /// attempts are used up. Any worker may call this; rows are locked with SKIP LOCKED so callers never collide.
+    /// attempts are used up. A claim that was never seen to start (no renewal recorded its start) gets its attempt back. Any worker may call this; rows are locked with SKIP LOCKED so callers never collide.
     /// </summary>
     public async Task<IReadOnlyList<RescuedTask>> RescueExpiredLeasesAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.Rescue);
         command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
+        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MinUnstartedRefunds });
         var rescued = new List<RescuedTask>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
@@ -699,15 +708,17 @@ public sealed class PostgresBroker : IAsyncDisposable
         return refs;
     }
 
-    private NpgsqlBatchCommand CreateLeaseCommand(string sql, string workerId, IReadOnlyCollection<LeaseRef> leases, bool withLease)
+    private NpgsqlBatchCommand CreateLeaseCommand(string sql, string workerId, IReadOnlyCollection<LeaseRef> leases, bool withLease,
+        IEnumerable<bool>? started = null)
     {
         var command = new NpgsqlBatchCommand(sql);
         command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = leases.Select(l => l.Id).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = leases.Select(l => l.Attempt).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = leases.Select(l => l.Claim).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
         if (withLease)
         {
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
+            command.Parameters.Add(new NpgsqlParameter<bool[]> { TypedValue = started?.ToArray() ?? new bool[leases.Count] });
         }
 
         return command;

@@ -25,7 +25,10 @@ internal static class SchemaMigrator
     {
         var quotedSchema = PgIdentifier.Quote(schema, "Schema");
         var versions = VersionsTable(schema);
-        await using var connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        // A session of its own: the advisory lock is session state, which a multiplexing data source would spread over
+        // several physical connections (the unlock then misses the lock and every later migration waits forever).
+        await using var connection = Internal.PhysicalConnection.Create(dataSource, "migrations");
+        await connection.OpenAsync(cancellationToken);
         await LockAsync(connection, cancellationToken);
         try
         {

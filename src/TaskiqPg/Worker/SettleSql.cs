@@ -15,16 +15,16 @@ internal sealed class SettleSql
         var t = PgIdentifier.QualifiedName(broker.Schema, nameof(broker.Schema), broker.MessagesTable, nameof(broker.MessagesTable));
         var r = PgIdentifier.QualifiedName(results.Schema, nameof(results.Schema), results.ResultsTable, nameof(results.ResultsTable));
 
-        // $1/$2 ack ids and attempts; $3..$6 fail ids, attempts, errors, retry flags; $7 worker; $8 base and $9 max retry
-        // delay (seconds); $10..$14 results: row ids, attempts, task ids, result JSON, stack traces; $15 result ttl;
-        // $16 channel. Rows: (0, id, attempt, null) acked, (1, id, attempt, new status) failed, (2, notifications, 0, null).
+        // $1/$2 ack ids and claim numbers; $3..$6 fail ids, claim numbers, errors, retry flags; $7 worker; $8 base and $9 max retry
+        // delay (seconds); $10..$14 results: row ids, claim numbers, task ids, result JSON, stack traces; $15 result ttl;
+        // $16 channel. Rows: (0, id, claim, null) acked, (1, id, claim, new status) failed, (2, notifications, 0, null).
         Settle =
             $"""
              WITH acked AS (
                  DELETE FROM {t} AS m
-                 USING unnest($1::bigint[], $2::integer[]) AS a(id, attempt)
-                 WHERE m.id = a.id AND m.attempts = a.attempt AND m.locked_by = $7 AND m.status = 'processing'
-                 RETURNING m.id, m.attempts
+                 USING unnest($1::bigint[], $2::integer[]) AS a(id, claim)
+                 WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $7 AND m.status = 'processing'
+                 RETURNING m.id, m.claims
              ), failed AS (
                  UPDATE {t} AS m
                  SET status = CASE WHEN f.retry AND m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
@@ -32,22 +32,22 @@ internal sealed class SettleSql
                                    THEN now() + make_interval(secs => least($8 * power(2, m.attempts - 1), $9) * (0.5 + random() * 0.5))
                                    ELSE m.run_at END,
                      last_error = f.error, locked_by = NULL, locked_until = NULL
-                 FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::boolean[]) AS f(id, attempt, error, retry)
-                 WHERE m.id = f.id AND m.attempts = f.attempt AND m.locked_by = $7 AND m.status = 'processing'
-                 RETURNING m.id, m.attempts, m.status
+                 FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::boolean[]) AS f(id, claim, error, retry)
+                 WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $7 AND m.status = 'processing'
+                 RETURNING m.id, m.claims, m.status
              ), stored AS (
                  INSERT INTO {r} AS r (task_id, result, stack_trace, created_at, expires_at)
                  SELECT s.task_id, s.result, s.stack_trace, now(), now() + $15
-                 FROM unnest($10::bigint[], $11::integer[], $12::text[], $13::text[], $14::text[]) AS s(row_id, attempt, task_id, result, stack_trace)
-                 WHERE (s.row_id, s.attempt) IN (SELECT id, attempts FROM acked UNION ALL SELECT id, attempts FROM failed)
+                 FROM unnest($10::bigint[], $11::integer[], $12::text[], $13::text[], $14::text[]) AS s(row_id, claim, task_id, result, stack_trace)
+                 WHERE (s.row_id, s.claim) IN (SELECT id, claims FROM acked UNION ALL SELECT id, claims FROM failed)
                  ON CONFLICT (task_id) DO UPDATE
                      SET result = EXCLUDED.result, stack_trace = EXCLUDED.stack_trace, expires_at = EXCLUDED.expires_at
                  RETURNING r.task_id
              ), chunked AS (
                  SELECT task_id, sum(octet_length(task_id) + 1) OVER (ORDER BY task_id) / {NotifyChunkBytes} AS chunk FROM stored
              )
-             SELECT 0, id, attempts, NULL::text FROM acked
-             UNION ALL SELECT 1, id, attempts, status FROM failed
+             SELECT 0, id, claims, NULL::text FROM acked
+             UNION ALL SELECT 1, id, claims, status FROM failed
              UNION ALL SELECT 2, count(pg_notify($16, n.ids)), 0, NULL
                        FROM (SELECT string_agg(task_id, ',') AS ids FROM chunked GROUP BY chunk) AS n
              """;

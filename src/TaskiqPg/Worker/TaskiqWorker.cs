@@ -45,6 +45,7 @@ public sealed class TaskiqWorker : BackgroundService
     private int _unreported; // outcomes produced by handlers and not yet written
     private long _reportFailingSinceTicks; // 0 while outcomes are written
     private int _renewalRounds;
+    private readonly TaskCompletionSource _renewalReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly int _capacity;
     private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
 
@@ -184,6 +185,17 @@ public sealed class TaskiqWorker : BackgroundService
 
     private async Task ClaimLoopAsync(CancellationToken stoppingToken)
     {
+        // Nothing is claimed before the renewal thread has its connection and has run its statement once: a cold
+        // process (connection, authentication, JIT) must not hold leases it cannot renew yet.
+        try
+        {
+            await _renewalReady.Task.WaitAsync(stoppingToken);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
         var failures = 0;
         while (!stoppingToken.IsCancellationRequested)
         {
@@ -640,16 +652,16 @@ public sealed class TaskiqWorker : BackgroundService
         await using var command = _broker.DataSource.CreateCommand(_settleSql!.Settle);
         var p = command.Parameters;
         p.Add(new NpgsqlParameter<long[]> { TypedValue = acks.Select(c => c.Task.Id).ToArray() });
-        p.Add(new NpgsqlParameter<int[]> { TypedValue = acks.Select(c => c.Task.Attempt).ToArray() });
+        p.Add(new NpgsqlParameter<int[]> { TypedValue = acks.Select(c => c.Task.Claim).ToArray() });
         p.Add(new NpgsqlParameter<long[]> { TypedValue = fails.Select(c => c.Task.Id).ToArray() });
-        p.Add(new NpgsqlParameter<int[]> { TypedValue = fails.Select(c => c.Task.Attempt).ToArray() });
+        p.Add(new NpgsqlParameter<int[]> { TypedValue = fails.Select(c => c.Task.Claim).ToArray() });
         p.Add(new NpgsqlParameter<string[]> { TypedValue = fails.Select(c => c.FailureText).ToArray() });
         p.Add(new NpgsqlParameter<bool[]> { TypedValue = fails.Select(c => c.Retry).ToArray() });
         p.Add(new NpgsqlParameter<string> { TypedValue = WorkerId });
         p.Add(new NpgsqlParameter<double> { TypedValue = _broker.Options.RetryBaseDelay.TotalSeconds });
         p.Add(new NpgsqlParameter<double> { TypedValue = _broker.Options.RetryMaxDelay.TotalSeconds });
         p.Add(new NpgsqlParameter<long[]> { TypedValue = stored.Select(c => c.Task.Id).ToArray() });
-        p.Add(new NpgsqlParameter<int[]> { TypedValue = stored.Select(c => c.Task.Attempt).ToArray() });
+        p.Add(new NpgsqlParameter<int[]> { TypedValue = stored.Select(c => c.Task.Claim).ToArray() });
         p.Add(new NpgsqlParameter<string[]> { TypedValue = stored.Select(c => c.Task.TaskId).ToArray() });
         p.Add(new NpgsqlParameter<string[]> { TypedValue = stored.Select(c => c.Result!.ToJson()).ToArray() });
         p.Add(new NpgsqlParameter<string?[]> { TypedValue = stored.Select(c => _results!.Options.StoreStackTraces ? c.Result!.StackTrace : null).ToArray() });
@@ -789,6 +801,23 @@ public sealed class TaskiqWorker : BackgroundService
         NpgsqlConnection? connection = null;
         try
         {
+            for (var failures = 1; !_renewalReady.Task.IsCompleted && !stop.IsCancellationRequested; failures++)
+            {
+                try
+                {
+                    connection ??= OpenRenewalConnection();
+                    _broker.RenewLeases(connection, WorkerId, [new LeaseRef(-1, 0)], [false]); // matches no row: warms the path
+                    _renewalReady.TrySetResult();
+                }
+                catch (Exception ex)
+                {
+                    connection?.Dispose();
+                    connection = null;
+                    Log.LoopFailed(_logger, ex, WorkerId, "lease renewal start");
+                    stop.WaitHandle.WaitOne(Retry.Backoff(failures));
+                }
+            }
+
             while (!stop.WaitHandle.WaitOne(interval))
             {
                 var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
@@ -812,7 +841,7 @@ public sealed class TaskiqWorker : BackgroundService
                     {
                         connection ??= OpenRenewalConnection();
                         var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
-                            everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray());
+                            held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray());
                         foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.ContainsKey(h.Task.Lease)))
                         {
                             // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
@@ -1044,6 +1073,9 @@ public sealed class TaskiqWorker : BackgroundService
         /// <summary>Its outcome is being written (or it is being handed back): the renewal no longer judges its lease.</summary>
         public volatile bool Settling;
 
+        /// <summary>Its handler has started; the next renewal records it, so a rescue counts this claim's attempt.</summary>
+        public volatile bool Started;
+
         public bool LeaseLost
         {
             get
@@ -1067,6 +1099,7 @@ public sealed class TaskiqWorker : BackgroundService
                 }
 
                 _cancellation = cancellation;
+                Started = true;
                 return true;
             }
         }
