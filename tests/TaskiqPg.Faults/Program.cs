@@ -4,10 +4,12 @@ using TaskiqPg.Faults;
 //   dotnet run -c Release --project tests/TaskiqPg.Faults -- [--smoke] [--only kill9,restart,...] [--out summary.json]
 // Child roles (started by the runner itself; connection string in TASKIQPG_FAULTS_CONNECTION, never on argv):
 //   --worker <queue> <name> [key=value ...] | --producer <queue> <count> <delaySeconds> | --scheduler <name>
+//   | --local-time-kick <queue> <schedulesTable> (kicks and schedules with DateTimeOffset.Now of this process's TZ)
 return args switch
 {
     ["--worker", var queue, var name, .. var settings] => await Roles.WorkerAsync(queue, name, Settings.Parse(settings)),
     ["--producer", var queue, var count, var delay] => await Roles.ProducerAsync(queue, int.Parse(count), int.Parse(delay)),
     ["--scheduler", var name, .. var settings] => await Roles.SchedulerAsync(name, Settings.Parse(settings)),
+    ["--local-time-kick", var queue, var schedules, ..] => await Roles.LocalTimeKickAsync(queue, schedules),
     _ => await FaultRunner.MainAsync(args),
 };

@@ -133,6 +133,40 @@ internal static class Roles
     }
 
     /// <summary>
+    /// Kicks with <c>DateTimeOffset.Now</c> of this process's time zone (run with <c>TZ</c> set): one task by
+    /// <c>KickAsync</c>, one by <c>KickManyAsync</c>, one in a transaction, each due in 1 hour, and a one-shot schedule
+    /// for the same instant. Prints the local offset and the instant; exit code 1 with the error if anything is refused.
+    /// </summary>
+    public static async Task<int> LocalTimeKickAsync(string queue, string schedulesTable)
+    {
+        try
+        {
+            await using var dataSource = NpgsqlDataSource.Create(Connection());
+            await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+            await using var schedules = new PostgresScheduleSource(dataSource, new PostgresScheduleSourceOptions { SchedulesTable = schedulesTable });
+            var runAt = DateTimeOffset.Now.AddHours(1);
+            var options = new KickOptions { RunAt = runAt };
+            await broker.KickAsync(TaskMessage.Create("local", taskId: "local-single"), options);
+            await broker.KickManyAsync([TaskMessage.Create("local", taskId: "local-many")], options);
+            await using (var connection = await dataSource.OpenConnectionAsync())
+            await using (var transaction = await connection.BeginTransactionAsync())
+            {
+                await broker.KickAsync(TaskMessage.Create("local", taskId: "local-tx"), connection, transaction, options);
+                await transaction.CommitAsync();
+            }
+
+            await schedules.AddScheduleAsync(new ScheduleDefinition { TaskName = "local", RunAt = runAt });
+            Console.WriteLine(FormattableString.Invariant($"offset={runAt.Offset} at={runAt.UtcDateTime:O}"));
+            return 0;
+        }
+        catch (Exception ex)
+        {
+            Console.Error.WriteLine(ex.ToString());
+            return 1;
+        }
+    }
+
+    /// <summary>
     /// Kicks <paramref name="count"/> delayed <c>record</c> tasks (half one by one, half in one KickMany), notes them in
     /// <c>fault_kicked</c> with the earliest time each may run, and exits at once: no dispose, no flush, no goodbye.
     /// </summary>

@@ -221,3 +221,31 @@ public sealed class OrdinaryInputTests(DatabaseFixture db) : IClassFixture<Datab
         public Node? Next { get; set; }
     }
 }
+
+/// <summary>A process whose local time zone is not UTC kicks and schedules with <c>DateTimeOffset.Now</c> (issue 10).</summary>
+public sealed class LocalTimeZoneTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    [Theory]
+    [InlineData("America/Los_Angeles")]
+    [InlineData("Asia/Kolkata")]
+    public async Task Kicks_and_schedules_with_local_now_work_in_a_process_outside_UTC(string zone)
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        var schedulesTable = "s" + Guid.NewGuid().ToString("N")[..8];
+        var run = await ToolRun.RunAsync("TaskiqPg.Faults.dll", ["--local-time-kick", harness.Broker.Options.Queue, schedulesTable], TimeSpan.FromMinutes(2),
+            new Dictionary<string, string> { ["TZ"] = zone, ["TASKIQPG_FAULTS_CONNECTION"] = db.ConnectionString });
+
+        Assert.True(run.ExitCode == 0, run.Error);
+        Assert.DoesNotContain("offset=00:00:00", run.Output); // the child really ran outside UTC
+        var instant = DateTime.Parse(run.Output.Split("at=")[1].Trim(), null, System.Globalization.DateTimeStyles.RoundtripKind);
+        foreach (var taskId in new[] { "local-single", "local-many", "local-tx" })
+        {
+            var state = await harness.Broker.GetTaskStateAsync(taskId);
+            Assert.Equal(instant, state!.RunAt.UtcDateTime, TimeSpan.FromMilliseconds(1));
+        }
+
+        await using var source = new PostgresScheduleSource(harness.DataSource, new PostgresScheduleSourceOptions { SchedulesTable = schedulesTable });
+        var schedule = Assert.Single(await source.ListSchedulesAsync());
+        Assert.Equal(instant, schedule.Definition.RunAt!.Value.UtcDateTime, TimeSpan.FromMilliseconds(1));
+    }
+}

@@ -194,6 +194,8 @@ public sealed class SchedulerTests(DatabaseFixture db) : IClassFixture<DatabaseF
         Assert.Equal("TimeZone", await Field(new ScheduleDefinition { TaskName = "known", Cron = "* * * * *", TimeZone = "Nowhere/City" }));
         Assert.Equal("Interval", await Field(new ScheduleDefinition { TaskName = "known", Interval = TimeSpan.FromMilliseconds(10) }));
         Assert.Equal("TaskName", await Field(new ScheduleDefinition { TaskName = "unknown", Cron = "* * * * *" }));
+        Assert.Equal("Labels", await Field(new ScheduleDefinition { TaskName = "known", Cron = "* * * * *", Labels = new Dictionary<string, string> { ["k"] = "a\0b" } }));
+        Assert.Equal("Kwargs", await Field(new ScheduleDefinition { TaskName = "known", Cron = "* * * * *", Kwargs = new Dictionary<string, object?> { ["\uD800"] = 1 } }));
         Assert.Empty(await rig.Source.ListSchedulesAsync());
     }
 
@@ -231,6 +233,20 @@ public sealed class SchedulerTests(DatabaseFixture db) : IClassFixture<DatabaseF
         var zoned = Assert.Single(await rig.Source.ListSchedulesAsync(), s => s.Id == elsewhere);
         Assert.True(zoned.Enabled);
         Assert.Null(zoned.DisabledReason);
+    }
+
+    [Fact]
+    public async Task A_schedule_whose_task_can_never_be_kicked_is_disabled_with_the_reason_and_the_others_fire()
+    {
+        await using var rig = new Rig(db);
+        var good = await rig.Source.AddScheduleAsync(new ScheduleDefinition { TaskName = "good", Interval = TimeSpan.FromSeconds(1) });
+        var huge = await rig.Source.AddScheduleAsync(new ScheduleDefinition { TaskName = "huge", Interval = TimeSpan.FromSeconds(1), Args = [new string('x', 2_000_000)] });
+
+        await rig.StartSchedulerAsync();
+        await Eventually.TrueAsync(async () => !(await rig.Source.ListSchedulesAsync()).Single(s => s.Id == huge).Enabled, Bound, "the oversized schedule is disabled");
+        await Eventually.TrueAsync(async () => (await rig.Source.GetFiresAsync(good)).Count >= 2, Bound, "the good schedule fires");
+        Assert.Contains("cannot be kicked", (await rig.Source.ListSchedulesAsync()).Single(s => s.Id == huge).DisabledReason);
+        Assert.Empty(await rig.Source.GetFiresAsync(huge));
     }
 
     [Fact]

@@ -44,6 +44,18 @@ internal sealed class CompiledSchedule
             throw new ScheduleValidationException(nameof(definition.Cron), "set exactly one of Cron, Interval or RunAt.");
         }
 
+        // PostgreSQL stores neither a NUL nor a lone surrogate (in the schedule's jsonb or in the kicked task's labels).
+        if ((definition.Labels ?? new Dictionary<string, string>()).Any(kv => Unstorable(kv.Key) || Unstorable(kv.Value)))
+        {
+            throw new ScheduleValidationException(nameof(definition.Labels), "a label key or value holds a NUL character or a lone UTF-16 surrogate.");
+        }
+
+        if ((definition.Kwargs ?? new Dictionary<string, object?>()).Keys.Any(Unstorable) || Unstorable(definition.TaskName))
+        {
+            throw new ScheduleValidationException(Unstorable(definition.TaskName) ? nameof(definition.TaskName) : nameof(definition.Kwargs),
+                "holds a NUL character or a lone UTF-16 surrogate.");
+        }
+
         if (definition.MaxCatchUp < 1)
         {
             throw new ScheduleValidationException(nameof(definition.MaxCatchUp), "must be at least 1.");
@@ -158,4 +170,6 @@ internal sealed class CompiledSchedule
 
         return Cron!.GetNextOccurrence(now.UtcDateTime, Zone) is { } next ? new DateTimeOffset(next, TimeSpan.Zero) : null;
     }
+
+    private static bool Unstorable(string? text) => text is not null && Internal.StoredText.HasUnstorableCharacters(text);
 }

@@ -179,7 +179,22 @@ public sealed class TaskiqScheduler : BackgroundService
 
         foreach (var instant in compiled.DueInstants(schedule.LastFireAt ?? schedule.CreatedAt, schedule.CreatedAt, now))
         {
-            if (await _source.FireAsync(schedule, compiled.Definition, instant, _broker, cancellationToken))
+            bool fired;
+            try
+            {
+                fired = await _source.FireAsync(schedule, compiled.Definition, instant, _broker, cancellationToken);
+            }
+            catch (Exception ex) when (ex is InvalidTaskMessageException or MessageTooLargeException)
+            {
+                // Its task can never be kicked as defined (a label PostgreSQL cannot store, a payload over the limit):
+                // wrong everywhere, so disabled with the reason rather than retried on every tick.
+                var reason = $"its task cannot be kicked: {ex.Message}";
+                await _source.DisableAsync(schedule.Id, reason, cancellationToken);
+                Log.ScheduleDisabled(_logger, schedule.Id, schedule.TaskName, reason);
+                return null;
+            }
+
+            if (fired)
             {
                 var lateness = now - instant;
                 var nameTag = new KeyValuePair<string, object?>(MessagingTags.TaskName, schedule.TaskName);
