@@ -474,9 +474,10 @@ public sealed class PostgresBroker : IAsyncDisposable
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
-        var outgoing = PrepareCopy(message, options);
+        var writesLabels = WritesLabels(options);
+        var outgoing = PrepareCopy(message, options, writesLabels);
         var runAt = RunAtOf(options);
-        using var activity = MessagingTags.StartSend(Options.Queue, [outgoing]);
+        using var activity = MessagingTags.StartSend(Options.Queue, [outgoing], injectTraceContext: writesLabels);
         try
         {
             var (json, labels) = Serialize(outgoing);
@@ -514,7 +515,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
     }
 
-    private TaskMessage[] PrepareCopies(IReadOnlyCollection<TaskMessage> messages, KickOptions? options)
+    private TaskMessage[] PrepareCopies(IReadOnlyCollection<TaskMessage> messages, KickOptions? options, bool writesLabels)
     {
         var copies = new TaskMessage[messages.Count];
         var i = 0;
@@ -525,7 +526,7 @@ public sealed class PostgresBroker : IAsyncDisposable
                 throw new ArgumentException("A message in the list is null.", nameof(messages));
             }
 
-            copies[i++] = PrepareCopy(message, options);
+            copies[i++] = PrepareCopy(message, options, writesLabels);
         }
 
         return copies;
@@ -540,10 +541,11 @@ public sealed class PostgresBroker : IAsyncDisposable
             return 0;
         }
 
-        var copies = PrepareCopies(messages, options);
+        var writesLabels = WritesLabels(options);
+        var copies = PrepareCopies(messages, options, writesLabels);
         var runAt = RunAtOf(options);
         // The span before serializing: it injects the trace context into the (copied) labels.
-        using var activity = MessagingTags.StartSend(Options.Queue, copies);
+        using var activity = MessagingTags.StartSend(Options.Queue, copies, injectTraceContext: writesLabels);
         NpgsqlConnection? connection = null;
         NpgsqlTransaction? own = null;
         try
@@ -618,7 +620,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// Validates a message and its kick options and returns a copy with the options' labels and timeout merged in; the
     /// caller's message is never changed (one message may be kicked from many threads).
     /// </summary>
-    private TaskMessage PrepareCopy(TaskMessage message, KickOptions? options)
+    private TaskMessage PrepareCopy(TaskMessage message, KickOptions? options, bool writesLabels)
     {
         ArgumentException.ThrowIfNullOrEmpty(message.TaskId, nameof(message.TaskId));
         ArgumentException.ThrowIfNullOrEmpty(message.TaskName, nameof(message.TaskName));
@@ -633,18 +635,24 @@ public sealed class PostgresBroker : IAsyncDisposable
             KickOptions.Validate(options);
         }
 
-        var labels = new Dictionary<string, string>(message.Labels ?? []);
-        foreach (var (key, value) in options?.Labels ?? new Dictionary<string, string>())
+        // Copied only when something will be written into the labels (the options, or the trace context when tracing).
+        var copy = message;
+        if (writesLabels)
         {
-            labels[key] = value ?? throw new InvalidTaskMessageException("labels", $"The value of label '{Shorten(key)}' in {nameof(KickOptions)}.{nameof(KickOptions.Labels)} is null.");
+            var labels = new Dictionary<string, string>(message.Labels);
+            foreach (var (key, value) in options?.Labels ?? EmptyLabels)
+            {
+                labels[key] = value ?? throw new InvalidTaskMessageException("labels", $"The value of label '{Shorten(key)}' in {nameof(KickOptions)}.{nameof(KickOptions.Labels)} is null.");
+            }
+
+            if (options?.Timeout is { } timeout)
+            {
+                labels[TaskLabels.Timeout] = timeout.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            }
+
+            copy = message.WithLabels(labels);
         }
 
-        if (options?.Timeout is { } timeout)
-        {
-            labels[TaskLabels.Timeout] = timeout.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        }
-
-        var copy = message.WithLabels(labels);
         if (MessageChecks.FindProblem(copy) is { } problem)
         {
             throw new InvalidTaskMessageException(problem.Field, MessageChecks.Describe(problem) + " It cannot be stored in PostgreSQL.");
@@ -664,6 +672,13 @@ public sealed class PostgresBroker : IAsyncDisposable
 
         return (json, JsonSerializer.Serialize(message.Labels, LabelsJsonContext.Default.DictionaryStringString));
     }
+
+    private static readonly IReadOnlyDictionary<string, string> EmptyLabels = new Dictionary<string, string>();
+
+    /// <summary>Whether a kick writes into the labels: options' labels or timeout, or a trace context to propagate.</summary>
+    private static bool WritesLabels(KickOptions? options)
+        => options?.Labels is { Count: > 0 } || options?.Timeout is not null
+           || TaskiqDiagnostics.Source.HasListeners() || System.Diagnostics.Activity.Current is not null;
 
     private static string Shorten(string text) => text.Length <= 40 ? text : text[..40] + "…";
 

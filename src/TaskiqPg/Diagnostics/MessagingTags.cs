@@ -15,8 +15,11 @@ internal static class MessagingTags
     public const string TaskName = "taskiq.task_name";
     public const string Attempt = "taskiq.attempt";
 
-    /// <summary>Starts the PRODUCER span of a kick and writes its trace context into the labels.</summary>
-    public static Activity? StartSend(string queue, IReadOnlyList<TaskMessage> messages)
+    /// <summary>
+    /// Starts the PRODUCER span of a kick and, with <paramref name="injectTraceContext"/>, writes its trace context into
+    /// the labels (of the kick's own copies, never of the caller's messages).
+    /// </summary>
+    public static Activity? StartSend(string queue, IReadOnlyList<TaskMessage> messages, bool injectTraceContext)
     {
         var activity = TaskiqDiagnostics.Source.StartActivity($"send {queue}", ActivityKind.Producer);
         if (activity is not null)
@@ -37,7 +40,7 @@ internal static class MessagingTags
         }
 
         var context = activity ?? Activity.Current;
-        if (context is not null)
+        if (context is not null && injectTraceContext)
         {
             foreach (var message in messages.Where(m => m is not null)) // a null is refused with a clear error right after
             {

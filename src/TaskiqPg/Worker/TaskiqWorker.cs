@@ -649,7 +649,7 @@ public sealed class TaskiqWorker : BackgroundService
     private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, string> Failed)> SettleTogetherAsync(
         Completion[] acks, Completion[] fails, Completion[] stored, CancellationToken cancellationToken)
     {
-        await using var command = _broker.DataSource.CreateCommand(_settleSql!.Settle);
+        await using var command = new NpgsqlCommand(_settleSql!.Settle);
         var p = command.Parameters;
         p.Add(new NpgsqlParameter<long[]> { TypedValue = acks.Select(c => c.Task.Id).ToArray() });
         p.Add(new NpgsqlParameter<int[]> { TypedValue = acks.Select(c => c.Task.Claim).ToArray() });
@@ -670,6 +670,9 @@ public sealed class TaskiqWorker : BackgroundService
 
         var acked = new HashSet<LeaseRef>();
         var failed = new Dictionary<LeaseRef, string>();
+        await using var connection = await _broker.DataSource.OpenConnectionAsync(cancellationToken);
+        command.Connection = connection;
+        await command.PrepareIfSupportedAsync(_broker.CanPrepare, cancellationToken);
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
