@@ -142,6 +142,9 @@ internal sealed class Rig : IAsyncDisposable
         // Not disposing the old instance: its process is gone, and its DisposeAsync would pg_ctl-stop the folder, which is
         // now the new server's.
         Server = await LocalPostgresServer.StartAsync(_serverOptions);
+        // The runner's idle pooled connections died with the old server: drop them, or the next plain query (the
+        // reconciliation's) meets "Exception while reading from stream" on one of them.
+        DataSource.Clear();
     }
 
     public async Task ExecuteAsync(string sql, params object[] parameters)

@@ -459,11 +459,15 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
                 "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'dead' AND (last_error LIKE '%NUL%' OR last_error LIKE '%23514%')",
                 queue);
             var processing = await rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'processing'", queue);
+            var reasons = await rig.ScalarAsync<string>(
+                "SELECT coalesce(string_agg(reason || ' ×' || n, '; '), '') FROM (SELECT left(last_error, 90) AS reason, count(*) AS n FROM taskiq_messages WHERE queue = $1 AND status = 'dead' GROUP BY 1 ORDER BY 2 DESC LIMIT 8) r",
+                queue);
             var expectedDead = 3 * n;
             return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && goodDone == good.Length && r.DeadLettered == expectedDead
                                    && withReason == expectedDead && processing == 0,
                 $"{goodDone}/{good.Length} good tasks done; {r.DeadLettered}/{expectedDead} poison outcomes dead-lettered ({n} NUL errors, {n} NUL rows, " +
-                $"{n} results refused by a trigger), {withReason} with the database's or the sanitizer's reason; {processing} left processing");
+                $"{n} results refused by a trigger), {withReason} with the database's or the sanitizer's reason; {processing} left processing"
+                + (r.DeadLettered == expectedDead ? "" : $"; dead letters by reason: {reasons}"));
         }
         finally
         {
