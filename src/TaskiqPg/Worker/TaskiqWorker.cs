@@ -306,6 +306,9 @@ public sealed class TaskiqWorker : BackgroundService
 
     private const int StopStepAttempts = 5;
 
+    /// <summary>Renewal statements tried per tick when they fail transiently (deadlocks, a reconnect).</summary>
+    private const int RenewAttemptsPerTick = 3;
+
     private async Task<IReadOnlyList<ClaimedTask>> AckOnReceiveAsync(IReadOnlyList<ClaimedTask> batch)
     {
         try
@@ -837,8 +840,9 @@ public sealed class TaskiqWorker : BackgroundService
                     _givenUp.TryRemove(lease, out _); // its lease has long expired: rescued by now
                 }
 
-                // A broken connection is replaced and the renewal tried once more at once, not a tick later.
-                for (var attempt = 1; attempt <= 2 && !stop.IsCancellationRequested; attempt++)
+                // A transient failure (a broken connection, replaced; a deadlock with a settle statement over the same
+                // rows) is retried at once, not a tick later: ticks lost in a row would let the leases lapse.
+                for (var attempt = 1; attempt <= RenewAttemptsPerTick && !stop.IsCancellationRequested; attempt++)
                 {
                     try
                     {
@@ -859,9 +863,13 @@ public sealed class TaskiqWorker : BackgroundService
                     }
                     catch (Exception ex)
                     {
-                        connection?.Dispose();
-                        connection = null;
-                        if (!stop.IsCancellationRequested && (attempt == 2 || !TransientErrors.IsConnectionFailure(ex)))
+                        if (TransientErrors.IsConnectionFailure(ex) || connection?.State != System.Data.ConnectionState.Open)
+                        {
+                            connection?.Dispose();
+                            connection = null;
+                        }
+
+                        if (!stop.IsCancellationRequested && (attempt == RenewAttemptsPerTick || !TransientErrors.IsTransient(ex)))
                         {
                             Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
                             break;
