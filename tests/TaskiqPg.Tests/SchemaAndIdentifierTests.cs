@@ -149,6 +149,51 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
     }
 
     [Fact]
+    public async Task A_version_2_table_with_rows_in_every_state_is_upgraded_in_place_and_its_rows_still_run()
+    {
+        var schema = "v2" + Guid.NewGuid().ToString("N")[..8];
+        var options = new PostgresBrokerOptions { Schema = schema, LeaseDuration = TimeSpan.FromSeconds(1) };
+        await using var dataSource = db.CreateDataSource();
+        await using (var current = new PostgresBroker(dataSource, options))
+        {
+            await current.MigrateAsync();
+        }
+
+        // Back to what version 2 created (no dead index, no claims/started/unstarted_rescues), with rows in it.
+        await using (var downgrade = dataSource.CreateCommand(
+            $$$"""
+             DROP INDEX "{{{schema}}}".taskiq_messages_dead;
+             ALTER TABLE "{{{schema}}}".taskiq_messages DROP COLUMN claims, DROP COLUMN started, DROP COLUMN unstarted_rescues;
+             UPDATE "{{{schema}}}".taskiq_schema_versions SET version = 2 WHERE object_name = 'taskiq_messages';
+             INSERT INTO "{{{schema}}}".taskiq_messages (task_id, task_name, message, status, attempts, locked_by, locked_until, last_error) VALUES
+                 ('v2-pending', 'add', '{"task_id":"v2-pending","task_name":"add","labels":{},"args":[1,2],"kwargs":{}}', 'pending', 0, NULL, NULL, NULL),
+                 ('v2-processing', 'add', '{"task_id":"v2-processing","task_name":"add","labels":{},"args":[3,4],"kwargs":{}}', 'processing', 1, 'old-pod', now() - interval '1 minute', NULL),
+                 ('v2-dead', 'add', '{}', 'dead', 3, NULL, NULL, 'old reason');
+             """))
+        {
+            await downgrade.ExecuteNonQueryAsync();
+        }
+
+        await using var broker = new PostgresBroker(dataSource, options);
+        await using var results = new PostgresResultBackend(dataSource);
+        await broker.MigrateAsync();
+        using var worker = new TaskiqWorker(broker, new TaskRegistry().Add("add", (int a, int b) => a + b), results,
+            new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50), RescueInterval = TimeSpan.FromMilliseconds(100) });
+        await worker.StartAsync(CancellationToken.None);
+        try
+        {
+            Assert.Equal(3, (await results.WaitForResultAsync("v2-pending", TimeSpan.FromSeconds(30))).GetReturnValue<int>());
+            Assert.Equal(7, (await results.WaitForResultAsync("v2-processing", TimeSpan.FromSeconds(30))).GetReturnValue<int>()); // rescued, then run
+            var dead = await broker.GetTaskStateAsync("v2-dead");
+            Assert.Equal((TaskStatuses.Dead, "old reason"), (dead!.Status, dead.LastError));
+        }
+        finally
+        {
+            await worker.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
     public async Task An_index_left_invalid_by_an_interrupted_concurrent_build_is_rebuilt()
     {
         var schema = "cic" + Guid.NewGuid().ToString("N")[..8];
