@@ -104,11 +104,7 @@ internal sealed class BrokerSql
         Fail =
             $"""
              UPDATE {t} AS m
-             SET status = CASE WHEN f.retry AND m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
-                 run_at = CASE WHEN f.retry AND m.attempts < m.max_attempts
-                               THEN now() + make_interval(secs => least($6 * power(2, m.attempts - 1), $7) * (0.5 + random() * 0.5))
-                               ELSE m.run_at END,
-                 last_error = f.error, locked_by = NULL, locked_until = NULL
+             SET {FailAssignments("$6", "$7")}
              FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::boolean[]) AS f(id, claim, error, retry)
              WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $5 AND m.status = 'processing'
              RETURNING m.id, m.status, m.claims
@@ -205,6 +201,19 @@ internal sealed class BrokerSql
         // $1 queue, $2 status: the planner's row estimate (no rows read), for counts past the bound.
         EstimateCount = $"EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE status = $2 AND queue = $1";
     }
+
+    /// <summary>
+    /// The SET list of a failed attempt over rows <c>m</c> and failures <c>f(retry, error)</c>: retry after an exponential
+    /// backoff with jitter while attempts remain, else dead. Shared by <see cref="Fail"/> and the worker's settle statement.
+    /// </summary>
+    internal static string FailAssignments(string baseDelaySeconds, string maxDelaySeconds)
+        => $"""
+            status = CASE WHEN f.retry AND m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
+                run_at = CASE WHEN f.retry AND m.attempts < m.max_attempts
+                              THEN now() + make_interval(secs => least({baseDelaySeconds} * power(2, m.attempts - 1), {maxDelaySeconds}) * (0.5 + random() * 0.5))
+                              ELSE m.run_at END,
+                last_error = f.error, locked_by = NULL, locked_until = NULL
+            """;
 
     public IReadOnlyList<MigrationStep> Migrations { get; }
 

@@ -27,11 +27,7 @@ internal sealed class SettleSql
                  RETURNING m.id, m.claims
              ), failed AS (
                  UPDATE {t} AS m
-                 SET status = CASE WHEN f.retry AND m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
-                     run_at = CASE WHEN f.retry AND m.attempts < m.max_attempts
-                                   THEN now() + make_interval(secs => least($8 * power(2, m.attempts - 1), $9) * (0.5 + random() * 0.5))
-                                   ELSE m.run_at END,
-                     last_error = f.error, locked_by = NULL, locked_until = NULL
+                 SET {BrokerSql.FailAssignments("$8", "$9")}
                  FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::boolean[]) AS f(id, claim, error, retry)
                  WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $7 AND m.status = 'processing'
                  RETURNING m.id, m.claims, m.status
