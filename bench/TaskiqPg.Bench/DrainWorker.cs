@@ -13,15 +13,19 @@ internal static class DrainWorker
 {
     public const string Flag = "--drain-worker";
     private const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
+    private const string RetentionVariable = "TASKIQPG_BENCH_COMPLETED_RETENTION_SECONDS";
 
     public static async Task<int> MainAsync(string queue, TimeSpan? runFor = null)
     {
         var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable)
                                ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
         await using var dataSource = NpgsqlDataSource.Create(connectionString);
-        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue });
+        var retention = Environment.GetEnvironmentVariable(RetentionVariable) is { } seconds
+            ? TimeSpan.FromSeconds(double.Parse(seconds, System.Globalization.CultureInfo.InvariantCulture))
+            : new PostgresBrokerOptions().CompletedRetention;
+        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue, CompletedRetention = retention });
         await using var results = new PostgresResultBackend(dataSource);
-        var total = (await broker.GetQueueCountsAsync()).Values.Sum();
+        var total = (await broker.GetQueueCountsAsync())[TaskState.Available]; // due now; scheduled rows are not drained
         var completed = 0L;
         var registry = new TaskRegistry().Add("noop", () => { Interlocked.Increment(ref completed); });
         using var worker = new TaskiqWorker(broker, registry, results,
@@ -59,7 +63,8 @@ internal static class DrainWorker
     }
 
     /// <summary>Runs this benchmark executable again in drain-worker mode and reads its result.</summary>
-    public static async Task<(double Rate, double PeakRssMb)> RunAsync(string connectionString, string queue, TimeSpan? runFor = null)
+    public static async Task<(double Rate, double PeakRssMb)> RunAsync(string connectionString, string queue, TimeSpan? runFor = null,
+        TimeSpan? completedRetention = null)
     {
         var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
@@ -74,6 +79,11 @@ internal static class DrainWorker
             info.ArgumentList.Add(((int)duration.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
         }
         info.Environment[ConnectionVariable] = connectionString;
+        if (completedRetention is { } retention)
+        {
+            info.Environment[RetentionVariable] = retention.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
         using var process = Process.Start(info)!;
         var output = await process.StandardOutput.ReadToEndAsync();
         var error = await process.StandardError.ReadToEndAsync();

@@ -8,7 +8,8 @@ using TaskiqPg.LocalServer;
 
 // TaskiqPg benchmark: run by hand (never in the test suite), prints a table and writes a JSON file.
 //   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000]
-//       [--hangfire 5000] [--graphile 100000] [--runs 3] [--steady 30] [--single 5] [--out file.json]      (0 skips a peer)
+//       [--hangfire 5000] [--graphile 100000] [--runs 3] [--steady 30] [--single 5] [--scheduled 300000] [--out file.json]
+//       (0 skips a peer)
 //   --smoke: tiny sizes (a few seconds in all), run by the test suite so the benchmark never rots; no thresholds.
 // Without --connection it starts a throwaway local PostgreSQL server with default (durable) settings.
 if (args is [DrainWorker.Flag, var drainQueue, ..])
@@ -99,6 +100,33 @@ async Task<BenchReport> MeasureAsync()
     report.Add("worker process peak RSS during burn-down", peakRssMb, "MB");
     report.Add("dead tuples on the queue table before → after", await DeadTuplesAsync() - deadBefore, "rows (delta)");
 
+    // 2b. The same burn-down with CompletedRetention = 0 (rows deleted at the ack, nothing to prune later), on the rows
+    //     step 1b kicked to a queue of their own.
+    var (drainNoRetention, _) = await DrainWorker.RunAsync(connectionString, "bulk2", completedRetention: TimeSpan.Zero);
+    report.Add("burn-down, CompletedRetention = 0 (rows deleted at the ack)", drainNoRetention, "tasks/s");
+    report.Add("burn-down retention on (24 h) / off", drain / drainNoRetention, "ratio");
+
+    // 2c. Claiming due work past a backlog of future work: 1,000 due tasks drained from an empty queue, then from a
+    //     queue holding 300,000 (--scheduled) rows due in an hour at a higher priority (priority 5).
+    var dueBroker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "due_empty" });
+    await dueBroker.KickManyAsync(Enumerable.Range(0, 1_000).Select(_ => TaskMessage.Create("noop")).ToArray());
+    var (dueEmpty, _) = await DrainWorker.RunAsync(connectionString, "due_empty");
+    var backlogBroker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "due_backlog" });
+    for (var kickedLater = 0; kickedLater < arguments.Scheduled; kickedLater += batch)
+    {
+        await backlogBroker.KickManyAsync(Enumerable.Range(0, Math.Min(batch, arguments.Scheduled - kickedLater)).Select(_ => TaskMessage.Create("noop")).ToArray(),
+            new KickOptions { Delay = TimeSpan.FromHours(1), Priority = 5 });
+    }
+
+    await backlogBroker.KickManyAsync(Enumerable.Range(0, 1_000).Select(_ => TaskMessage.Create("noop")).ToArray());
+    await Scalar<object>("ANALYZE taskiq_messages");
+    var (dueBacklog, _) = await DrainWorker.RunAsync(connectionString, "due_backlog");
+    report.Add("drain 1,000 due tasks, empty queue", dueEmpty, "tasks/s");
+    report.Add($"drain 1,000 due tasks past {arguments.Scheduled:N0} scheduled priority-5 rows", dueBacklog, "tasks/s");
+    report.Add("due drain: empty / with scheduled backlog (target ≤ 1.2)", dueEmpty / dueBacklog, "ratio");
+    await dueBroker.DisposeAsync();
+    await backlogBroker.DisposeAsync();
+
     // 3. Single kicks (KickAsync, one task per call) from 8 and from 16 concurrent producers.
     var single = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "single" });
     var kicked = 0.0;
@@ -140,7 +168,8 @@ async Task<BenchReport> MeasureAsync()
         while (!stop.IsCancellationRequested)
         {
             await Task.Delay(1000);
-            depths.Add((await steady.GetQueueCountsAsync()).Values.Sum());
+            var counts = await steady.GetQueueCountsAsync();
+            depths.Add(counts[TaskState.Available] + counts[TaskState.Running]);
         }
 
         await Task.WhenAll(producers);

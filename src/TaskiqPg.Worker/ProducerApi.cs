@@ -37,9 +37,9 @@ public static class ProducerApi
 
         app.MapGet("/tasks/{id}", async (string id, TaskiqClient client, CancellationToken ct) =>
         {
-            var state = await client.Broker.GetTaskStateAsync(id, ct);
+            var state = await client.Broker.GetTaskAsync(id, ct);
             TaskResult? result = null;
-            if (state is null || state.Status == TaskStatuses.Dead)
+            if (state is null || state.IsFinished)
             {
                 try
                 {
@@ -58,10 +58,10 @@ public static class ProducerApi
             return Results.Ok(new
             {
                 taskId = id,
-                status = state?.Status ?? (result!.IsError ? "failed" : "completed"),
+                status = state is not null ? state.State.ToString().ToLowerInvariant() : result!.IsError ? "failed" : "completed",
                 attempts = state?.Attempts,
                 lastError = state?.LastError,
-                lockedBy = state?.LockedBy,
+                lockedBy = state?.Worker,
                 result = result is null ? (object?)null : Describe(result),
             });
         });

@@ -43,7 +43,7 @@ public sealed class AppHostFaultTests(AppHostFixture fixture) : IClassFixture<Ap
         while (lockedBy is null)
         {
             var state = await fixture.StateAsync(taskId);
-            if (state.GetProperty("status").GetString() == "processing" && state.GetProperty("lockedBy").GetString() is { } owner)
+            if (state.GetProperty("status").GetString() == "running" && state.GetProperty("lockedBy").GetString() is { } owner)
             {
                 lockedBy = owner;
             }

@@ -253,7 +253,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         var goodDone = await rig.ScalarAsync<long>("SELECT count(DISTINCT task_id) FROM fault_ledger WHERE task_id = ANY($1)",
             (object)good.Select(m => m.TaskId).ToArray()); // one array parameter, not params
         var withReason = await rig.ScalarAsync<long>(
-            "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'dead' AND coalesce(last_error, '') <> ''", queue);
+            "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'discarded' AND coalesce(last_error, '') <> ''", queue);
         var expectedDead = 5 * n;
         return r.Result(queue, r.Lost == 0 && goodDone == good.Length && r.DeadLettered == expectedDead && withReason == expectedDead && refused == n,
             $"{goodDone}/{good.Length} good tasks done; {r.DeadLettered}/{expectedDead} bad ones dead-lettered, {withReason} with the reason stored; " +
@@ -456,11 +456,11 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             var goodDone = await rig.ScalarAsync<long>("SELECT count(DISTINCT task_id) FROM fault_ledger WHERE task_id = ANY($1)",
                 (object)good.Select(m => m.TaskId).ToArray());
             var withReason = await rig.ScalarAsync<long>(
-                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'dead' AND (last_error LIKE '%NUL%' OR last_error LIKE '%23514%')",
+                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'discarded' AND (last_error LIKE '%NUL%' OR last_error LIKE '%23514%')",
                 queue);
             var processing = await rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'processing'", queue);
             var reasons = await rig.ScalarAsync<string>(
-                "SELECT coalesce(string_agg(reason || ' ×' || n, '; '), '') FROM (SELECT left(last_error, 90) AS reason, count(*) AS n FROM taskiq_messages WHERE queue = $1 AND status = 'dead' GROUP BY 1 ORDER BY 2 DESC LIMIT 8) r",
+                "SELECT coalesce(string_agg(reason || ' ×' || n, '; '), '') FROM (SELECT left(last_error, 90) AS reason, count(*) AS n FROM taskiq_messages WHERE queue = $1 AND status = 'discarded' GROUP BY 1 ORDER BY 2 DESC LIMIT 8) r",
                 queue);
             var expectedDead = 3 * n;
             return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && goodDone == good.Length && r.DeadLettered == expectedDead
@@ -535,7 +535,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             : rig.ExecuteAsync("INSERT INTO fault_kicked (scenario, task_id, due_at) SELECT $1, unnest($2::text[]), clock_timestamp()", queue, ids.ToArray());
 
     private Task<long> PendingAsync(string queue)
-        => rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status IN ('pending', 'processing')", queue);
+        => rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status NOT IN ('completed', 'cancelled', 'discarded')", queue);
 
     private async Task WaitOrDrainedAsync(string queue, TimeSpan wait)
     {
@@ -575,10 +575,10 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
                  l AS (SELECT l.task_id, count(*) AS runs FROM fault_ledger l JOIN k USING (task_id) GROUP BY l.task_id),
                  m AS (SELECT task_id, status FROM taskiq_messages WHERE queue = $1)
             SELECT count(*),
-                   count(*) FILTER (WHERE l.task_id IS NOT NULL AND m.task_id IS NULL),           -- ran, row settled
-                   count(*) FILTER (WHERE l.task_id IS NULL AND m.status IS DISTINCT FROM 'dead'), -- never ran, not dead
+                   count(*) FILTER (WHERE l.task_id IS NOT NULL AND (m.task_id IS NULL OR m.status = 'completed')), -- ran, row settled
+                   count(*) FILTER (WHERE l.task_id IS NULL AND m.status IS DISTINCT FROM 'discarded'), -- never ran, not discarded
                    coalesce(sum(l.runs - 1), 0)::bigint,
-                   count(*) FILTER (WHERE m.status = 'dead')
+                   count(*) FILTER (WHERE m.status = 'discarded')
             FROM k LEFT JOIN l USING (task_id) LEFT JOIN m USING (task_id)
             """);
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });

@@ -11,12 +11,14 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
     public async Task Kicked_task_runs_and_its_result_is_returned()
     {
         await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("add", (int a, int b) => a + b));
-        await harness.StartWorkerAsync();
+        var worker = await harness.StartWorkerAsync();
 
         var handle = await harness.Client.KickAsync<int>("add", [2, 3]);
 
         Assert.Equal(5, await handle.WaitForResultAsync(Bound));
-        Assert.Null(await harness.Broker.GetTaskStateAsync(handle.TaskId)); // completed rows are deleted
+        var record = await harness.Broker.GetTaskAsync(handle.TaskId); // kept for CompletedRetention (24 h by default)
+        Assert.Equal((TaskState.Completed, 1, worker.WorkerId), (record!.State, record.Attempts, record.Worker));
+        Assert.NotNull(record.FinishedAt);
     }
 
     [Fact]
@@ -125,7 +127,7 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
         var inserted = await harness.Broker.KickManyAsync(messages);
 
         Assert.Equal(10_000, inserted);
-        Assert.Equal(10_000, (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Pending]);
+        Assert.Equal(10_000, (await harness.Broker.GetQueueCountsAsync())[TaskState.Available]);
         var distinctIds = await harness.ScalarAsync<long>(
             "SELECT count(DISTINCT task_id) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue);
         Assert.Equal(10_000, distinctIds);
@@ -141,8 +143,9 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
 
         await harness.Broker.KickManyAsync(messages);
 
-        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync()).Values.Sum() == 0, TimeSpan.FromSeconds(60),
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskState.Completed] == 2_000, TimeSpan.FromSeconds(60),
             "every kicked task completes");
+        Assert.Equal(2_000, (await harness.Broker.GetQueueCountsAsync()).Values.Sum());
         Assert.Equal(2_000L * 2_001 / 2, Interlocked.Read(ref sum));
     }
 
@@ -162,7 +165,7 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
             """
             SELECT count(*) FROM taskiq_messages
             WHERE queue = $1 AND run_at - created_at = interval '1 hour' AND priority = 7 AND max_attempts = 5
-              AND labels ->> 'tenant' = 'a' AND status = 'pending' AND message::jsonb ->> 'task_name' = 'n'
+              AND labels ->> 'tenant' = 'a' AND status = 'scheduled' AND message::jsonb ->> 'task_name' = 'n'
             """, harness.Broker.Options.Queue));
         Assert.Equal(Enumerable.Range(0, 300).ToArray(), (await harness.ScalarAsync<int[]>(
             "SELECT array_agg((message::jsonb -> 'args' ->> 0)::int ORDER BY id) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue)));

@@ -106,7 +106,7 @@ public sealed class DiagnosticsTests(DatabaseFixture db) : IClassFixture<Databas
             foreach (var tag in tags)
             {
                 if (tag.Key == "messaging.destination.name") q = tag.Value as string;
-                if (tag.Key == "taskiq.status") status = tag.Value as string;
+                if (tag.Key == "taskiq.state") status = tag.Value as string;
             }
 
             if (q != queue)
@@ -140,8 +140,9 @@ public sealed class DiagnosticsTests(DatabaseFixture db) : IClassFixture<Databas
         await Eventually.TrueAsync(() =>
         {
             meterListener.RecordObservableInstruments();
-            return depth.GetValueOrDefault(TaskStatuses.Pending) == 1 && depth.GetValueOrDefault(TaskStatuses.Dead) == 1;
-        }, Bound, "the depth gauge shows one pending and one dead task");
+            return depth.GetValueOrDefault("scheduled") == 1 && depth.GetValueOrDefault("completed") == 1 && depth.GetValueOrDefault("discarded") == 1
+                   && depth.GetValueOrDefault("available") == 0;
+        }, Bound, "the depth gauge shows the delayed task scheduled, one completed and one discarded");
         await Eventually.TrueAsync(() => sums.GetValueOrDefault("taskiqpg.tasks.dead_lettered") == 1, Bound, "the dead letter is counted");
         Assert.Equal(3, sums["taskiqpg.tasks.kicked"]);
         Assert.Equal(1, sums["taskiqpg.tasks.completed"]);

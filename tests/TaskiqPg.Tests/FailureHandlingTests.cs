@@ -34,9 +34,9 @@ public sealed class FailureHandlingTests(DatabaseFixture db) : IClassFixture<Dat
         Assert.True(runs[1].At - runs[0].At >= TimeSpan.FromMilliseconds(200), $"first retry after {(runs[1].At - runs[0].At).TotalMilliseconds} ms");
         Assert.True(runs[2].At - runs[1].At >= TimeSpan.FromMilliseconds(400), $"second retry after {(runs[2].At - runs[1].At).TotalMilliseconds} ms");
 
-        var state = await harness.Broker.GetTaskStateAsync(handle.TaskId);
+        var state = await harness.Broker.GetTaskAsync(handle.TaskId);
         Assert.NotNull(state);
-        Assert.Equal(TaskStatuses.Dead, state.Status);
+        Assert.Equal(TaskState.Discarded, state.State);
         Assert.Equal(3, state.Attempts);
         Assert.Contains("boom on attempt 3", state.LastError);
     }
@@ -73,8 +73,8 @@ public sealed class FailureHandlingTests(DatabaseFixture db) : IClassFixture<Dat
         var error = await Assert.ThrowsAsync<TaskExecutionException>(() => new TaskiqClientProbe(harness).WaitAsync(poisonId));
         Assert.Equal("MalformedMessage", error.RemoteType);
 
-        var state = await harness.Broker.GetTaskStateAsync(poisonId);
-        Assert.Equal(TaskStatuses.Dead, state!.Status);
+        var state = await harness.Broker.GetTaskAsync(poisonId);
+        Assert.Equal(TaskState.Discarded, state!.State);
         Assert.Equal(1, state.Attempts); // not retried: it can never succeed
         Assert.StartsWith("MalformedMessage: ", state.LastError);
 
@@ -93,8 +93,8 @@ public sealed class FailureHandlingTests(DatabaseFixture db) : IClassFixture<Dat
         var error = await Assert.ThrowsAsync<TaskExecutionException>(() => handle.WaitForResultAsync(Bound));
         Assert.Equal("UnknownTask", error.RemoteType);
         Assert.Contains("nobody_registered_this", error.RemoteMessage);
-        var state = await harness.Broker.GetTaskStateAsync(handle.TaskId);
-        Assert.Equal(TaskStatuses.Dead, state!.Status);
+        var state = await harness.Broker.GetTaskAsync(handle.TaskId);
+        Assert.Equal(TaskState.Discarded, state!.State);
         Assert.Equal(1, state.Attempts);
     }
 
@@ -116,7 +116,7 @@ public sealed class FailureHandlingTests(DatabaseFixture db) : IClassFixture<Dat
         Assert.Contains("needs argument 'b'", e2.RemoteMessage);
         Assert.Equal(42, await byName.WaitForResultAsync(Bound));
         Assert.Equal(1, calls);
-        Assert.Equal(1, (await harness.Broker.GetTaskStateAsync(wrongType.TaskId))!.Attempts);
+        Assert.Equal(1, (await harness.Broker.GetTaskAsync(wrongType.TaskId))!.Attempts);
     }
 
     [Fact]
@@ -142,7 +142,7 @@ public sealed class FailureHandlingTests(DatabaseFixture db) : IClassFixture<Dat
         var error = await Assert.ThrowsAsync<TaskExecutionException>(() => handle.WaitForResultAsync(Bound));
         Assert.Equal(nameof(TaskTimeoutException), error.RemoteType);
         Assert.Equal(2, cancelled);
-        Assert.Equal(TaskStatuses.Dead, (await harness.Broker.GetTaskStateAsync(handle.TaskId))!.Status);
+        Assert.Equal(TaskState.Discarded, (await harness.Broker.GetTaskAsync(handle.TaskId))!.State);
     }
 
     [Fact]

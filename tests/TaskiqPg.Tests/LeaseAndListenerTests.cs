@@ -16,7 +16,7 @@ public sealed class LeaseAndListenerTests(DatabaseFixture db) : IClassFixture<Da
 
         // A "worker" that claims and then dies: it never renews its lease.
         var zombieClaim = Assert.Single(await harness.Broker.ClaimAsync("zombie", 10));
-        Assert.Equal(TaskStatuses.Processing, (await harness.Broker.GetTaskStateAsync(handle.TaskId))!.Status);
+        Assert.Equal(TaskState.Running, (await harness.Broker.GetTaskAsync(handle.TaskId))!.State);
 
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { RescueInterval = TimeSpan.FromMilliseconds(200), PollInterval = TimeSpan.FromMilliseconds(200) });
 
@@ -42,8 +42,8 @@ public sealed class LeaseAndListenerTests(DatabaseFixture db) : IClassFixture<Da
 
         await Eventually.TrueAsync(async () => (await harness.Broker.RescueExpiredLeasesAsync()).Count > 0, Bound, "the expired lease is rescued");
 
-        var state = await harness.Broker.GetTaskStateAsync(handle.TaskId);
-        Assert.Equal(TaskStatuses.Dead, state!.Status);
+        var state = await harness.Broker.GetTaskAsync(handle.TaskId);
+        Assert.Equal(TaskState.Discarded, state!.State);
         Assert.Contains("lease expired: worker dies", state.LastError);
     }
 

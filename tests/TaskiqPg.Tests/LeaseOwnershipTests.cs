@@ -32,7 +32,7 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
         }
 
         // The same worker claims y again (attempt 2) into its free slot, and a renewal round sees attempt 1 is no longer its.
-        await Eventually.TrueAsync(async () => (await harness.Broker.GetTaskStateAsync(y.TaskId))?.Attempts == 2, Bound, "y is claimed again");
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetTaskAsync(y.TaskId))?.Attempts == 2, Bound, "y is claimed again");
         var rounds = worker.RenewalRounds;
         await Eventually.TrueAsync(() => worker.RenewalRounds >= rounds + 2, Bound, "two renewal rounds pass");
 
@@ -108,12 +108,12 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
         var rescued = 0;
         await Eventually.TrueAsync(async () => (rescued += (await harness.Broker.RescueExpiredLeasesAsync()).Count) == 4, Bound, "all four leases are rescued");
 
-        var xState = await harness.Broker.GetTaskStateAsync(x.TaskId);
-        Assert.Equal((TaskStatuses.Pending, 1), (xState!.Status, xState.Attempts)); // it ran: its attempt counts
+        var xState = await harness.Broker.GetTaskAsync(x.TaskId);
+        Assert.Equal((TaskState.Available, 1), (xState!.State, xState.Attempts)); // it ran: its attempt counts
         foreach (var y in ys)
         {
-            var state = await harness.Broker.GetTaskStateAsync(y.TaskId);
-            Assert.Equal((TaskStatuses.Pending, 0), (state!.Status, state.Attempts)); // never started: attempt given back
+            var state = await harness.Broker.GetTaskAsync(y.TaskId);
+            Assert.Equal((TaskState.Available, 0), (state!.State, state.Attempts)); // never started: attempt given back
             Assert.Contains("attempt not counted", state.LastError);
         }
 
@@ -132,7 +132,7 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
         var rescues = 0;
         for (var claim = 1; claim <= 10; claim++)
         {
-            if (await harness.Broker.GetTaskStateAsync(message.TaskId) is { Status: TaskStatuses.Dead })
+            if (await harness.Broker.GetTaskAsync(message.TaskId) is { State: TaskState.Discarded })
             {
                 break;
             }
@@ -142,8 +142,8 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
             rescues++;
         }
 
-        var state = await harness.Broker.GetTaskStateAsync(message.TaskId);
-        Assert.Equal(TaskStatuses.Dead, state!.Status);
+        var state = await harness.Broker.GetTaskAsync(message.TaskId);
+        Assert.Equal(TaskState.Discarded, state!.State);
         Assert.Equal(PostgresBroker.MinUnstartedRefunds + 2, rescues); // 3 given back, then 2 counted attempts
     }
 
@@ -200,7 +200,7 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
 
         Assert.Equal("done", await handle.WaitForResultAsync(Bound));
         // Settled: a lapsed lease would have been rescued and the task run again before its row went away.
-        await Eventually.TrueAsync(async () => await harness.Broker.GetTaskStateAsync(handle.TaskId) is null, Bound, "the task is settled");
+        await Eventually.TrueAsync(async () => await harness.Broker.GetTaskAsync(handle.TaskId) is { State: TaskState.Completed }, Bound, "the task is settled");
         Assert.Equal(1, runs);
         Assert.True(worker.RenewalRounds > 0);
     }

@@ -32,7 +32,7 @@ public sealed class OrdinaryInputTests(DatabaseFixture db) : IClassFixture<Datab
 
         foreach (var message in new[] { single, many, inTransaction })
         {
-            var state = await harness.Broker.GetTaskStateAsync(message.TaskId);
+            var state = await harness.Broker.GetTaskAsync(message.TaskId);
             Assert.Equal(instant.UtcDateTime, state!.RunAt.UtcDateTime);
         }
     }
@@ -94,10 +94,10 @@ public sealed class OrdinaryInputTests(DatabaseFixture db) : IClassFixture<Datab
         // The far end that is accepted can be read back.
         var far = TaskMessage.Create("x");
         await harness.Broker.KickAsync(far, new KickOptions { Delay = KickOptions.MaxDelay });
-        Assert.True((await harness.Broker.GetTaskStateAsync(far.TaskId))!.RunAt > DateTimeOffset.UtcNow.AddYears(99));
+        Assert.True((await harness.Broker.GetTaskAsync(far.TaskId))!.RunAt > DateTimeOffset.UtcNow.AddYears(99));
         var last = TaskMessage.Create("x");
         await harness.Broker.KickAsync(last, new KickOptions { RunAt = DateTimeOffset.MaxValue.AddDays(-1) });
-        Assert.Equal(9999, (await harness.Broker.GetTaskStateAsync(last.TaskId))!.RunAt.Year);
+        Assert.Equal(9999, (await harness.Broker.GetTaskAsync(last.TaskId))!.RunAt.Year);
     }
 
     [Theory]
@@ -132,8 +132,8 @@ public sealed class OrdinaryInputTests(DatabaseFixture db) : IClassFixture<Datab
         {
             var result = await harness.Results.WaitForResultAsync(taskId, Bound);
             Assert.Equal("ResultNotSerializable", result.Error!.Type);
-            var state = await harness.Broker.GetTaskStateAsync(taskId);
-            Assert.Equal((TaskStatuses.Dead, 1), (state!.Status, state.Attempts)); // not retried: it would fail the same way
+            var state = await harness.Broker.GetTaskAsync(taskId);
+            Assert.Equal((TaskState.Discarded, 1), (state!.State, state.Attempts)); // not retried: it would fail the same way
         }
     }
 
@@ -169,7 +169,7 @@ public sealed class OrdinaryInputTests(DatabaseFixture db) : IClassFixture<Datab
         })));
 
         Assert.Empty(message.Labels);
-        Assert.Equal(1200L, (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Pending]);
+        Assert.Equal(1200L, (await harness.Broker.GetQueueCountsAsync())[TaskState.Available]);
         var stored = await harness.ScalarAsync<string>("SELECT labels::text FROM taskiq_messages WHERE queue = $1 LIMIT 1", harness.Broker.Options.Queue);
         Assert.Contains("\"tenant\": \"a\"", stored);
         Assert.Contains("traceparent", stored);
@@ -210,7 +210,7 @@ public sealed class OrdinaryInputTests(DatabaseFixture db) : IClassFixture<Datab
         var random = Enumerable.Range(0, 40).Select(i => TaskMessage.Create("random_" + Guid.NewGuid().ToString("N"))).ToArray();
         await harness.Broker.KickManyAsync([.. random, TaskMessage.Create("known")], new KickOptions { MaxAttempts = 1 });
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
-        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Dead] == 41, Bound, "all are dead-lettered");
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskState.Discarded] == 41, Bound, "all are dead-lettered");
         await Eventually.TrueAsync(() => names.Count == 2, Bound, "both series are recorded");
 
         Assert.Equal(["(unknown)", "known"], names.Keys.Order());
@@ -240,7 +240,7 @@ public sealed class LocalTimeZoneTests(DatabaseFixture db) : IClassFixture<Datab
         var instant = DateTime.Parse(run.Output.Split("at=")[1].Trim(), null, System.Globalization.DateTimeStyles.RoundtripKind);
         foreach (var taskId in new[] { "local-single", "local-many", "local-tx" })
         {
-            var state = await harness.Broker.GetTaskStateAsync(taskId);
+            var state = await harness.Broker.GetTaskAsync(taskId);
             Assert.Equal(instant, state!.RunAt.UtcDateTime, TimeSpan.FromMilliseconds(1));
         }
 

@@ -18,17 +18,17 @@ public sealed class PoisonCompletionTests(DatabaseFixture db) : IClassFixture<Da
             .Add("good", (int i) => i));
         var bad = await harness.Client.KickAsync<object>("nul_error", options: new KickOptions { MaxAttempts = 1 });
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 8, PollInterval = TimeSpan.FromMilliseconds(50) });
-        await Eventually.TrueAsync(async () => await harness.Broker.GetTaskStateAsync(bad.TaskId) is null or { Status: TaskStatuses.Dead },
+        await Eventually.TrueAsync(async () => await harness.Broker.GetTaskAsync(bad.TaskId) is null or { State: TaskState.Discarded },
             Bound, "the bad task settles");
         var good = Enumerable.Range(0, 600).Select(i => TaskMessage.Create("good", [i])).ToArray();
         await harness.Broker.KickManyAsync(good);
 
         await Eventually.TrueAsync(async () => await harness.ScalarAsync<long>(
-                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status <> 'dead'", harness.Broker.Options.Queue) == 0,
+                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status NOT IN ('completed', 'cancelled', 'discarded')", harness.Broker.Options.Queue) == 0,
             Bound, "all 600 normal tasks are settled");
         Assert.Equal(599, (await harness.Results.GetResultAsync(good[599].TaskId)).GetReturnValue<int>());
-        var state = await harness.Broker.GetTaskStateAsync(bad.TaskId);
-        Assert.Equal(TaskStatuses.Dead, state!.Status);
+        var state = await harness.Broker.GetTaskAsync(bad.TaskId);
+        Assert.Equal(TaskState.Discarded, state!.State);
         Assert.Contains("bad", state.LastError);
         Assert.DoesNotContain('\0', state.LastError!);
         var result = await harness.Results.GetResultAsync(bad.TaskId);
@@ -68,11 +68,11 @@ public sealed class PoisonCompletionTests(DatabaseFixture db) : IClassFixture<Da
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
 
         await Eventually.TrueAsync(async () => await harness.ScalarAsync<long>(
-                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status <> 'dead'", harness.Broker.Options.Queue) == 0,
+                "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status NOT IN ('completed', 'cancelled', 'discarded')", harness.Broker.Options.Queue) == 0,
             Bound, "every task is settled");
         Assert.Equal(199, (await harness.Results.GetResultAsync(good[199].TaskId)).GetReturnValue<int>());
-        var state = await harness.Broker.GetTaskStateAsync("nul-1");
-        Assert.Equal(TaskStatuses.Dead, state!.Status);
+        var state = await harness.Broker.GetTaskAsync("nul-1");
+        Assert.Equal(TaskState.Discarded, state!.State);
         Assert.Equal(1, state.Attempts);
         Assert.StartsWith("MalformedMessage", state.LastError);
         Assert.Contains("NUL", state.LastError);
@@ -104,15 +104,15 @@ public sealed class PoisonCompletionTests(DatabaseFixture db) : IClassFixture<Da
             await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 16, PollInterval = TimeSpan.FromMilliseconds(50) });
 
             await Eventually.TrueAsync(async () => await harness.ScalarAsync<long>(
-                    "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status <> 'dead'", harness.Broker.Options.Queue) == 0,
+                    "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status NOT IN ('completed', 'cancelled', 'discarded')", harness.Broker.Options.Queue) == 0,
                 Bound, "every task is settled");
             foreach (var i in new[] { 0, 249, 251, 499 })
             {
                 Assert.Equal("ok" + i, (await harness.Results.GetResultAsync(messages[i].TaskId)).GetReturnValue<string>());
             }
 
-            var state = await harness.Broker.GetTaskStateAsync(messages[250].TaskId);
-            Assert.Equal(TaskStatuses.Dead, state!.Status);
+            var state = await harness.Broker.GetTaskAsync(messages[250].TaskId);
+            Assert.Equal(TaskState.Discarded, state!.State);
             Assert.Contains("23514", state.LastError);
             Assert.Contains("poison are not allowed", state.LastError);
         }

@@ -46,14 +46,14 @@ public sealed class PoisonMixTests(DatabaseFixture db) : IClassFixture<DatabaseF
         await Eventually.TrueAsync(async () =>
         {
             var counts = await harness.Broker.GetQueueCountsAsync();
-            return counts[TaskStatuses.Pending] + counts[TaskStatuses.Processing] == 0;
+            return counts[TaskState.Available] + counts[TaskState.Running] == 0;
         }, TimeSpan.FromSeconds(60), "every message reaches an end state");
 
         Assert.Equal(200, goodRuns);
         await using var reasons = harness.DataSource.CreateCommand(
             """
             SELECT split_part(last_error, ':', 1), count(*), min(attempts), max(attempts)
-            FROM taskiq_messages WHERE queue = $1 AND status = 'dead' GROUP BY 1 ORDER BY 1
+            FROM taskiq_messages WHERE queue = $1 AND status = 'discarded' GROUP BY 1 ORDER BY 1
             """);
         reasons.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
         var byReason = new Dictionary<string, (long Count, int MinAttempts, int MaxAttempts)>();

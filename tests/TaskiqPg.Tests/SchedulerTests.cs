@@ -85,7 +85,7 @@ public sealed class SchedulerTests(DatabaseFixture db) : IClassFixture<DatabaseF
         Assert.All(fires, f => Assert.Equal((0, 0), (f.FireAt.Second % 2, f.FireAt.Millisecond)));
         Assert.All(fires.Zip(fires.Skip(1)), pair => Assert.Equal(TimeSpan.FromSeconds(2), pair.Second.FireAt - pair.First.FireAt));
         Assert.True(await rig.KickedAsync() >= fires.Count);
-        var task = await rig.Broker.GetTaskStateAsync(fires[0].TaskId);
+        var task = await rig.Broker.GetTaskAsync(fires[0].TaskId);
         Assert.NotNull(task);
         await using var labels = rig.DataSource.CreateCommand("SELECT labels->>'schedule_id', message FROM taskiq_messages WHERE task_id = $1");
         labels.Parameters.Add(new NpgsqlParameter<string> { TypedValue = fires[0].TaskId });

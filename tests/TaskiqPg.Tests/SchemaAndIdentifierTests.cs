@@ -69,7 +69,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             rows.Add((reader.GetString(0), reader.GetInt32(1)));
         }
 
-        Assert.Equal([("taskiq_messages", 4), ("taskiq_results", 1)], rows);
+        Assert.Equal([("taskiq_messages", new BrokerSql(new PostgresBrokerOptions()).Migrations.Count), ("taskiq_results", 1)], rows);
         await using var indexes = dataSource.CreateCommand(
             "SELECT string_agg(indexdef, ' | ') FROM pg_indexes WHERE schemaname = $1 AND tablename = 'taskiq_messages' AND indexdef LIKE '%(task_id)%'");
         indexes.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = schema });
@@ -111,19 +111,20 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             await migrate.MigrateAsync();
         }
 
-        // A newer deploy applied a step 5 that older code cannot run against.
+        // A newer deploy applied a step that older code cannot run against.
+        var code = new BrokerSql(new PostgresBrokerOptions()).Migrations.Count;
         await using var dataSource = db.CreateDataSource();
         await using (var bump = dataSource.CreateCommand(
-            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 5, min_code_version = 5 WHERE object_name = 'taskiq_messages'"))
+            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = {code + 1}, min_code_version = {code + 1} WHERE object_name = 'taskiq_messages'"))
         {
             Assert.Equal(1, await bump.ExecuteNonQueryAsync());
         }
 
         await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema, RunMigrations = runMigrations });
         var error = await Assert.ThrowsAsync<SchemaVersionException>(() => broker.StartAsync());
-        Assert.Equal((5, 4, 5), (error.DatabaseVersion, error.CodeVersion, error.MinimumCodeVersion));
-        Assert.Contains("version 5", error.Message);
-        Assert.Contains("version 4", error.Message);
+        Assert.Equal((code + 1, code, code + 1), (error.DatabaseVersion, error.CodeVersion, error.MinimumCodeVersion));
+        Assert.Contains($"version {code + 1}", error.Message);
+        Assert.Contains($"version {code}", error.Message);
     }
 
     [Fact]
@@ -137,7 +138,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
 
         await using var dataSource = db.CreateDataSource();
         await using (var bump = dataSource.CreateCommand(
-            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 6, min_code_version = 2 WHERE object_name = 'taskiq_messages'"))
+            $"UPDATE \"{schema}\".taskiq_schema_versions SET version = 100, min_code_version = 2 WHERE object_name = 'taskiq_messages'"))
         {
             await bump.ExecuteNonQueryAsync();
         }
@@ -159,19 +160,32 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             await current.MigrateAsync();
         }
 
-        // Back to what version 2 created (no dead index, no claims/started/unstarted_rescues), with rows in it.
+        // Back to exactly what versions 1 and 2 created (their own statements), with rows in every old state: due,
+        // delayed, waiting for a retry, leased to a pod that died, dead.
+        var steps = new BrokerSql(options).Migrations;
         await using (var downgrade = dataSource.CreateCommand(
-            $$$"""
-             DROP INDEX "{{{schema}}}".taskiq_messages_dead;
-             ALTER TABLE "{{{schema}}}".taskiq_messages DROP COLUMN claims, DROP COLUMN started, DROP COLUMN unstarted_rescues;
-             UPDATE "{{{schema}}}".taskiq_schema_versions SET version = 2 WHERE object_name = 'taskiq_messages';
-             INSERT INTO "{{{schema}}}".taskiq_messages (task_id, task_name, message, status, attempts, locked_by, locked_until, last_error) VALUES
-                 ('v2-pending', 'add', '{"task_id":"v2-pending","task_name":"add","labels":{},"args":[1,2],"kwargs":{}}', 'pending', 0, NULL, NULL, NULL),
-                 ('v2-processing', 'add', '{"task_id":"v2-processing","task_name":"add","labels":{},"args":[3,4],"kwargs":{}}', 'processing', 1, 'old-pod', now() - interval '1 minute', NULL),
-                 ('v2-dead', 'add', '{}', 'dead', 3, NULL, NULL, 'old reason');
+            $"""
+             DROP TABLE "{schema}".taskiq_messages;
+             {steps[0].Sql}
+             {steps[1].Sql}
+             UPDATE "{schema}".taskiq_schema_versions SET version = 2, min_code_version = 0 WHERE object_name = 'taskiq_messages';
              """))
         {
             await downgrade.ExecuteNonQueryAsync();
+        }
+
+        await using (var rows = dataSource.CreateCommand(
+            $$$"""
+             INSERT INTO "{{{schema}}}".taskiq_messages (task_id, task_name, message, status, attempts, locked_by, locked_until, last_error, run_at) VALUES
+                 ('v2-pending', 'add', '{"task_id":"v2-pending","task_name":"add","labels":{},"args":[1,2],"kwargs":{}}', 'pending', 0, NULL, NULL, NULL, now()),
+                 ('v2-delayed', 'add', '{"task_id":"v2-delayed","task_name":"add","labels":{},"args":[5,5],"kwargs":{}}', 'pending', 0, NULL, NULL, NULL, now() + interval '2 seconds'),
+                 ('v2-retry', 'add', '{"task_id":"v2-retry","task_name":"add","labels":{},"args":[6,6],"kwargs":{}}', 'pending', 1, NULL, NULL, 'first try failed', now() + interval '2 seconds'),
+                 ('v2-later', 'add', '{"task_id":"v2-later","task_name":"add","labels":{},"args":[0,0],"kwargs":{}}', 'pending', 0, NULL, NULL, NULL, now() + interval '1 day'),
+                 ('v2-processing', 'add', '{"task_id":"v2-processing","task_name":"add","labels":{},"args":[3,4],"kwargs":{}}', 'processing', 1, 'old-pod', now() - interval '1 minute', NULL, now()),
+                 ('v2-dead', 'add', '{}', 'dead', 3, NULL, NULL, 'old reason', now());
+             """))
+        {
+            await rows.ExecuteNonQueryAsync();
         }
 
         await using var broker = new PostgresBroker(dataSource, options);
@@ -184,8 +198,16 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
         {
             Assert.Equal(3, (await results.WaitForResultAsync("v2-pending", TimeSpan.FromSeconds(30))).GetReturnValue<int>());
             Assert.Equal(7, (await results.WaitForResultAsync("v2-processing", TimeSpan.FromSeconds(30))).GetReturnValue<int>()); // rescued, then run
-            var dead = await broker.GetTaskStateAsync("v2-dead");
-            Assert.Equal((TaskStatuses.Dead, "old reason"), (dead!.Status, dead.LastError));
+            var dead = await broker.GetTaskAsync("v2-dead");
+            Assert.Equal((TaskState.Discarded, "old reason"), (dead!.State, dead.LastError));
+            Assert.NotNull(dead.FinishedAt);
+            Assert.Equal(TaskState.Scheduled, (await broker.GetTaskAsync("v2-later"))!.State);
+            Assert.Equal(10, (await results.WaitForResultAsync("v2-delayed", TimeSpan.FromSeconds(30))).GetReturnValue<int>()); // scheduled, then due
+            Assert.Equal(12, (await results.WaitForResultAsync("v2-retry", TimeSpan.FromSeconds(30))).GetReturnValue<int>()); // retryable, then due
+            foreach (var done in new[] { "v2-pending", "v2-processing", "v2-delayed", "v2-retry" })
+            {
+                Assert.Equal(TaskState.Completed, (await broker.GetTaskAsync(done))!.State);
+            }
         }
         finally
         {
@@ -200,29 +222,29 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
         await using var broker = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema });
         await broker.MigrateAsync();
         await using var dataSource = db.CreateDataSource();
-        async Task<bool?> DeadIndexValidAsync()
+        async Task<bool?> FinishedIndexValidAsync()
         {
             await using var check = dataSource.CreateCommand(
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'taskiq_messages_dead'");
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'taskiq_messages_finished'");
             check.Parameters.Add(new NpgsqlParameter<string> { TypedValue = schema });
             return await check.ExecuteScalarAsync() as bool?;
         }
 
-        Assert.True(await DeadIndexValidAsync());
-        // What a build killed half-way leaves: the index exists but is invalid, and step 3 was never recorded.
+        Assert.True(await FinishedIndexValidAsync());
+        // What a build killed half-way leaves: the index exists but is invalid, and step 7 was never recorded.
         await using (var interrupt = dataSource.CreateCommand(
             $"""
-             UPDATE pg_index SET indisvalid = false WHERE indexrelid = '"{schema}".taskiq_messages_dead'::regclass;
-             UPDATE "{schema}".taskiq_schema_versions SET version = 2 WHERE object_name = 'taskiq_messages';
+             UPDATE pg_index SET indisvalid = false WHERE indexrelid = '"{schema}".taskiq_messages_finished'::regclass;
+             UPDATE "{schema}".taskiq_schema_versions SET version = 6 WHERE object_name = 'taskiq_messages';
              """))
         {
             await interrupt.ExecuteNonQueryAsync();
         }
 
-        Assert.False(await DeadIndexValidAsync());
+        Assert.False(await FinishedIndexValidAsync());
         await using var again = new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { Schema = schema });
         await again.MigrateAsync();
-        Assert.True(await DeadIndexValidAsync());
+        Assert.True(await FinishedIndexValidAsync());
     }
 
     [Fact]
@@ -232,7 +254,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
         await harness.Broker.KickManyAsync(Enumerable.Range(0, 500).Select(i => TaskMessage.Create("x", [i])).ToArray());
         await harness.Broker.KickManyAsync(Enumerable.Range(0, 7).Select(i => TaskMessage.Create("later")).ToArray(), new KickOptions { Delay = TimeSpan.FromHours(1) });
         await using (var dead = harness.DataSource.CreateCommand(
-            "UPDATE taskiq_messages SET status = 'dead' WHERE id IN (SELECT id FROM taskiq_messages WHERE queue = $1 AND task_name = 'x' LIMIT 300)"))
+            "UPDATE taskiq_messages SET status = 'discarded', finished_at = now() WHERE id IN (SELECT id FROM taskiq_messages WHERE queue = $1 AND task_name = 'x' LIMIT 300)"))
         {
             dead.Parameters.Add(new NpgsqlParameter<string> { TypedValue = harness.Broker.Options.Queue });
             await dead.ExecuteNonQueryAsync();
@@ -241,13 +263,15 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
         await harness.ScalarAsync<object>("ANALYZE taskiq_messages");
 
         var exact = await harness.Broker.GetQueueCountsAsync();
-        Assert.Equal((207L, 0L, 300L), (exact[TaskStatuses.Pending], exact[TaskStatuses.Processing], exact[TaskStatuses.Dead]));
+        Assert.Equal((200L, 7L, 0L, 300L), (exact[TaskState.Available], exact[TaskState.Scheduled], exact[TaskState.Running], exact[TaskState.Discarded]));
+        Assert.Equal(TaskStates.All.Count, exact.Count); // every state is counted, zero or not
         var bounded = await harness.Broker.GetQueueDepthAsync(exactUpTo: 1000, CancellationToken.None);
         Assert.Equal(exact, bounded);
         var estimated = await harness.Broker.GetQueueDepthAsync(exactUpTo: 50, CancellationToken.None);
-        Assert.InRange(estimated[TaskStatuses.Dead], 50, 3000); // the planner's estimate, never below what was counted
-        Assert.InRange(estimated[TaskStatuses.Pending], 50, 3000);
-        Assert.Equal(0, estimated[TaskStatuses.Processing]);
+        Assert.InRange(estimated[TaskState.Discarded], 50, 3000); // the planner's estimate, never below what was counted
+        Assert.InRange(estimated[TaskState.Available], 50, 3000);
+        Assert.Equal(7, estimated[TaskState.Scheduled]); // below the bound: exact
+        Assert.Equal(0, estimated[TaskState.Running]);
     }
 
     [Fact]

@@ -23,17 +23,17 @@ public sealed class ShutdownAndAckModeTests(DatabaseFixture db) : IClassFixture<
 
         var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 1, PrefetchCount = 5, ShutdownTimeout = TimeSpan.FromSeconds(30) });
         await Eventually.TrueAsync(() => worker.ActiveTasks == 6 && Volatile.Read(ref started) == 1, Bound, "one task runs and five are prefetched");
-        Assert.Equal(6, (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Processing]);
+        Assert.Equal(6, (await harness.Broker.GetQueueCountsAsync())[TaskState.Running]);
 
         var stopping = harness.StopWorkerAsync(worker);
 
         // The five unstarted tasks go back to pending while the running one is still blocked, attempts not used up.
-        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Pending] == 5, Bound, "prefetched tasks are released");
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskState.Available] == 5, Bound, "prefetched tasks are released");
         Assert.False(stopping.IsCompleted);
         foreach (var handle in handles.Skip(1))
         {
-            var state = await harness.Broker.GetTaskStateAsync(handle.TaskId);
-            Assert.Equal((TaskStatuses.Pending, 0), (state!.Status, state.Attempts));
+            var state = await harness.Broker.GetTaskAsync(handle.TaskId);
+            Assert.Equal((TaskState.Available, 0), (state!.State, state.Attempts));
         }
 
         gate.SetResult();
@@ -41,7 +41,7 @@ public sealed class ShutdownAndAckModeTests(DatabaseFixture db) : IClassFixture<
         Assert.Equal(1, started);
         Assert.Equal(0, await handles[0].WaitForResultAsync(Bound)); // the running task finished before the stop returned
         var counts = await harness.Broker.GetQueueCountsAsync();
-        Assert.Equal((5L, 0L), (counts[TaskStatuses.Pending], counts[TaskStatuses.Processing]));
+        Assert.Equal((5L, 0L), (counts[TaskState.Available], counts[TaskState.Running]));
 
         // Another worker takes the released tasks.
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 5 });
@@ -72,8 +72,8 @@ public sealed class ShutdownAndAckModeTests(DatabaseFixture db) : IClassFixture<
 
         await harness.StopWorkerAsync(worker).WaitAsync(Bound);
 
-        var state = await harness.Broker.GetTaskStateAsync(handle.TaskId);
-        Assert.Equal(TaskStatuses.Pending, state!.Status);
+        var state = await harness.Broker.GetTaskAsync(handle.TaskId);
+        Assert.Equal((TaskState.Retryable, 1), (state!.State, state.Attempts)); // a failed attempt: waits for its backoff
         Assert.Contains("shut down", state.LastError);
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(100) });
         Assert.Equal("second run", await handle.WaitForResultAsync(Bound));
@@ -93,9 +93,10 @@ public sealed class ShutdownAndAckModeTests(DatabaseFixture db) : IClassFixture<
         var handle = await harness.Client.KickAsync<int>("gated");
         await running.Task.WaitAsync(Bound);
 
-        Assert.Equal(rowExistsWhileRunning, await harness.Broker.GetTaskStateAsync(handle.TaskId) is not null);
+        // WhenReceived acks at the claim: the task is completed (kept for the retention) while its handler still runs.
+        Assert.Equal(rowExistsWhileRunning ? TaskState.Running : TaskState.Completed, (await harness.Broker.GetTaskAsync(handle.TaskId))!.State);
         gate.SetResult();
         Assert.Equal(7, await handle.WaitForResultAsync(Bound));
-        Assert.Null(await harness.Broker.GetTaskStateAsync(handle.TaskId));
+        Assert.Equal(TaskState.Completed, (await harness.Broker.GetTaskAsync(handle.TaskId))!.State);
     }
 }

@@ -31,7 +31,8 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         await harness.Broker.KickManyAsync(messages);
         var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived, MaxConcurrentTasks = 1, PrefetchCount = 3 });
         await Eventually.TrueAsync(() => worker.ActiveTasks == 4, Bound, "one runs, three are prefetched");
-        Assert.Equal(0L, (await harness.Broker.GetQueueCountsAsync()).Values.Sum()); // their rows are gone
+        var counts = await harness.Broker.GetQueueCountsAsync();
+        Assert.Equal((4L, 4L), (counts[TaskState.Completed], counts.Values.Sum())); // acked at receipt
 
         var stopping = harness.StopWorkerAsync(worker);
         gate.SetResult();
@@ -63,18 +64,22 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         await Eventually.TrueAsync(() => worker.ActiveTasks == 4, Bound, "one runs, three are prefetched");
 
         var stopping = harness.StopWorkerAsync(worker);
-        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Pending] == 3, Bound,
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskState.Available] == 3, Bound,
             "the three unstarted tasks are back in the queue");
         gate.SetResult();
         await stopping.WaitAsync(Bound);
         Assert.Equal(1, runs);
+        var states = new List<(TaskState, int)>();
         foreach (var message in messages)
         {
-            if (await harness.Broker.GetTaskStateAsync(message.TaskId) is { } state)
-            {
-                Assert.Equal((TaskStatuses.Pending, 0), (state.Status, state.Attempts)); // no attempt spent on a task that never ran
-            }
+            var state = (await harness.Broker.GetTaskAsync(message.TaskId))!;
+            states.Add((state.State, state.Attempts));
         }
+
+        // The one that started stays completed (acked at receipt); the three others are their own rows again, available,
+        // with no attempt spent on them.
+        Assert.Equal([(TaskState.Available, 0), (TaskState.Available, 0), (TaskState.Available, 0), (TaskState.Completed, 1)], states.Order());
+        Assert.Equal(4L, await harness.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue));
 
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived });
         await Eventually.TrueAsync(() => Volatile.Read(ref runs) == 4, Bound, "another worker runs the handed-back tasks");
@@ -117,7 +122,9 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         }
 
         Assert.Equal(2000, runs.Count);
-        Assert.Equal(0L, await harness.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue));
+        // One row per task, each completed.
+        Assert.Equal(2000L, await harness.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1", harness.Broker.Options.Queue));
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueCountsAsync())[TaskState.Completed] == 2000, Bound, "every row is completed");
     }
 
     [Fact]

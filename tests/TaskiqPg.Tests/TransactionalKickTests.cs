@@ -19,7 +19,7 @@ public sealed class TransactionalKickTests(DatabaseFixture db) : IClassFixture<D
         var handle = await harness.Client.KickAsync<string>("welcome", connection, transaction, ["ann"]);
 
         // Not visible to anyone else (the worker included) before the commit.
-        Assert.Null(await harness.Broker.GetTaskStateAsync(handle.TaskId));
+        Assert.Null(await harness.Broker.GetTaskAsync(handle.TaskId));
         await Assert.ThrowsAsync<TaskResultTimeoutException>(() => handle.WaitForResultAsync(TimeSpan.FromMilliseconds(500)));
 
         await transaction.CommitAsync();
@@ -38,11 +38,11 @@ public sealed class TransactionalKickTests(DatabaseFixture db) : IClassFixture<D
             var message = TaskMessage.Create("anything");
             taskId = message.TaskId;
             await harness.Broker.KickAsync(message, connection, transaction);
-            Assert.Null(await harness.Broker.GetTaskStateAsync(taskId)); // other connections do not see it
+            Assert.Null(await harness.Broker.GetTaskAsync(taskId)); // other connections do not see it
             await transaction.RollbackAsync();
         }
 
-        Assert.Null(await harness.Broker.GetTaskStateAsync(taskId));
+        Assert.Null(await harness.Broker.GetTaskAsync(taskId));
         Assert.Equal(0, (await harness.Broker.GetQueueCountsAsync()).Values.Sum());
     }
 
@@ -57,6 +57,6 @@ public sealed class TransactionalKickTests(DatabaseFixture db) : IClassFixture<D
         Assert.Equal(0, (await harness.Broker.GetQueueCountsAsync()).Values.Sum());
 
         await transaction.CommitAsync();
-        Assert.Equal(50, (await harness.Broker.GetQueueCountsAsync())[TaskStatuses.Pending]);
+        Assert.Equal(50, (await harness.Broker.GetQueueCountsAsync())[TaskState.Available]);
     }
 }

@@ -11,6 +11,12 @@ internal sealed class BrokerSql
         var taskIdIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "task_id"), "index");
         var taskIdHashIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "task_id_hash"), "index");
         var deadIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "dead"), "index");
+        var dueIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "due"), "index");
+        var finishedIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "finished"), "index");
+        var schema = PgIdentifier.Quote(options.Schema, nameof(options.Schema));
+        var stateCheck = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "state_check"), "constraint");
+        var regclass = $"'{t}'::regclass";
+        var queues = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.QueuesTable, nameof(options.QueuesTable)); // validated plain identifiers: no quote can occur in them
 
         Migrations =
         [
@@ -60,17 +66,67 @@ internal sealed class BrokerSql
                  ADD COLUMN IF NOT EXISTS started boolean NOT NULL DEFAULT false,
                  ADD COLUMN IF NOT EXISTS unstarted_rescues integer NOT NULL DEFAULT 0;
              """,
+
+            // 5: named task states (TaskState). Scheduled and retryable rows leave the claim index, so the claim reads
+            // only due work; finished rows may be kept (completed, cancelled, discarded) with the time they ended.
+            // 'dead' becomes 'discarded'. Older code would write 'dead', which the new check refuses: it breaks older code.
+            new MigrationStep(
+                $"""
+                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS finished_at timestamptz;
+                 DO $$
+                 DECLARE c text;
+                 BEGIN
+                     FOR c IN SELECT conname FROM pg_constraint
+                              WHERE conrelid = {regclass} AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%status%'
+                                AND conname <> {SqlLiteral(SchemaMigrator.IndexName(options.MessagesTable, "state_check"))}
+                     LOOP
+                         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', {regclass}, c);
+                     END LOOP;
+                 END $$;
+                 ALTER TABLE {t} ALTER COLUMN status SET DEFAULT 'pending';
+                 UPDATE {t} SET status = 'discarded', finished_at = coalesce(finished_at, now()) WHERE status = 'dead';
+                 UPDATE {t} SET status = CASE WHEN attempts > 0 THEN 'retryable' ELSE 'scheduled' END
+                 WHERE status = 'pending' AND run_at > now();
+                 ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {stateCheck};
+                 ALTER TABLE {t} ADD CONSTRAINT {stateCheck}
+                     CHECK (status IN ('pending', 'scheduled', 'retryable', 'processing', 'completed', 'cancelled', 'discarded')) NOT VALID;
+                 ALTER TABLE {t} VALIDATE CONSTRAINT {stateCheck};
+                 """, BreaksOlderCode: true),
+
+            // 6: what becomes due, per queue and state: promotion to available and the next due time read only due rows.
+            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {dueIndex} ON {t} (queue, status, run_at) WHERE status IN ('scheduled', 'retryable')",
+                ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "due")),
+
+            // 7: finished rows per queue and state by the time they ended: counts, listing and retention pruning.
+            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {finishedIndex} ON {t} (queue, status, finished_at) WHERE status IN ('completed', 'cancelled', 'discarded')",
+                ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "finished")),
+
+            // 8: the dead-letter index of step 3 covers no row any more (its rows are 'discarded', in the finished index).
+            $"DROP INDEX IF EXISTS {schema}.{deadIndex}",
+
+            // 9: cancel requests of running tasks (read by the renewals of the worker running it), and the queues' settings:
+            // a paused queue is claimed from by no worker. Added columns are nullable: no rewrite, older code unaffected.
+            $"""
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
+             CREATE TABLE IF NOT EXISTS {queues} (
+                 name       text        PRIMARY KEY,
+                 paused_at  timestamptz,
+                 updated_at timestamptz NOT NULL DEFAULT now()
+             );
+             """,
         ];
 
         // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
+        // Scheduled when due later than the transaction's now(), available otherwise.
         const string insert =
-            "INSERT INTO {0} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts) " +
-            "VALUES ($1, $2, $3, $4::jsonb, $5, $6, COALESCE($7, now() + $8), $9)";
+            "INSERT INTO {0} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts, status) " +
+            "SELECT $1, $2, $3, $4::jsonb, $5, $6, d.at, $9, CASE WHEN d.at > now() THEN 'scheduled' ELSE 'pending' END " +
+            "FROM (SELECT COALESCE($7, now() + $8) AS at) AS d";
         Kick = string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t) + " RETURNING id";
         KickAndNotify = $"WITH ins AS ({string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t)} RETURNING id) SELECT id, pg_notify($10, $5) FROM ins";
 
         // Binary COPY (no per-row statement, no array decoding); run_at left to its default now() when not given.
-        KickManyCopy = $"COPY {t} (task_id, task_name, message, labels, queue, priority, max_attempts, run_at) FROM STDIN (FORMAT BINARY)";
+        KickManyCopy = $"COPY {t} (task_id, task_name, message, labels, queue, priority, max_attempts, run_at, status) FROM STDIN (FORMAT BINARY)";
         KickManyCopyAtNow = $"COPY {t} (task_id, task_name, message, labels, queue, priority, max_attempts) FROM STDIN (FORMAT BINARY)";
 
         // $1 queue, $2 limit, $3 worker, $4 lease
@@ -79,6 +135,7 @@ internal sealed class BrokerSql
              WITH next AS (
                  SELECT id FROM {t}
                  WHERE status = 'pending' AND queue = $1 AND run_at <= now()
+                   AND NOT EXISTS (SELECT 1 FROM {queues} AS q WHERE q.name = $1 AND q.paused_at IS NOT NULL)
                  ORDER BY priority DESC, run_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED
@@ -91,14 +148,10 @@ internal sealed class BrokerSql
              RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at, now(), m.claims
              """;
 
-        // $1 ids, $2 claim numbers, $3 worker
-        Ack =
-            $"""
-             DELETE FROM {t} AS m
-             USING unnest($1::bigint[], $2::integer[]) AS a(id, claim)
-             WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
-             RETURNING m.id, m.claims
-             """;
+        // $1 ids, $2 claim numbers, $3 worker. With a completed retention the row is kept as completed (the worker that ran
+        // it stays in locked_by); without, it is deleted.
+        var keepCompleted = options.CompletedRetention != TimeSpan.Zero;
+        Ack = CompleteStatement(t, keepCompleted, "unnest($1::bigint[], $2::integer[]) AS a(id, claim)", "$3");
 
         // $1 ids, $2 claim numbers, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds
         Fail =
@@ -111,24 +164,33 @@ internal sealed class BrokerSql
              """;
 
         // $1 queue, $2 channel; arrays $3 task ids, $4 task names, $5 messages, $6 labels, $7 priorities, $8 max attempts,
-        // $9 attempts already used. Tasks whose rows were deleted at claim (AckMode.WhenReceived) and never started.
+        // $9 attempts already used, $10 row ids. Tasks acked at claim (AckMode.WhenReceived) that never started: a row kept
+        // as completed becomes available again; a deleted one (no completed retention) is inserted again.
         Requeue =
             $"""
-             WITH ins AS (
+             WITH r AS (
+                 SELECT * FROM unnest($10::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::integer[])
+                     AS r(id, task_id, task_name, message, labels, priority, max_attempts, attempts)
+             ), back AS (
+                 UPDATE {t} AS m
+                 SET status = 'pending', attempts = r.attempts, finished_at = NULL, locked_by = NULL, locked_until = NULL, run_at = now()
+                 FROM r
+                 WHERE m.id = r.id AND m.status = 'completed'
+                 RETURNING m.id
+             ), ins AS (
                  INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, max_attempts, attempts)
                  SELECT r.task_id, r.task_name, r.message, r.labels::jsonb, $1, r.priority, r.max_attempts, r.attempts
-                 FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::integer[])
-                     AS r(task_id, task_name, message, labels, priority, max_attempts, attempts)
+                 FROM r WHERE r.id NOT IN (SELECT id FROM back)
                  RETURNING 1
              )
-             SELECT count(*), pg_notify($2, $1) FROM ins
+             SELECT (SELECT count(*) FROM back) + (SELECT count(*) FROM ins), pg_notify($2, $1)
              """;
 
         // $1 ids, $2 claim numbers, $3 worker: back to pending without using up an attempt
         Release =
             $"""
              UPDATE {t} AS m
-             SET status = 'pending', attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
+             SET {HandBackAssignments}
              FROM unnest($1::bigint[], $2::integer[]) AS a(id, claim)
              WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
              RETURNING m.id
@@ -140,14 +202,14 @@ internal sealed class BrokerSql
              UPDATE {t} AS m SET locked_until = now() + $2
              WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3
                AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[], $5::integer[]) AS g(id, claim) WHERE g.id = m.id AND g.claim = m.claims)
-             RETURNING m.id, m.claims
+             RETURNING m.id, m.claims, m.cancel_requested_at IS NOT NULL
              """;
 
         // $1 worker, $2 ids the worker holds, $3 queue
         ReleaseOrphans =
             $"""
              UPDATE {t} AS m
-             SET status = 'pending', attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
+             SET {HandBackAssignments}
              WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3 AND NOT (m.id = ANY($2))
              RETURNING m.id
              """;
@@ -159,7 +221,7 @@ internal sealed class BrokerSql
              SET locked_until = now() + $4, started = m.started OR a.started
              FROM unnest($1::bigint[], $2::integer[], $5::boolean[]) AS a(id, claim, started)
              WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
-             RETURNING m.id, m.claims
+             RETURNING m.id, m.claims, m.cancel_requested_at IS NOT NULL
              """;
 
         // $1 batch size, $2 how many times at least a claim that was never seen to start gets its attempt back (a task
@@ -174,7 +236,9 @@ internal sealed class BrokerSql
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE {t} AS m
-             SET status = CASE WHEN e.refund OR m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
+             SET status = CASE WHEN m.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                               WHEN e.refund OR m.attempts < m.max_attempts THEN 'pending' ELSE 'discarded' END,
+                 finished_at = CASE WHEN m.cancel_requested_at IS NULL AND (e.refund OR m.attempts < m.max_attempts) THEN NULL ELSE now() END,
                  attempts = m.attempts - CASE WHEN e.refund THEN 1 ELSE 0 END,
                  unstarted_rescues = m.unstarted_rescues + CASE WHEN e.refund THEN 1 ELSE 0 END,
                  last_error = 'lease expired: worker ' || coalesce(m.locked_by, '?') || ' stopped renewing attempt ' || m.attempts
@@ -185,31 +249,205 @@ internal sealed class BrokerSql
              RETURNING m.task_id, m.task_name, m.status
              """;
 
-        // $1 task_id
-        State = $"SELECT status, attempts, max_attempts, run_at, last_error, locked_by FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1";
+        // $1 task_id: the newest row of that task id (a task id kicked twice has two rows).
+        State = $"SELECT {RecordColumns} FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1";
 
-        // $1 queue
-        // $1 queue, $2 most rows counted per status (null: all). One partial index per status, so no count ever reads
-        // rows of another status: due, scheduled and retrying work on the claim index, dead letters on the dead index.
-        Counts =
+        // $1 queue, $2 most rows counted per state (null: all). Every count reads one partial index, only rows of its own
+        // queue and state: available on the claim index, scheduled and retryable on the due index, running on the lease
+        // index, finished states on the finished index. Literal states, so a generic plan still proves the predicates.
+        Counts = string.Join("\nUNION ALL ", TaskStates.All.Select(state =>
+            $"SELECT '{TaskStates.ToStored(state)}', count(*) FROM (SELECT 1 FROM {t} WHERE status = '{TaskStates.ToStored(state)}' AND queue = $1 LIMIT $2) AS c"));
+
+        // $1 queue, $2 state: the planner's row estimate (no rows read), for counts past the bound.
+        EstimateCount = $"EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE status = $2 AND queue = $1";
+
+        // $1 queues, $2 limit, $3 channel: scheduled and retryable rows that are due become available; each queue that got
+        // work is woken. Reads only due rows of the due index, so a million future rows cost nothing.
+        Promote =
             $"""
-             SELECT 'pending', count(*) FROM (SELECT 1 FROM {t} WHERE status = 'pending' AND queue = $1 LIMIT $2) AS p
-             UNION ALL SELECT 'processing', count(*) FROM (SELECT 1 FROM {t} WHERE status = 'processing' AND queue = $1 LIMIT $2) AS r
-             UNION ALL SELECT 'dead', count(*) FROM (SELECT 1 FROM {t} WHERE status = 'dead' AND queue = $1 LIMIT $2) AS d
+             WITH due AS (
+                 SELECT id FROM {t}
+                 WHERE queue = ANY($1) AND status IN ('scheduled', 'retryable') AND run_at <= now()
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             ), promoted AS (
+                 UPDATE {t} AS m SET status = 'pending' FROM due WHERE m.id = due.id RETURNING m.queue
+             )
+             SELECT q.queue, q.n, pg_notify($3, q.queue) FROM (SELECT queue, count(*) AS n FROM promoted GROUP BY queue) AS q
              """;
 
-        // $1 queue, $2 status: the planner's row estimate (no rows read), for counts past the bound.
-        EstimateCount = $"EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} WHERE status = $2 AND queue = $1";
+        // $1 queues: how long until the next scheduled or retryable row of these queues is due (null: none), on the
+        // database clock. One index probe per queue and state.
+        NextDue =
+            $"""
+             SELECT min(least(
+                 (SELECT run_at FROM {t} WHERE queue = q.name AND status = 'scheduled' ORDER BY run_at LIMIT 1),
+                 (SELECT run_at FROM {t} WHERE queue = q.name AND status = 'retryable' ORDER BY run_at LIMIT 1))) - now()
+             FROM unnest($1::text[]) AS q(name)
+             """;
+
+        // $1 task id, $2 reason, $3 channel: cancels the newest row of a task id. Queued → cancelled at once; running → a
+        // cancel request the worker running it sees on this NOTIFY or, failing that, its next renewal. Returns the state
+        // it was in (none: no row) and the task id of a cancelled row.
+        Cancel =
+            $"""
+             WITH target AS (
+                 SELECT id, status FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE
+             ), queued AS (
+                 UPDATE {t} AS m SET status = 'cancelled', finished_at = now(), last_error = $2
+                 FROM target WHERE m.id = target.id AND target.status IN ('pending', 'scheduled', 'retryable')
+                 RETURNING m.id
+             ), running AS (
+                 UPDATE {t} AS m SET cancel_requested_at = coalesce(m.cancel_requested_at, now())
+                 FROM target WHERE m.id = target.id AND target.status = 'processing'
+                 RETURNING m.id
+             )
+             SELECT target.status, CASE WHEN EXISTS (SELECT 1 FROM running) THEN pg_notify($3, '{CancelPayloadPrefix}' || target.id) END
+             FROM target
+             """;
+
+        // Per queued state (a literal each, so the planner proves its partial index): $1 queue, $2 task name (null: any),
+        // $3 reason, $4 limit. Returns the cancelled rows' task ids.
+        CancelQueued = new[] { TaskStates.Available, TaskStates.Scheduled, TaskStates.Retryable }.ToDictionary(state => state, state =>
+            $"""
+             WITH batch AS (
+                 SELECT id FROM {t} WHERE queue = $1 AND status = '{state}' AND ($2::text IS NULL OR task_name = $2)
+                 LIMIT $4 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE {t} AS m SET status = 'cancelled', finished_at = now(), last_error = $3
+             FROM batch WHERE m.id = batch.id
+             RETURNING m.task_id
+             """);
+
+        // $1 queue, $2 task name (null: any), $3 channel: cancel requests for every running task of the queue, one NOTIFY
+        // for all (each worker renews at once and sees its own).
+        CancelRunning =
+            $"""
+             WITH requested AS (
+                 UPDATE {t} AS m SET cancel_requested_at = now()
+                 WHERE m.status = 'processing' AND m.queue = $1 AND ($2::text IS NULL OR m.task_name = $2) AND m.cancel_requested_at IS NULL
+                 RETURNING m.id
+             )
+             SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify($3, '{CancelPayloadPrefix}*') END FROM requested
+             """;
+
+        // $1 queue, $2 paused (true: pause, false: resume), $3 channel. Resuming wakes the queue's workers.
+        SetPaused =
+            $"""
+             WITH up AS (
+                 INSERT INTO {queues} AS q (name, paused_at, updated_at) VALUES ($1, CASE WHEN $2 THEN now() END, now())
+                 ON CONFLICT (name) DO UPDATE
+                     SET paused_at = CASE WHEN $2 THEN coalesce(q.paused_at, now()) END, updated_at = now()
+                 RETURNING q.paused_at
+             )
+             SELECT paused_at, CASE WHEN NOT $2 THEN pg_notify($3, $1) END FROM up
+             """;
+
+        // $1 queue
+        Paused = $"SELECT paused_at FROM {queues} WHERE name = $1";
+
+        // $1 task id, $2 reset attempts, $3 channel: the newest row of a task id, if discarded, back to available.
+        RetryOne =
+            $"""
+             WITH back AS (
+                 UPDATE {t} AS m
+                 SET status = 'pending', run_at = now(), finished_at = NULL, cancel_requested_at = NULL, locked_by = NULL,
+                     attempts = CASE WHEN $2 THEN 0 ELSE m.attempts END,
+                     max_attempts = CASE WHEN $2 THEN m.max_attempts ELSE m.max_attempts + 1 END,
+                     unstarted_rescues = 0
+                 WHERE m.id = (SELECT id FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1) AND m.status = 'discarded'
+                 RETURNING m.queue
+             )
+             SELECT (SELECT count(*) FROM back), (SELECT pg_notify($3, queue) FROM back LIMIT 1)
+             """;
+
+        // $1 queue, $2 task name (null: any), $3 reset attempts, $4 limit: a batch of discarded rows back to available.
+        RetryDiscarded =
+            $"""
+             WITH batch AS (
+                 SELECT id FROM {t} WHERE queue = $1 AND status = 'discarded' AND ($2::text IS NULL OR task_name = $2)
+                 ORDER BY finished_at LIMIT $4 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE {t} AS m
+             SET status = 'pending', run_at = now(), finished_at = NULL, cancel_requested_at = NULL, locked_by = NULL,
+                 attempts = CASE WHEN $3 THEN 0 ELSE m.attempts END,
+                 max_attempts = CASE WHEN $3 THEN m.max_attempts ELSE m.max_attempts + 1 END,
+                 unstarted_rescues = 0
+             FROM batch WHERE m.id = batch.id
+             RETURNING m.id
+             """;
+
+        // $1 queue, $2 task name (null: any), $3 limit: a batch of discarded rows deleted.
+        DeleteDiscarded =
+            $"""
+             DELETE FROM {t} WHERE id IN (
+                 SELECT id FROM {t} WHERE queue = $1 AND status = 'discarded' AND ($2::text IS NULL OR task_name = $2)
+                 LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id
+             """;
+
+        // $1 queue, $2..$4 retention of completed, cancelled, discarded rows (null: kept), $5 most rows per state. Oldest
+        // first, on the finished index; SKIP LOCKED so workers pruning at once never wait for each other.
+        Prune =
+            $"""
+             WITH c AS ({PruneState(t, TaskStates.Completed, "$2")}),
+                  x AS ({PruneState(t, TaskStates.Cancelled, "$3")}),
+                  d AS ({PruneState(t, TaskStates.Discarded, "$4")})
+             SELECT (SELECT count(*) FROM c) + (SELECT count(*) FROM x) + (SELECT count(*) FROM d)
+             """;
     }
+
+    /// <summary>Handing a claim back unrun: available again without using an attempt, or cancelled when that was requested.</summary>
+    private const string HandBackAssignments =
+        """
+        status = CASE WHEN m.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'pending' END,
+                 finished_at = CASE WHEN m.cancel_requested_at IS NOT NULL THEN now() END,
+                 attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
+        """;
+
+    /// <summary>The payload prefix of a cancel request on the broker's channel (a queue name can never contain ':').</summary>
+    internal const string CancelPayloadPrefix = "cancel:";
+
+    /// <summary>The columns <see cref="PostgresBroker"/> reads into a <see cref="TaskRecord"/>, in this order.</summary>
+    internal const string RecordColumns =
+        "id, task_id, task_name, queue, status, priority, attempts, max_attempts, run_at, created_at, finished_at, last_error, locked_by, message, labels::text";
+
+    private static string PruneState(string table, string state, string retention)
+        => $"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE queue = $1 AND status = '{state}' AND finished_at < now() - {retention} " +
+           "ORDER BY finished_at LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING 1";
+
+    /// <summary>
+    /// Completes claims <c>a(id, claim)</c> whose lease is still <paramref name="worker"/>'s: marks them completed (kept
+    /// for the retention) or deletes them. Returns <c>(id, claims)</c>. Shared by the broker's ack and the settle statement.
+    /// </summary>
+    internal static string CompleteStatement(string table, bool keep, string claims, string worker)
+        => keep
+            ? $"""
+               UPDATE {table} AS m
+               SET status = 'completed', finished_at = now(), locked_until = NULL
+               FROM {claims}
+               WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = {worker} AND m.status = 'processing'
+               RETURNING m.id, m.claims
+               """
+            : $"""
+               DELETE FROM {table} AS m
+               USING {claims}
+               WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = {worker} AND m.status = 'processing'
+               RETURNING m.id, m.claims
+               """;
+
+    private static string SqlLiteral(string plainIdentifier) => "'" + plainIdentifier + "'";
 
     /// <summary>
     /// The SET list of a failed attempt over rows <c>m</c> and failures <c>f(retry, error)</c>: retry after an exponential
-    /// backoff with jitter while attempts remain, else dead. Shared by <see cref="Fail"/> and the worker's settle statement.
+    /// backoff with jitter while attempts remain (retryable), else discarded; cancelled when a cancel was requested. Shared by <see cref="Fail"/> and the worker's settle statement.
     /// </summary>
     internal static string FailAssignments(string baseDelaySeconds, string maxDelaySeconds)
         => $"""
-            status = CASE WHEN f.retry AND m.attempts < m.max_attempts THEN 'pending' ELSE 'dead' END,
-                run_at = CASE WHEN f.retry AND m.attempts < m.max_attempts
+            status = CASE WHEN m.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                          WHEN f.retry AND m.attempts < m.max_attempts THEN 'retryable' ELSE 'discarded' END,
+                finished_at = CASE WHEN m.cancel_requested_at IS NULL AND f.retry AND m.attempts < m.max_attempts THEN NULL ELSE now() END,
+                run_at = CASE WHEN m.cancel_requested_at IS NULL AND f.retry AND m.attempts < m.max_attempts
                               THEN now() + make_interval(secs => least({baseDelaySeconds} * power(2, m.attempts - 1), {maxDelaySeconds}) * (0.5 + random() * 0.5))
                               ELSE m.run_at END,
                 last_error = f.error, locked_by = NULL, locked_until = NULL
@@ -258,4 +496,26 @@ internal sealed class BrokerSql
     public string Counts { get; }
 
     public string EstimateCount { get; }
+
+    public string Promote { get; }
+
+    public string NextDue { get; }
+
+    public string Prune { get; }
+
+    public string Cancel { get; }
+
+    public IReadOnlyDictionary<string, string> CancelQueued { get; }
+
+    public string CancelRunning { get; }
+
+    public string SetPaused { get; }
+
+    public string Paused { get; }
+
+    public string RetryOne { get; }
+
+    public string RetryDiscarded { get; }
+
+    public string DeleteDiscarded { get; }
 }

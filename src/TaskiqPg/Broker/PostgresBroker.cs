@@ -20,6 +20,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly ComponentResources _resources;
     private readonly Subscribers _subscribers = new();
+    private readonly Subscribers _cancelSubscribers = new();
     private readonly CoalescingNotifier _notifier;
 
     /// <summary>Creates a broker that owns a data source built from <paramref name="connectionString"/>.</summary>
@@ -136,20 +137,51 @@ public sealed class PostgresBroker : IAsyncDisposable
     }
 
     /// <summary>Claims up to <paramref name="maxCount"/> due tasks for <paramref name="workerId"/>, highest priority first,
-    /// leasing each for <see cref="PostgresBrokerOptions.LeaseDuration"/> (database clock).</summary>
+    /// leasing each for <see cref="PostgresBrokerOptions.LeaseDuration"/> (database clock). Scheduled and retryable tasks
+    /// that have come due are made available first.</summary>
     public async Task<IReadOnlyList<ClaimedTask>> ClaimAsync(string workerId, int maxCount, CancellationToken cancellationToken = default)
+        => (await ClaimWithNextDueAsync(workerId, maxCount, cancellationToken)).Claimed;
+
+    /// <summary>Most scheduled or retryable rows made available per claim (the rest by the next claims).</summary>
+    internal const int PromoteBatchSize = 1000;
+
+    /// <summary>
+    /// <see cref="ClaimAsync"/>, and how long until the queue's next scheduled or retryable task is due (null: none), so a
+    /// worker can wake exactly then. One round trip: promote, claim, next due.
+    /// </summary>
+    internal async Task<(IReadOnlyList<ClaimedTask> Claimed, TimeSpan? NextDue)> ClaimWithNextDueAsync(string workerId, int maxCount,
+        CancellationToken cancellationToken)
     {
         ArgumentException.ThrowIfNullOrEmpty(workerId);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxCount, 1);
         await StartAsync(cancellationToken);
-        await using var command = DataSource.CreateCommand(_sql.Claim);
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
-        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
+        string[] queues = [Options.Queue];
+        await using var batch = DataSource.CreateBatch();
+        var promote = new NpgsqlBatchCommand(_sql.Promote);
+        promote.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues });
+        promote.Parameters.Add(new NpgsqlParameter<int> { TypedValue = PromoteBatchSize });
+        promote.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        batch.BatchCommands.Add(promote);
+        var claim = new NpgsqlBatchCommand(_sql.Claim);
+        claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        claim.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
+        claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+        claim.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
+        batch.BatchCommands.Add(claim);
+        var nextDue = new NpgsqlBatchCommand(_sql.NextDue);
+        nextDue.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues });
+        batch.BatchCommands.Add(nextDue);
+
         var claimed = new List<ClaimedTask>(maxCount);
-        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+        TimeSpan? due = null;
+        await using (var reader = await batch.ExecuteReaderAsync(cancellationToken))
         {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                // promoted queues: their NOTIFY wakes other workers; this one claims right below
+            }
+
+            await reader.NextResultAsync(cancellationToken);
             while (await reader.ReadAsync(cancellationToken))
             {
                 claimed.Add(new ClaimedTask
@@ -167,6 +199,12 @@ public sealed class PostgresBroker : IAsyncDisposable
                     Claim = reader.GetInt32(10),
                 });
             }
+
+            await reader.NextResultAsync(cancellationToken);
+            if (await reader.ReadAsync(cancellationToken) && !reader.IsDBNull(0))
+            {
+                due = reader.GetFieldValue<TimeSpan>(0);
+            }
         }
 
         // UPDATE ... RETURNING does not keep the CTE's order.
@@ -178,7 +216,7 @@ public sealed class PostgresBroker : IAsyncDisposable
 
         claimed.Sort(static (a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority)
             : a.RunAt != b.RunAt ? a.RunAt.CompareTo(b.RunAt) : a.Id.CompareTo(b.Id));
-        return claimed;
+        return (claimed, due);
     }
 
     /// <summary>Completes claims (deletes their rows) if each lease is still this worker's.</summary>
@@ -210,7 +248,14 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// </remarks>
     internal IReadOnlySet<LeaseRef> RenewLeases(NpgsqlConnection connection, string workerId, IReadOnlyCollection<LeaseRef> leases,
         IReadOnlyCollection<bool> started, bool everythingOfWorker = false, IReadOnlyCollection<LeaseRef>? givenUp = null)
+        => RenewLeases(connection, workerId, leases, started, everythingOfWorker, givenUp, out _);
+
+    /// <summary><see cref="RenewLeases(NpgsqlConnection, string, IReadOnlyCollection{LeaseRef}, IReadOnlyCollection{bool}, bool, IReadOnlyCollection{LeaseRef}?)"/>,
+    /// and which of the renewed claims have a cancel request (null: none).</summary>
+    internal IReadOnlySet<LeaseRef> RenewLeases(NpgsqlConnection connection, string workerId, IReadOnlyCollection<LeaseRef> leases,
+        IReadOnlyCollection<bool> started, bool everythingOfWorker, IReadOnlyCollection<LeaseRef>? givenUp, out HashSet<LeaseRef>? cancelRequested)
     {
+        cancelRequested = null;
         if (leases.Count == 0 && !everythingOfWorker)
         {
             return new HashSet<LeaseRef>();
@@ -236,7 +281,12 @@ public sealed class PostgresBroker : IAsyncDisposable
         var renewed = new HashSet<LeaseRef>();
         while (reader.Read())
         {
-            renewed.Add(new LeaseRef(reader.GetInt64(0), reader.GetInt32(1)));
+            var lease = new LeaseRef(reader.GetInt64(0), reader.GetInt32(1));
+            renewed.Add(lease);
+            if (reader.GetBoolean(2))
+            {
+                (cancelRequested ??= []).Add(lease);
+            }
         }
 
         return renewed;
@@ -261,29 +311,36 @@ public sealed class PostgresBroker : IAsyncDisposable
         => LeaseCommandAsync(_sql.Release, workerId, leases, withLease: false, cancellationToken);
 
     /// <summary>
-    /// Records failed attempts: a retryable failure with attempts left goes back to pending after an exponential
-    /// backoff with jitter (computed in SQL); otherwise the task is dead-lettered. The reason is kept in <c>last_error</c>.
+    /// Records failed attempts: a retryable failure with attempts left becomes <see cref="TaskState.Retryable"/>, due
+    /// after an exponential backoff with jitter (computed in SQL); otherwise the task is <see cref="TaskState.Discarded"/>.
+    /// The reason is kept in <c>last_error</c>.
     /// </summary>
-    /// <returns>For each row whose lease was still ours, its new status (<see cref="TaskStatuses"/>).</returns>
-    public async Task<IReadOnlyDictionary<long, string>> FailAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
+    /// <returns>For each row whose lease was still ours, its new state.</returns>
+    public async Task<IReadOnlyDictionary<long, TaskState>> FailAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
         CancellationToken cancellationToken = default)
     {
         if (failures.Count == 0)
         {
-            return new Dictionary<long, string>();
+            return new Dictionary<long, TaskState>();
         }
 
         await using var batch = DataSource.CreateBatch();
         batch.BatchCommands.Add(CreateFailCommand(workerId, failures));
         await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
-        return await ReadFailOutcomeAsync(reader, cancellationToken);
+        var outcome = new Dictionary<long, TaskState>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            outcome[reader.GetInt64(0)] = TaskStates.FromStored(reader.GetString(1));
+        }
+
+        return outcome;
     }
 
     /// <summary><see cref="FailAsync"/> by claim: the new status of each lease (row and attempt) that was still ours.</summary>
-    internal async Task<IReadOnlyDictionary<LeaseRef, string>> FailLeasesAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
+    internal async Task<IReadOnlyDictionary<LeaseRef, TaskState>> FailLeasesAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
         CancellationToken cancellationToken)
     {
-        var outcome = new Dictionary<LeaseRef, string>();
+        var outcome = new Dictionary<LeaseRef, TaskState>();
         if (failures.Count == 0)
         {
             return outcome;
@@ -294,15 +351,16 @@ public sealed class PostgresBroker : IAsyncDisposable
         await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            outcome[new LeaseRef(reader.GetInt64(0), reader.GetInt32(2))] = reader.GetString(1);
+            outcome[new LeaseRef(reader.GetInt64(0), reader.GetInt32(2))] = TaskStates.FromStored(reader.GetString(1));
         }
 
         return outcome;
     }
 
     /// <summary>
-    /// Inserts tasks again whose rows were deleted at claim (<see cref="AckMode.WhenReceived"/>) and that never started:
-    /// a stopping worker hands them back instead of losing them. The attempt they were claimed for is not counted.
+    /// Hands back tasks acked at claim (<see cref="AckMode.WhenReceived"/>) that never started: their rows become available
+    /// again (or are inserted again when they were deleted), so a stopping worker loses none. The attempt they were claimed
+    /// for is not counted.
     /// </summary>
     internal async Task<long> RequeueAsync(IReadOnlyCollection<ClaimedTask> tasks, CancellationToken cancellationToken)
     {
@@ -321,6 +379,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = tasks.Select(t => t.Priority).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = tasks.Select(t => t.MaxAttempts).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = tasks.Select(t => t.Attempt - 1).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = tasks.Select(t => t.Id).ToArray() });
         return (long)(await command.ExecuteScalarAsync(cancellationToken))!;
 
         static string LabelsOf(string message)
@@ -349,17 +408,6 @@ public sealed class PostgresBroker : IAsyncDisposable
         return command;
     }
 
-    internal static async Task<Dictionary<long, string>> ReadFailOutcomeAsync(NpgsqlDataReader reader, CancellationToken cancellationToken)
-    {
-        var outcome = new Dictionary<long, string>();
-        while (await reader.ReadAsync(cancellationToken))
-        {
-            outcome[reader.GetInt64(0)] = reader.GetString(1);
-        }
-
-        return outcome;
-    }
-
     /// <summary>
     /// How many times at least a rescue gives back the attempt of a claim that was never seen to start (a prefetched
     /// task of a worker that died); <c>max_attempts</c> when that is larger. Past it the attempts count, so a task that
@@ -368,7 +416,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     internal const int MinUnstartedRefunds = 3;
 
     /// <summary>
-    /// Returns tasks whose lease expired (their worker died or hung) to pending, or dead-letters them when their
+    /// Returns tasks whose lease expired (their worker died or hung) to available, or discards them when their
     /// attempts are used up. A claim that was never seen to start (no renewal recorded its start) gets its attempt back. Any worker may call this; rows are locked with SKIP LOCKED so callers never collide.
     /// </summary>
     public async Task<IReadOnlyList<RescuedTask>> RescueExpiredLeasesAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
@@ -381,60 +429,117 @@ public sealed class PostgresBroker : IAsyncDisposable
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            rescued.Add(new RescuedTask(reader.GetString(0), reader.GetString(1), reader.GetString(2) == TaskStatuses.Dead));
+            rescued.Add(new RescuedTask(reader.GetString(0), reader.GetString(1), reader.GetString(2) == TaskStates.Discarded));
         }
 
         return rescued;
     }
 
-    /// <summary>The stored state of a task still in the messages table (pending, processing or dead); null once completed.</summary>
-    public async Task<TaskState?> GetTaskStateAsync(string taskId, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// The newest row of <paramref name="taskId"/>: its state, attempts, message, worker and last error. Null when there is
+    /// no row (never kicked, or pruned after its retention; with <see cref="PostgresBrokerOptions.CompletedRetention"/>
+    /// zero a completed task's row is deleted at once).
+    /// </summary>
+    public async Task<TaskRecord?> GetTaskAsync(string taskId, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(taskId);
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.State);
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        if (!await reader.ReadAsync(cancellationToken))
-        {
-            return null;
-        }
-
-        return new TaskState(reader.GetString(0), reader.GetInt32(1), reader.GetInt32(2), reader.GetFieldValue<DateTimeOffset>(3),
-            reader.IsDBNull(4) ? null : reader.GetString(4), reader.IsDBNull(5) ? null : reader.GetString(5));
+        return await reader.ReadAsync(cancellationToken) ? ReadRecord(reader) : null;
     }
 
-    /// <summary>Number of tasks of this broker's queue by status (<see cref="TaskStatuses"/>), counted exactly.</summary>
-    public async Task<IReadOnlyDictionary<string, long>> GetQueueCountsAsync(CancellationToken cancellationToken = default)
+    /// <summary>Reads the columns of <see cref="BrokerSql.RecordColumns"/>.</summary>
+    internal static TaskRecord ReadRecord(NpgsqlDataReader reader) => new()
+    {
+        Id = reader.GetInt64(0),
+        TaskId = reader.GetString(1),
+        TaskName = reader.GetString(2),
+        Queue = reader.GetString(3),
+        State = TaskStates.FromStored(reader.GetString(4)),
+        Priority = reader.GetInt32(5),
+        Attempts = reader.GetInt32(6),
+        MaxAttempts = reader.GetInt32(7),
+        RunAt = reader.GetFieldValue<DateTimeOffset>(8),
+        CreatedAt = reader.GetFieldValue<DateTimeOffset>(9),
+        FinishedAt = reader.IsDBNull(10) ? null : reader.GetFieldValue<DateTimeOffset>(10),
+        LastError = reader.IsDBNull(11) ? null : reader.GetString(11),
+        Worker = reader.IsDBNull(12) ? null : reader.GetString(12),
+        MessageJson = reader.GetString(13),
+        Labels = ReadLabels(reader.GetString(14)),
+    };
+
+    /// <summary>Labels as stored (other producers may store numbers or booleans: given as their JSON text).</summary>
+    private static Dictionary<string, string> ReadLabels(string json)
+    {
+        var labels = new Dictionary<string, string>();
+        using var document = JsonDocument.Parse(json);
+        if (document.RootElement.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var property in document.RootElement.EnumerateObject())
+            {
+                labels[property.Name] = property.Value.ValueKind == JsonValueKind.String ? property.Value.GetString()! : property.Value.GetRawText();
+            }
+        }
+
+        return labels;
+    }
+
+    /// <summary>Number of tasks of this broker's queue in each state, counted exactly (reads every row counted).</summary>
+    public async Task<IReadOnlyDictionary<TaskState, long>> GetQueueCountsAsync(CancellationToken cancellationToken = default)
         => (await CountAsync(limit: null, cancellationToken)).ToDictionary(kv => kv.Key, kv => kv.Value.Count);
 
     /// <summary>
-    /// The queue's depth by status, cheap at any table size: each status is counted exactly up to
+    /// The queue's depth by state, cheap at any table size: each state is counted exactly up to
     /// <paramref name="exactUpTo"/> rows (a bounded index scan); past that the planner's estimate is given instead.
     /// </summary>
-    internal async Task<IReadOnlyDictionary<string, long>> GetQueueDepthAsync(int exactUpTo, CancellationToken cancellationToken)
+    internal async Task<IReadOnlyDictionary<TaskState, long>> GetQueueDepthAsync(int exactUpTo, CancellationToken cancellationToken)
     {
         var counts = await CountAsync(exactUpTo, cancellationToken);
-        var depth = new Dictionary<string, long>();
-        foreach (var (status, (count, capped)) in counts)
+        var depth = new Dictionary<TaskState, long>();
+        foreach (var (state, (count, capped)) in counts)
         {
-            depth[status] = capped ? Math.Max(count, await EstimateAsync(status, cancellationToken)) : count;
+            depth[state] = capped ? Math.Max(count, await EstimateAsync(TaskStates.ToStored(state), cancellationToken)) : count;
         }
 
         return depth;
     }
 
-    private async Task<Dictionary<string, (long Count, bool Capped)>> CountAsync(int? limit, CancellationToken cancellationToken)
+    /// <summary>
+    /// Deletes finished rows of this broker's queue older than their retention (<see cref="PostgresBrokerOptions.CompletedRetention"/>,
+    /// <see cref="PostgresBrokerOptions.CancelledRetention"/>, <see cref="PostgresBrokerOptions.DiscardedRetention"/>), at
+    /// most <paramref name="maxCount"/> per state, oldest first. Workers call it periodically.
+    /// </summary>
+    /// <returns>Rows deleted.</returns>
+    public async Task<long> PruneFinishedAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxCount, 1);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.Prune);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(RetentionParameter(Options.CompletedRetention));
+        command.Parameters.Add(RetentionParameter(Options.CancelledRetention));
+        command.Parameters.Add(RetentionParameter(Options.DiscardedRetention));
+        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
+        return (long)(await command.ExecuteScalarAsync(cancellationToken))!;
+
+        static NpgsqlParameter RetentionParameter(TimeSpan retention)
+            => new() { Value = retention == Timeout.InfiniteTimeSpan ? DBNull.Value : retention, NpgsqlDbType = NpgsqlDbType.Interval };
+    }
+
+    private async Task<Dictionary<TaskState, (long Count, bool Capped)>> CountAsync(int? limit, CancellationToken cancellationToken)
     {
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.Counts);
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
         command.Parameters.Add(new NpgsqlParameter { Value = (object?)limit ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bigint });
-        var counts = new Dictionary<string, (long, bool)>();
+        var counts = new Dictionary<TaskState, (long, bool)>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
             var count = reader.GetInt64(1);
-            counts[reader.GetString(0)] = (count, limit is { } l && count >= l);
+            counts[TaskStates.FromStored(reader.GetString(0))] = (count, limit is { } l && count >= l);
         }
 
         return counts;
@@ -449,6 +554,239 @@ public sealed class PostgresBroker : IAsyncDisposable
         using var json = JsonDocument.Parse(plan);
         return (long)json.RootElement[0].GetProperty("Plan").GetProperty("Plan Rows").GetDouble();
     }
+
+    /// <summary>The reason stored with a task cancelled by <see cref="CancelAsync"/> or <see cref="CancelManyAsync(TaskFilter?, CancellationToken)"/>.</summary>
+    public const string CancelledReason = "Cancelled by request.";
+
+    /// <summary>
+    /// Cancels a task by id (its newest row). A queued task (available, scheduled, retryable) is cancelled at once. A running
+    /// task's handler gets its <see cref="CancellationToken"/> cancelled on whichever worker runs it (a NOTIFY, with
+    /// that worker's next lease renewal as the fallback), and the task then ends <see cref="TaskState.Cancelled"/>. A
+    /// finished task is left as it is (<see cref="CancelOutcome.AlreadyFinished"/>).
+    /// </summary>
+    /// <remarks>Waiters of a task cancelled while queued get <see cref="CancelledTaskException"/> when the cancel goes
+    /// through <see cref="TaskiqClient.CancelAsync"/>, which also stores the cancelled result.</remarks>
+    public async Task<CancelResult> CancelAsync(string taskId, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskId);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.Cancel);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = CancelledTaskException.ErrorType + ": " + CancelledReason });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        if (!await reader.ReadAsync(cancellationToken))
+        {
+            return new CancelResult(CancelOutcome.NotFound, null);
+        }
+
+        var state = TaskStates.FromStored(reader.GetString(0));
+        return new CancelResult(state switch
+        {
+            TaskState.Running => CancelOutcome.Requested,
+            _ when TaskStates.IsFinished(state) => CancelOutcome.AlreadyFinished,
+            _ => CancelOutcome.Cancelled,
+        }, state);
+    }
+
+    /// <summary>Rows changed per statement by the bulk operations (each batch is its own short transaction).</summary>
+    internal const int BulkBatchSize = 5_000;
+
+    /// <summary>
+    /// Cancels every task of a queue that matches <paramref name="filter"/>: queued ones at once, running ones by a cancel
+    /// request to their workers (see <see cref="CancelAsync"/>). Works in batches of 5,000 rows, so a large queue is never
+    /// locked whole.
+    /// </summary>
+    /// <exception cref="ArgumentException">The filter names a finished state (cancel applies to unfinished tasks only).</exception>
+    public Task<BulkCancelResult> CancelManyAsync(TaskFilter? filter = null, CancellationToken cancellationToken = default)
+        => CancelManyAsync(filter, onCancelled: null, cancellationToken);
+
+    /// <summary><see cref="CancelManyAsync(TaskFilter?, CancellationToken)"/>, handing each batch's cancelled task ids to <paramref name="onCancelled"/>.</summary>
+    internal async Task<BulkCancelResult> CancelManyAsync(TaskFilter? filter, Func<IReadOnlyList<string>, CancellationToken, Task>? onCancelled,
+        CancellationToken cancellationToken)
+    {
+        var queue = QueueOf(filter);
+        var states = filter?.States ?? [TaskState.Available, TaskState.Scheduled, TaskState.Retryable, TaskState.Running];
+        if (states.FirstOrDefault(TaskStates.IsFinished) is var finished && TaskStates.IsFinished(finished) && states.Contains(finished))
+        {
+            throw new ArgumentException($"A {finished} task cannot be cancelled; filter on unfinished states only.", nameof(filter));
+        }
+
+        await StartAsync(cancellationToken);
+        long cancelled = 0, requested = 0;
+        if (states.Contains(TaskState.Running))
+        {
+            await using var command = DataSource.CreateCommand(_sql.CancelRunning);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            command.Parameters.Add(NullableText(filter?.TaskName));
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+            requested = (long)(await command.ExecuteScalarAsync(cancellationToken))!;
+        }
+
+        foreach (var state in states.Where(s => s != TaskState.Running).Distinct())
+        {
+            while (true)
+            {
+                await using var command = DataSource.CreateCommand(_sql.CancelQueued[TaskStates.ToStored(state)]);
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                command.Parameters.Add(NullableText(filter?.TaskName));
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = CancelledTaskException.ErrorType + ": " + CancelledReason });
+                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = BulkBatchSize });
+                var ids = new List<string>();
+                await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+                {
+                    while (await reader.ReadAsync(cancellationToken))
+                    {
+                        ids.Add(reader.GetString(0));
+                    }
+                }
+
+                cancelled += ids.Count;
+                if (onCancelled is not null && ids.Count > 0)
+                {
+                    await onCancelled(ids, cancellationToken);
+                }
+
+                if (ids.Count < BulkBatchSize)
+                {
+                    break;
+                }
+            }
+        }
+
+        return new BulkCancelResult(cancelled, requested);
+    }
+
+    /// <summary>
+    /// Pauses a queue for every worker of every process: no worker claims from it (checked by each claim, so within
+    /// one claim of each worker), kicks are still accepted, and it stays paused across restarts until
+    /// <see cref="ResumeQueueAsync"/>. Tasks already running finish.
+    /// </summary>
+    /// <param name="queue">The queue; default: this broker's.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    public Task PauseQueueAsync(string? queue = null, CancellationToken cancellationToken = default)
+        => SetPausedAsync(queue, paused: true, cancellationToken);
+
+    /// <summary>Resumes a paused queue and wakes its workers. Resuming a queue that is not paused does nothing.</summary>
+    /// <param name="queue">The queue; default: this broker's.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    public Task ResumeQueueAsync(string? queue = null, CancellationToken cancellationToken = default)
+        => SetPausedAsync(queue, paused: false, cancellationToken);
+
+    /// <summary>When the queue was paused; null while it is not paused.</summary>
+    /// <param name="queue">The queue; default: this broker's.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    public async Task<DateTimeOffset?> GetQueuePausedAtAsync(string? queue = null, CancellationToken cancellationToken = default)
+    {
+        var name = QueueOf(queue);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.Paused);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+        return await command.ExecuteScalarAsync(cancellationToken) is DateTime at ? new DateTimeOffset(at, TimeSpan.Zero) : null;
+    }
+
+    private async Task SetPausedAsync(string? queue, bool paused, CancellationToken cancellationToken)
+    {
+        var name = QueueOf(queue);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.SetPaused);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+        command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = paused });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Puts a discarded (dead-lettered) task back in its queue, available at once. With <paramref name="resetAttempts"/>
+    /// (default) it gets its full <c>max_attempts</c> again; otherwise its attempts are kept and it gets one more.
+    /// Its last error stays readable until it runs again.
+    /// </summary>
+    /// <returns>True when the task was discarded and is available again; false when it was not discarded (or not found).</returns>
+    public async Task<bool> RetryDiscardedAsync(string taskId, bool resetAttempts = true, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskId);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.RetryOne);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+        command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = resetAttempts });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        return (long)(await command.ExecuteScalarAsync(cancellationToken))! > 0;
+    }
+
+    /// <summary>
+    /// Puts every discarded task of a queue that matches <paramref name="filter"/> (queue, task name) back, available at
+    /// once, in batches of 5,000, oldest dead letters first. See <see cref="RetryDiscardedAsync(string, bool, CancellationToken)"/>.
+    /// </summary>
+    /// <returns>How many tasks are available again.</returns>
+    public async Task<long> RetryDiscardedAsync(TaskFilter? filter, bool resetAttempts = true, CancellationToken cancellationToken = default)
+    {
+        var queue = QueueOf(filter);
+        await StartAsync(cancellationToken);
+        long total = 0;
+        int batch;
+        do
+        {
+            await using var command = DataSource.CreateCommand(_sql.RetryDiscarded);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            command.Parameters.Add(NullableText(filter?.TaskName));
+            command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = resetAttempts });
+            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = BulkBatchSize });
+            batch = await command.ExecuteNonQueryAsync(cancellationToken);
+            total += batch;
+        }
+        while (batch == BulkBatchSize);
+
+        if (total > 0)
+        {
+            await NotifyAsync(queue, cancellationToken);
+        }
+
+        return total;
+    }
+
+    /// <summary>Deletes every discarded task of a queue that matches <paramref name="filter"/> (queue, task name), in batches of 5,000.</summary>
+    /// <returns>How many rows were deleted.</returns>
+    public async Task<long> DeleteDiscardedAsync(TaskFilter? filter = null, CancellationToken cancellationToken = default)
+    {
+        var queue = QueueOf(filter);
+        await StartAsync(cancellationToken);
+        long total = 0;
+        int batch;
+        do
+        {
+            await using var command = DataSource.CreateCommand(_sql.DeleteDiscarded);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            command.Parameters.Add(NullableText(filter?.TaskName));
+            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = BulkBatchSize });
+            batch = await command.ExecuteNonQueryAsync(cancellationToken);
+            total += batch;
+        }
+        while (batch == BulkBatchSize);
+
+        return total;
+    }
+
+    /// <summary>Calls <paramref name="onRequest"/> when a cancel request for running tasks arrives on the broker's channel.</summary>
+    internal IDisposable SubscribeCancelRequests(Action onRequest)
+    {
+        var subscription = _cancelSubscribers.Add(onRequest);
+        _resources.Listener.Start();
+        return subscription;
+    }
+
+    private async Task NotifyAsync(string queue, CancellationToken cancellationToken)
+    {
+        await using var command = DataSource.CreateCommand(BrokerSql.Notify);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private string QueueOf(TaskFilter? filter) => QueueOf(filter?.Queue);
+
+    private string QueueOf(string? queue) => queue is null ? Options.Queue : PgIdentifier.Validate(queue, "queue");
+
+    private static NpgsqlParameter NullableText(string? value) => new() { Value = (object?)value ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.Text };
 
     /// <summary>
     /// Calls <paramref name="onWake"/> whenever tasks may be available: a NOTIFY on this broker's queue, or the LISTEN
@@ -553,10 +891,14 @@ public sealed class PostgresBroker : IAsyncDisposable
             var rows = copies.Select(c => (Message: c, Serialize(c))).Select(r => (r.Message, r.Item2.Json, r.Item2.Labels)).ToArray(); // before taking a connection
             connection = callerConnection ?? await DataSource.OpenConnectionAsync(cancellationToken);
             own = transaction is null ? await connection.BeginTransactionAsync(cancellationToken) : null;
-            if (runAt is null && DelayOf(options) is { } delay && delay > TimeSpan.Zero)
+            var status = TaskStates.Available;
+            if (runAt is not null || DelayOf(options) > TimeSpan.Zero)
             {
+                // The transaction's now(): run_at = now() + delay as in SQL, and scheduled only when due later than it.
                 await using var now = new NpgsqlCommand(BrokerSql.TransactionNow, connection, transaction ?? own);
-                runAt = new DateTimeOffset((DateTime)(await now.ExecuteScalarAsync(cancellationToken))!, TimeSpan.Zero) + delay; // = now() + delay in SQL
+                var transactionNow = new DateTimeOffset((DateTime)(await now.ExecuteScalarAsync(cancellationToken))!, TimeSpan.Zero);
+                runAt ??= transactionNow + DelayOf(options);
+                status = runAt > transactionNow ? TaskStates.Scheduled : TaskStates.Available;
             }
 
             var priority = options?.Priority ?? 0;
@@ -576,6 +918,7 @@ public sealed class PostgresBroker : IAsyncDisposable
                     if (runAt is { } at)
                     {
                         await importer.WriteAsync(at, NpgsqlDbType.TimestampTz, cancellationToken);
+                        await importer.WriteAsync(status, NpgsqlDbType.Text, cancellationToken);
                     }
                 }
 
@@ -755,6 +1098,10 @@ public sealed class PostgresBroker : IAsyncDisposable
         if (payload == Options.Queue)
         {
             WakeSubscribers();
+        }
+        else if (payload.StartsWith(BrokerSql.CancelPayloadPrefix, StringComparison.Ordinal))
+        {
+            _cancelSubscribers.Invoke();
         }
     }
 

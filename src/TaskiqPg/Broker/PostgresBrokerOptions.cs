@@ -9,6 +9,9 @@ public sealed record PostgresBrokerOptions
     /// <summary>Messages table. Default <c>taskiq_messages</c>.</summary>
     public string MessagesTable { get; set; } = "taskiq_messages";
 
+    /// <summary>Table of the queues' settings (paused or not), in <see cref="Schema"/>. Default <c>taskiq_queues</c>.</summary>
+    public string QueuesTable { get; set; } = "taskiq_queues";
+
     /// <summary>NOTIFY channel that wakes workers. Default <c>taskiq</c>.</summary>
     public string Channel { get; set; } = "taskiq";
 
@@ -36,10 +39,27 @@ public sealed record PostgresBrokerOptions
     /// <summary>Longest task name accepted by a kick, in characters. Default 255.</summary>
     public int MaxTaskNameLength { get; set; } = 255;
 
+    /// <summary>
+    /// How long a completed task's row is kept (state <see cref="TaskState.Completed"/>) before it is pruned. Default 24 h.
+    /// <see cref="TimeSpan.Zero"/> deletes the row at the ack (the fastest path: nothing to prune later);
+    /// <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> keeps it.
+    /// </summary>
+    public TimeSpan CompletedRetention { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>How long a cancelled task's row is kept. Default 24 h; <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> keeps it.</summary>
+    public TimeSpan CancelledRetention { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>How long a discarded (dead-lettered) task's row is kept. Default 7 days; <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> keeps it.</summary>
+    public TimeSpan DiscardedRetention { get; set; } = TimeSpan.FromDays(7);
+
     internal void Validate()
     {
+        Retention(CompletedRetention, nameof(CompletedRetention));
+        Retention(CancelledRetention, nameof(CancelledRetention));
+        Retention(DiscardedRetention, nameof(DiscardedRetention));
         PgIdentifier.Validate(Schema, nameof(Schema));
         PgIdentifier.Validate(MessagesTable, nameof(MessagesTable));
+        PgIdentifier.Validate(QueuesTable, nameof(QueuesTable));
         PgIdentifier.Validate(Channel, nameof(Channel));
         PgIdentifier.Validate(Queue, nameof(Queue));
         Positive(LeaseDuration, nameof(LeaseDuration));
@@ -53,6 +73,14 @@ public sealed record PostgresBrokerOptions
         if (MaxMessageBytes < 1 || MaxTaskNameLength < 1)
         {
             throw new ArgumentException($"{nameof(MaxMessageBytes)} and {nameof(MaxTaskNameLength)} must be positive.");
+        }
+    }
+
+    private static void Retention(TimeSpan value, string name)
+    {
+        if (value < TimeSpan.Zero && value != System.Threading.Timeout.InfiniteTimeSpan)
+        {
+            throw new ArgumentException($"{name} must be zero, positive or Timeout.InfiniteTimeSpan (kept).", name);
         }
     }
 

@@ -56,6 +56,15 @@ internal static partial class Log
     [LoggerMessage(2012, LogLevel.Error, "Worker {WorkerId} could not hand back {Count} unstarted task(s) received with AckMode.WhenReceived; they are lost")]
     public static partial void RequeueFailed(ILogger logger, Exception exception, string workerId, int count);
 
+    [LoggerMessage(2013, LogLevel.Debug, "Worker {WorkerId} pruned {Count} finished task row(s) past their retention")]
+    public static partial void FinishedPruned(ILogger logger, string workerId, long count);
+
+    [LoggerMessage(2014, LogLevel.Information, "Cancel requested for running task {TaskId} ({TaskName}): its handler's token is cancelled")]
+    public static partial void TaskCancelRequested(ILogger logger, string taskId, string taskName);
+
+    [LoggerMessage(2015, LogLevel.Information, "Task {TaskId} ({TaskName}) was cancelled")]
+    public static partial void TaskCancelled(ILogger logger, string taskId, string taskName);
+
     [LoggerMessage(4001, LogLevel.Error, "Schedule {ScheduleId} ({TaskName}) was disabled: {Reason}")]
     public static partial void ScheduleDisabled(ILogger logger, Guid scheduleId, string taskName, string reason);
 

@@ -35,6 +35,8 @@ public static class TaskiqDiagnostics
 
     internal static readonly Counter<long> DeadLettered = Meter.CreateCounter<long>("taskiqpg.tasks.dead_lettered", "{task}", "Tasks dead-lettered.");
 
+    internal static readonly Counter<long> Cancelled = Meter.CreateCounter<long>("taskiqpg.tasks.cancelled", "{task}", "Running tasks ended cancelled by request.");
+
     internal static readonly Histogram<double> QueueWait = Meter.CreateHistogram<double>("taskiqpg.task.queue_wait", "s", "Time from a task being due to its claim.");
 
     internal static readonly Histogram<double> Duration = Meter.CreateHistogram<double>("taskiqpg.task.duration", "s", "Handler run time.");

@@ -21,10 +21,7 @@ internal sealed class SettleSql
         Settle =
             $"""
              WITH acked AS (
-                 DELETE FROM {t} AS m
-                 USING unnest($1::bigint[], $2::integer[]) AS a(id, claim)
-                 WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $7 AND m.status = 'processing'
-                 RETURNING m.id, m.claims
+             {BrokerSql.CompleteStatement(t, broker.CompletedRetention != TimeSpan.Zero, "unnest($1::bigint[], $2::integer[]) AS a(id, claim)", "$7")}
              ), failed AS (
                  UPDATE {t} AS m
                  SET {BrokerSql.FailAssignments("$8", "$9")}

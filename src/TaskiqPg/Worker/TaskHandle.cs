@@ -31,13 +31,15 @@ public class TaskHandle
     public Task<TaskResult> WaitForRawResultAsync(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
         => Results.WaitForResultAsync(TaskId, timeout ?? DefaultWaitTimeout, cancellationToken);
 
-    /// <summary>Waits for the task and throws <see cref="TaskExecutionException"/> if it failed.</summary>
+    /// <summary>Waits for the task and throws <see cref="TaskExecutionException"/> if it failed, <see cref="CancelledTaskException"/> if it was cancelled.</summary>
     public async Task WaitForResultAsync(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
         => ThrowIfError(await WaitForRawResultAsync(timeout, cancellationToken));
 
-    /// <summary>Throws <see cref="TaskExecutionException"/> when <paramref name="result"/> is a failure.</summary>
+    /// <summary>Throws <see cref="TaskExecutionException"/> when <paramref name="result"/> is a failure, <see cref="CancelledTaskException"/> when the task was cancelled.</summary>
     protected TaskResult ThrowIfError(TaskResult result)
-        => result.IsError ? throw new TaskExecutionException(TaskId, result.Error ?? new TaskError("Unknown", "no error details"), result.StackTrace) : result;
+        => !result.IsError ? result
+            : result.Error?.Type == CancelledTaskException.ErrorType ? throw new CancelledTaskException(TaskId, result.Error.Message)
+            : throw new TaskExecutionException(TaskId, result.Error ?? new TaskError("Unknown", "no error details"), result.StackTrace);
 
     private PostgresResultBackend Results
         => _results ?? throw new InvalidOperationException("This client has no result backend; pass one to TaskiqClient to read results.");
@@ -53,6 +55,7 @@ public sealed class TaskHandle<TResult> : TaskHandle
 
     /// <summary>Waits for the task and returns its result.</summary>
     /// <exception cref="TaskExecutionException">The task failed; carries the remote error.</exception>
+    /// <exception cref="CancelledTaskException">The task was cancelled.</exception>
     /// <exception cref="TaskResultTimeoutException">No result within the timeout (default 1 minute).</exception>
     public new async Task<TResult> WaitForResultAsync(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
         => ThrowIfError(await WaitForRawResultAsync(timeout, cancellationToken)).GetReturnValue<TResult>(SerializerOptions)!;

@@ -55,4 +55,32 @@ public sealed class TaskiqClient
         await Broker.KickAsync(message, connection, transaction, options, cancellationToken);
         return new TaskHandle<TResult>(message.TaskId, ResultBackend, SerializerOptions);
     }
+
+    /// <summary>
+    /// Cancels a task (see <see cref="PostgresBroker.CancelAsync"/>) and, when it was queued, stores its cancelled result,
+    /// so its waiters get <see cref="CancelledTaskException"/> at once. A running task's result is stored by its worker.
+    /// </summary>
+    public async Task<CancelResult> CancelAsync(string taskId, CancellationToken cancellationToken = default)
+    {
+        var result = await Broker.CancelAsync(taskId, cancellationToken);
+        if (result.Outcome == CancelOutcome.Cancelled && ResultBackend is not null)
+        {
+            await StoreCancelledAsync([taskId], cancellationToken);
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// Cancels every matching task (see <see cref="PostgresBroker.CancelManyAsync(TaskFilter?, CancellationToken)"/>) and
+    /// stores the cancelled result of each queued one, batch by batch.
+    /// </summary>
+    public Task<BulkCancelResult> CancelManyAsync(TaskFilter? filter = null, CancellationToken cancellationToken = default)
+        => Broker.CancelManyAsync(filter, ResultBackend is null ? null : StoreCancelledAsync, cancellationToken);
+
+    private Task StoreCancelledAsync(IReadOnlyList<string> taskIds, CancellationToken cancellationToken)
+    {
+        var result = TaskiqWorker.ErrorResult(CancelledTaskException.ErrorType, PostgresBroker.CancelledReason, null, TimeSpan.Zero, null);
+        return ResultBackend!.SetResultsAsync(taskIds.Select(id => new KeyValuePair<string, TaskResult>(id, result)).ToArray(), cancellationToken);
+    }
 }

@@ -45,6 +45,7 @@ public sealed class TaskiqWorker : BackgroundService
     private int _unreported; // outcomes produced by handlers and not yet written
     private long _reportFailingSinceTicks; // 0 while outcomes are written
     private int _renewalRounds;
+    private readonly AutoResetEvent _renewNow = new(false); // a cancel request arrived: renew (and read cancel flags) at once
     private readonly TaskCompletionSource _renewalReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly int _capacity;
     private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
@@ -52,7 +53,7 @@ public sealed class TaskiqWorker : BackgroundService
     /// <summary>Rows per status the depth gauge counts exactly; past this it reports the planner's estimate.</summary>
     private const int DepthExactUpTo = 10_000;
     private readonly KeyValuePair<string, object?> _queueTag;
-    private IReadOnlyDictionary<string, long> _depth = new Dictionary<string, long>();
+    private IReadOnlyDictionary<TaskState, long> _depth = new Dictionary<TaskState, long>();
     private int _active;
     private volatile bool _stopping;
     private long _lastLoopTicks;
@@ -119,6 +120,7 @@ public sealed class TaskiqWorker : BackgroundService
         }
 
         using var subscription = _broker.Subscribe(_wake.Set);
+        using var cancelSubscription = _broker.SubscribeCancelRequests(() => _renewNow.Set());
         _wake.Set(); // scan at start: tasks kicked while no worker listened
         Log.WorkerStarted(_logger, WorkerId, _broker.Options.Queue, _options.MaxConcurrentTasks, _capacity - _options.MaxConcurrentTasks);
 
@@ -127,6 +129,7 @@ public sealed class TaskiqWorker : BackgroundService
         var renewer = StartRenewalThread(background.Token);
         var rescuer = Task.Run(() => RescueLoopAsync(background.Token), CancellationToken.None);
         var sampler = Task.Run(() => SampleDepthLoopAsync(background.Token), CancellationToken.None);
+        var pruner = Task.Run(() => PruneLoopAsync(background.Token), CancellationToken.None);
         using var depthRegistration = TaskiqDiagnostics.RegisterDepthSource(ObserveDepth);
         var executors = Enumerable.Range(0, _options.MaxConcurrentTasks)
             .Select(_ => Task.Run(ExecuteLoopAsync, CancellationToken.None)).ToArray();
@@ -169,6 +172,7 @@ public sealed class TaskiqWorker : BackgroundService
             await Task.WhenAll(renewer.ContinueWith(static _ => { }, TaskScheduler.Default),
                 rescuer.ContinueWith(static _ => { }, TaskScheduler.Default),
                 sampler.ContinueWith(static _ => { }, TaskScheduler.Default),
+                pruner.ContinueWith(static _ => { }, TaskScheduler.Default),
                 flusher.ContinueWith(static _ => { }, TaskScheduler.Default));
         }
 
@@ -179,6 +183,7 @@ public sealed class TaskiqWorker : BackgroundService
     public override void Dispose()
     {
         base.Dispose();
+        // _renewNow is not disposed: the renewal thread may still wait on it while the loops end.
         // Cancelled, not disposed: a host whose shutdown timeout ran out disposes the worker while its loops still end.
         _hardStop.Cancel();
     }
@@ -209,6 +214,7 @@ public sealed class TaskiqWorker : BackgroundService
 
             var wanted = Math.Min(free, _options.ClaimBatchSize);
             IReadOnlyList<ClaimedTask> batch;
+            TimeSpan? nextDue;
             try
             {
                 if (failures > 0)
@@ -223,7 +229,7 @@ public sealed class TaskiqWorker : BackgroundService
                 }
 
                 Volatile.Write(ref _claimInFlight, 1); // until its rows are in _held, renewal covers all rows leased to us
-                batch = await _broker.ClaimAsync(WorkerId, wanted, stoppingToken);
+                (batch, nextDue) = await _broker.ClaimWithNextDueAsync(WorkerId, wanted, stoppingToken);
                 failures = 0;
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -256,7 +262,8 @@ public sealed class TaskiqWorker : BackgroundService
 
             if (batch.Count < wanted)
             {
-                await WaitForWakeAsync(stoppingToken);
+                // Wake when the next scheduled or retryable task comes due, if that is before the next poll.
+                await WaitForWakeAsync(stoppingToken, nextDue);
             }
         }
     }
@@ -306,6 +313,9 @@ public sealed class TaskiqWorker : BackgroundService
 
     private const int StopStepAttempts = 5;
 
+    /// <summary>Shortest wait for a task coming due (it may be due already when another worker holds its row locked).</summary>
+    private static readonly TimeSpan MinDueWait = TimeSpan.FromMilliseconds(10);
+
     /// <summary>Renewal statements tried per tick when they fail transiently (deadlocks, a reconnect).</summary>
     private const int RenewAttemptsPerTick = 3;
 
@@ -325,11 +335,17 @@ public sealed class TaskiqWorker : BackgroundService
         }
     }
 
-    private async Task WaitForWakeAsync(CancellationToken stoppingToken)
+    private async Task WaitForWakeAsync(CancellationToken stoppingToken, TimeSpan? nextDue = null)
     {
+        var wait = _options.PollInterval;
+        if (nextDue is { } due && due < wait)
+        {
+            wait = due < MinDueWait ? MinDueWait : due;
+        }
+
         try
         {
-            await _wake.WaitAsync(_options.PollInterval, stoppingToken);
+            await _wake.WaitAsync(wait, stoppingToken);
         }
         catch (OperationCanceledException)
         {
@@ -412,6 +428,11 @@ public sealed class TaskiqWorker : BackgroundService
                 $"No task named '{message.TaskName}' is registered on worker {WorkerId}.", null, retry: false);
         }
 
+        if (held.CancelRequested)
+        {
+            return Completion.Cancelled(task, message); // cancelled while it waited in this worker: never started
+        }
+
         var timeout = TimeoutOf(message, descriptor);
         using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(_hardStop.Token);
         if (!held.TryStart(cancellation))
@@ -476,6 +497,11 @@ public sealed class TaskiqWorker : BackgroundService
                 Labels = message.Labels,
             };
             return Completion.Success(task, result);
+        }
+        catch (Exception) when (held.CancelRequested && !held.LeaseLost && !_hardStop.IsCancellationRequested)
+        {
+            // Cancelled by request (PostgresBroker.CancelAsync): whatever the handler threw on its way out.
+            return Completion.Cancelled(task, message, started.Elapsed);
         }
         catch (TaskArgumentException ex)
         {
@@ -606,7 +632,7 @@ public sealed class TaskiqWorker : BackgroundService
 
             foreach (var completion in batch)
             {
-                RecordOutcome(completion.Succeeded ? TaskStatuses.Processing : TaskStatuses.Dead, completion.Succeeded, NameTag(completion.Task.TaskName));
+                RecordOutcome(completion.Succeeded ? TaskState.Completed : TaskState.Discarded, completion.Succeeded, NameTag(completion.Task.TaskName));
             }
 
             return;
@@ -623,20 +649,24 @@ public sealed class TaskiqWorker : BackgroundService
         {
             var task = completion.Task;
             var nameTag = NameTag(task.TaskName);
-            var newStatus = completion.Succeeded ? (acked.Contains(task.Lease) ? TaskStatuses.Processing : null) : failed.GetValueOrDefault(task.Lease);
+            TaskState? newStatus = completion.Succeeded ? (acked.Contains(task.Lease) ? TaskState.Completed : null) : failed.TryGetValue(task.Lease, out var f) ? f : null;
             if (newStatus is null)
             {
                 Log.CompletionRejected(_logger, task.TaskId, task.TaskName);
                 continue;
             }
 
-            RecordOutcome(newStatus, completion.Succeeded, nameTag);
+            RecordOutcome(newStatus.Value, completion.Succeeded, nameTag);
             if (completion.Succeeded)
             {
                 continue;
             }
 
-            if (newStatus == TaskStatuses.Dead)
+            if (newStatus == TaskState.Cancelled)
+            {
+                Log.TaskCancelled(_logger, task.TaskId, task.TaskName);
+            }
+            else if (newStatus == TaskState.Discarded)
             {
                 Log.TaskDeadLettered(_logger, task.TaskId, task.TaskName, completion.Error!.Message);
             }
@@ -649,7 +679,7 @@ public sealed class TaskiqWorker : BackgroundService
     }
 
     /// <summary>One statement: acks, failures, and the results of exactly the claims whose ack or failure matched.</summary>
-    private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, string> Failed)> SettleTogetherAsync(
+    private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, TaskState> Failed)> SettleTogetherAsync(
         Completion[] acks, Completion[] fails, Completion[] stored, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(_settleSql!.Settle);
@@ -672,7 +702,7 @@ public sealed class TaskiqWorker : BackgroundService
         p.Add(new NpgsqlParameter<string> { TypedValue = _results.Options.Channel });
 
         var acked = new HashSet<LeaseRef>();
-        var failed = new Dictionary<LeaseRef, string>();
+        var failed = new Dictionary<LeaseRef, TaskState>();
         await using var connection = await _broker.DataSource.OpenConnectionAsync(cancellationToken);
         command.Connection = connection;
         await command.PrepareIfSupportedAsync(_broker.CanPrepare, cancellationToken);
@@ -685,7 +715,7 @@ public sealed class TaskiqWorker : BackgroundService
                     acked.Add(new LeaseRef(reader.GetInt64(1), reader.GetInt32(2)));
                     break;
                 case 1:
-                    failed[new LeaseRef(reader.GetInt64(1), reader.GetInt32(2))] = reader.GetString(3);
+                    failed[new LeaseRef(reader.GetInt64(1), reader.GetInt32(2))] = TaskStates.FromStored(reader.GetString(3));
                     break;
             }
         }
@@ -698,7 +728,7 @@ public sealed class TaskiqWorker : BackgroundService
     /// (renewed) first and results stored only for confirmed claims, then acked; with <see cref="AckMode.WhenExecuted"/>
     /// acks go first and results are stored for the accepted claims only.
     /// </summary>
-    private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, string> Failed)> SettleSeparatelyAsync(
+    private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, TaskState> Failed)> SettleSeparatelyAsync(
         Completion[] acks, Completion[] fails, Completion[] stored, CancellationToken cancellationToken)
     {
         if (_options.AckMode == AckMode.WhenSaved && stored.Length > 0)
@@ -710,9 +740,9 @@ public sealed class TaskiqWorker : BackgroundService
         IReadOnlySet<LeaseRef> acked = acks.Length > 0
             ? await _broker.AckLeasesAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), cancellationToken)
             : new HashSet<LeaseRef>();
-        IReadOnlyDictionary<LeaseRef, string> failed = fails.Length > 0
+        IReadOnlyDictionary<LeaseRef, TaskState> failed = fails.Length > 0
             ? await _broker.FailLeasesAsync(WorkerId, fails.Select(c => new TaskFailure(c.Task.Lease, c.FailureText, c.Retry)).ToArray(), cancellationToken)
-            : new Dictionary<LeaseRef, string>();
+            : new Dictionary<LeaseRef, TaskState>();
 
         if (_options.AckMode == AckMode.WhenExecuted && stored.Length > 0)
         {
@@ -732,7 +762,7 @@ public sealed class TaskiqWorker : BackgroundService
     /// <summary>The <c>taskiq.task_name</c> metric tag of tasks whose name no handler of this worker has.</summary>
     internal const string UnknownTaskNameTag = "(unknown)";
 
-    private void RecordOutcome(string newStatus, bool succeeded, KeyValuePair<string, object?> nameTag)
+    private void RecordOutcome(TaskState newStatus, bool succeeded, KeyValuePair<string, object?> nameTag)
     {
         if (succeeded)
         {
@@ -740,8 +770,14 @@ public sealed class TaskiqWorker : BackgroundService
             return;
         }
 
+        if (newStatus == TaskState.Cancelled)
+        {
+            TaskiqDiagnostics.Cancelled.Add(1, _queueTag, nameTag);
+            return;
+        }
+
         TaskiqDiagnostics.Failed.Add(1, _queueTag, nameTag);
-        (newStatus == TaskStatuses.Dead ? TaskiqDiagnostics.DeadLettered : TaskiqDiagnostics.Retried).Add(1, _queueTag, nameTag);
+        (newStatus == TaskState.Discarded ? TaskiqDiagnostics.DeadLettered : TaskiqDiagnostics.Retried).Add(1, _queueTag, nameTag);
     }
 
     private async Task SampleDepthLoopAsync(CancellationToken stop)
@@ -767,7 +803,10 @@ public sealed class TaskiqWorker : BackgroundService
     }
 
     private IEnumerable<Measurement<long>> ObserveDepth()
-        => _depth.Select(kv => new Measurement<long>(kv.Value, _queueTag, new KeyValuePair<string, object?>("taskiq.status", kv.Key)));
+        => _depth.Select(kv => new Measurement<long>(kv.Value, _queueTag, new KeyValuePair<string, object?>("taskiq.state", StateTags[(int)kv.Key])));
+
+    /// <summary>The <c>taskiq.state</c> tag values of the depth gauge: the states' names in lower case.</summary>
+    internal static readonly string[] StateTags = TaskStates.All.Select(s => s.ToString().ToLowerInvariant()).ToArray();
 
     /// <summary>
     /// Lease renewal runs on a dedicated thread with synchronous database calls over a connection of its own (outside
@@ -824,7 +863,8 @@ public sealed class TaskiqWorker : BackgroundService
                 }
             }
 
-            while (!stop.WaitHandle.WaitOne(interval))
+            WaitHandle[] wakeUps = [stop.WaitHandle, _renewNow];
+            while (WaitHandle.WaitAny(wakeUps, interval) != 0)
             {
                 var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
                 // With WhenReceived the rows are deleted at claim: there is no lease left to renew.
@@ -848,7 +888,15 @@ public sealed class TaskiqWorker : BackgroundService
                     {
                         connection ??= OpenRenewalConnection();
                         var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
-                            held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray());
+                            held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray(),
+                            out var cancelRequested);
+                        foreach (var lease in cancelRequested ?? [])
+                        {
+                            if (_held.TryGetValue(lease, out var target) && target.RequestCancel())
+                            {
+                                Log.TaskCancelRequested(_logger, target.Task.TaskId, target.Task.TaskName);
+                            }
+                        }
                         foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.ContainsKey(h.Task.Lease)))
                         {
                             // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
@@ -896,6 +944,43 @@ public sealed class TaskiqWorker : BackgroundService
         {
             connection.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>Rows deleted per prune statement (per finished state).</summary>
+    internal const int PruneBatchSize = 1000;
+
+    /// <summary>Prune statements per round at most: a large backlog of expired rows is worked off over rounds.</summary>
+    private const int PruneBatchesPerRound = 20;
+
+    /// <summary>Deletes finished rows past their retention, in small batches, every <see cref="TaskiqWorkerOptions.PruneInterval"/>.</summary>
+    private async Task PruneLoopAsync(CancellationToken stop)
+    {
+        using var timer = new PeriodicTimer(_options.PruneInterval);
+        while (await TickAsync(timer, stop))
+        {
+            try
+            {
+                long pruned = 0;
+                for (var i = 0; i < PruneBatchesPerRound; i++)
+                {
+                    var deleted = await _broker.PruneFinishedAsync(PruneBatchSize, stop);
+                    pruned += deleted;
+                    if (deleted < PruneBatchSize)
+                    {
+                        break;
+                    }
+                }
+
+                if (pruned > 0)
+                {
+                    Log.FinishedPruned(_logger, WorkerId, pruned);
+                }
+            }
+            catch (Exception ex) when (!stop.IsCancellationRequested)
+            {
+                Log.LoopFailed(_logger, ex, WorkerId, "prune");
+            }
         }
     }
 
@@ -1087,6 +1172,54 @@ public sealed class TaskiqWorker : BackgroundService
         /// <summary>Its handler has started; the next renewal records it, so a rescue counts this claim's attempt.</summary>
         public volatile bool Started;
 
+        private bool _cancelRequested;
+
+        /// <summary>A cancel was requested for this task (seen by a renewal).</summary>
+        public bool CancelRequested
+        {
+            get
+            {
+                lock (_gate)
+                {
+                    return _cancelRequested;
+                }
+            }
+        }
+
+        /// <summary>Records a cancel request and cancels a running handler (on the thread pool: never on the renewal thread).</summary>
+        /// <returns>True the first time.</returns>
+        public bool RequestCancel()
+        {
+            CancellationTokenSource? running;
+            lock (_gate)
+            {
+                if (_cancelRequested)
+                {
+                    return false;
+                }
+
+                _cancelRequested = true;
+                running = _cancellation;
+            }
+
+            if (running is not null)
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(static cts =>
+                {
+                    try
+                    {
+                        cts.Cancel();
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        // the handler has just finished
+                    }
+                }, running, preferLocal: false);
+            }
+
+            return true;
+        }
+
         public bool LeaseLost
         {
             get
@@ -1111,6 +1244,11 @@ public sealed class TaskiqWorker : BackgroundService
 
                 _cancellation = cancellation;
                 Started = true;
+                if (_cancelRequested)
+                {
+                    cancellation.Cancel(); // requested between the caller's check and now: the handler starts cancelled
+                }
+
                 return true;
             }
         }
@@ -1163,6 +1301,10 @@ public sealed class TaskiqWorker : BackgroundService
         public string FailureText => Error!.Type + ": " + Error.Message;
 
         public static Completion Success(ClaimedTask task, TaskResult result) => new(task, result, null, false, null);
+
+        /// <summary>Cancelled by request: no retry; the row's cancel request makes the settle statement end it cancelled.</summary>
+        public static Completion Cancelled(ClaimedTask task, TaskMessage message, TimeSpan elapsed = default)
+            => Failure(task, message, CancelledTaskException.ErrorType, PostgresBroker.CancelledReason, null, retry: false, elapsed);
 
         public static Completion Failure(ClaimedTask task, TaskMessage? message, string type, string reason, string? stackTrace,
             bool retry, TimeSpan elapsed = default, Exception? exception = null)

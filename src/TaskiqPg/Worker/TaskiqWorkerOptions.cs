@@ -31,6 +31,12 @@ public sealed record TaskiqWorkerOptions
     public TimeSpan? RescueInterval { get; set; }
 
     /// <summary>
+    /// How often this worker deletes finished rows of its queue that are past their retention
+    /// (<see cref="PostgresBrokerOptions.CompletedRetention"/> and the others), at most 20,000 per state and round. Default 30 s.
+    /// </summary>
+    public TimeSpan PruneInterval { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
     /// Identity written to <c>locked_by</c>; must be unique among live workers (leases, renewals and the take-back of
     /// orphaned claims are checked against it). <c>null</c> (default): host name, process id and a random suffix.
     /// </summary>
@@ -48,7 +54,7 @@ public sealed record TaskiqWorkerOptions
             throw new ArgumentException($"{nameof(PrefetchCount)} must not be negative and {nameof(ClaimBatchSize)} must be at least 1.");
         }
 
-        foreach (var (value, name) in new[] { (PollInterval, nameof(PollInterval)), (ShutdownTimeout, nameof(ShutdownTimeout)) })
+        foreach (var (value, name) in new[] { (PollInterval, nameof(PollInterval)), (ShutdownTimeout, nameof(ShutdownTimeout)), (PruneInterval, nameof(PruneInterval)) })
         {
             if (value <= TimeSpan.Zero)
             {

@@ -1,0 +1,53 @@
+namespace TaskiqPg;
+
+/// <summary>A task's row in the messages table: what was kicked and where it stands.</summary>
+public sealed record TaskRecord
+{
+    /// <summary>Row id (unique per kick; a task id kicked twice has two rows).</summary>
+    public required long Id { get; init; }
+
+    /// <summary>The task id (taskiq's <c>task_id</c>).</summary>
+    public required string TaskId { get; init; }
+
+    /// <summary>The task name.</summary>
+    public required string TaskName { get; init; }
+
+    /// <summary>The queue it was kicked to.</summary>
+    public required string Queue { get; init; }
+
+    /// <summary>Where the task stands.</summary>
+    public required TaskState State { get; init; }
+
+    /// <summary>Higher runs first among due tasks.</summary>
+    public int Priority { get; init; }
+
+    /// <summary>Attempts used so far (a running task counts its current attempt).</summary>
+    public int Attempts { get; init; }
+
+    /// <summary>Attempts allowed, the first run included.</summary>
+    public int MaxAttempts { get; init; }
+
+    /// <summary>When it is (or was) due.</summary>
+    public DateTimeOffset RunAt { get; init; }
+
+    /// <summary>When it was kicked (database clock).</summary>
+    public DateTimeOffset CreatedAt { get; init; }
+
+    /// <summary>When it completed, was cancelled or discarded; null before.</summary>
+    public DateTimeOffset? FinishedAt { get; init; }
+
+    /// <summary>The reason of the last failure (or of the discard or cancel).</summary>
+    public string? LastError { get; init; }
+
+    /// <summary>The worker that holds (or last held) its lease.</summary>
+    public string? Worker { get; init; }
+
+    /// <summary>The stored message: taskiq's JSON (task_id, task_name, labels, args, kwargs).</summary>
+    public required string MessageJson { get; init; }
+
+    /// <summary>The message's labels as stored for queries.</summary>
+    public IReadOnlyDictionary<string, string> Labels { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>Whether the task has ended (<see cref="TaskState.Completed"/>, <see cref="TaskState.Cancelled"/> or <see cref="TaskState.Discarded"/>).</summary>
+    public bool IsFinished => TaskStates.IsFinished(State);
+}
