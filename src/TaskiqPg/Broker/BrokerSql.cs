@@ -13,6 +13,7 @@ internal sealed class BrokerSql
         var deadIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "dead"), "index");
         var dueIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "due"), "index");
         var finishedIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "finished"), "index");
+        var uniqueIndex = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "unique"), "index");
         var schema = PgIdentifier.Quote(options.Schema, nameof(options.Schema));
         var stateCheck = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "state_check"), "constraint");
         var regclass = $"'{t}'::regclass";
@@ -114,6 +115,16 @@ internal sealed class BrokerSql
                  updated_at timestamptz NOT NULL DEFAULT now()
              );
              """,
+
+            // 10: unique tasks: the key (a hash of queue, task name, key or arguments, and the period) and the states (a
+            // bitmask of TaskState bits) in which a duplicate counts.
+            $"""
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS unique_key text, ADD COLUMN IF NOT EXISTS unique_states integer;
+             """,
+
+            // 11: the database enforces uniqueness: one row per key among the rows whose state is in their own mask.
+            new MigrationStep($"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {uniqueIndex} ON {t} (unique_key) WHERE {UniquePredicate}",
+                ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "unique")),
         ];
 
         // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
@@ -123,6 +134,37 @@ internal sealed class BrokerSql
             "SELECT $1, $2, $3, $4::jsonb, $5, $6, d.at, $9, CASE WHEN d.at > now() THEN 'scheduled' ELSE 'pending' END " +
             "FROM (SELECT COALESCE($7, now() + $8) AS at) AS d";
         Kick = string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t) + " RETURNING id";
+
+        // Unique kicks: $1..$9 as above, $10 key, $11 period in seconds (null: none), $12 states mask, $13 channel. A
+        // duplicate inserts nothing (no row returned, no NOTIFY).
+        var insertUnique =
+            $"INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, run_at, max_attempts, status, unique_key, unique_states) " +
+            $"SELECT $1, $2, $3, $4::jsonb, $5, $6, d.at, $9, CASE WHEN d.at > now() THEN 'scheduled' ELSE 'pending' END, {KeyWithPeriod("$10", "$11")}, $12 " +
+            $"FROM (SELECT COALESCE($7, now() + $8) AS at) AS d " +
+            $"ON CONFLICT (unique_key) WHERE {UniquePredicate} DO NOTHING";
+        KickUnique = insertUnique + " RETURNING id";
+        KickUniqueAndNotify = $"WITH ins AS ({insertUnique} RETURNING id) SELECT id, pg_notify($13, $5) FROM ins";
+
+        // $1 key, $2 period seconds: the task that holds a unique key.
+        FindUnique = $"SELECT id, task_id FROM {t} WHERE unique_key = {KeyWithPeriod("$1", "$2")} AND {UniquePredicate} LIMIT 1";
+
+        // Many unique kicks in one statement (COPY cannot skip conflicts): arrays $1 task ids, $2 names, $3 messages,
+        // $4 labels, $9 keys; $5 queue, $6 priority, $7 max attempts, $8 run_at (null: now()), $10 period seconds,
+        // $11 states mask. Duplicates (also within the batch) are skipped; returns how many were inserted.
+        KickManyUnique =
+            $"""
+             WITH ins AS (
+                 INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, max_attempts, run_at, status, unique_key, unique_states)
+                 SELECT r.task_id, r.task_name, r.message, r.labels::jsonb, $5, $6, $7, d.at,
+                        CASE WHEN d.at > now() THEN 'scheduled' ELSE 'pending' END, {KeyWithPeriod("r.key", "$10")}, $11
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $9::text[]) WITH ORDINALITY AS r(task_id, task_name, message, labels, key, n),
+                      (SELECT COALESCE($8::timestamptz, now()) AS at) AS d
+                 ORDER BY r.n
+                 ON CONFLICT (unique_key) WHERE {UniquePredicate} DO NOTHING
+                 RETURNING 1
+             )
+             SELECT count(*) FROM ins
+             """;
         KickAndNotify = $"WITH ins AS ({string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t)} RETURNING id) SELECT id, pg_notify($10, $5) FROM ins";
 
         // Binary COPY (no per-row statement, no array decoding); run_at left to its default now() when not given.
@@ -175,12 +217,12 @@ internal sealed class BrokerSql
                  UPDATE {t} AS m
                  SET status = 'pending', attempts = r.attempts, finished_at = NULL, locked_by = NULL, locked_until = NULL, run_at = now()
                  FROM r
-                 WHERE m.id = r.id AND m.status = 'completed'
+                 WHERE m.id = r.id AND m.status = 'completed' AND NOT {UniqueTakenByAnother(t, "m")}
                  RETURNING m.id
              ), ins AS (
                  INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, max_attempts, attempts)
                  SELECT r.task_id, r.task_name, r.message, r.labels::jsonb, $1, r.priority, r.max_attempts, r.attempts
-                 FROM r WHERE r.id NOT IN (SELECT id FROM back)
+                 FROM r WHERE NOT EXISTS (SELECT 1 FROM {t} AS e WHERE e.id = r.id)
                  RETURNING 1
              )
              SELECT (SELECT count(*) FROM back) + (SELECT count(*) FROM ins), pg_notify($2, $1)
@@ -356,6 +398,7 @@ internal sealed class BrokerSql
                      max_attempts = CASE WHEN $2 THEN m.max_attempts ELSE m.max_attempts + 1 END,
                      unstarted_rescues = 0
                  WHERE m.id = (SELECT id FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1) AND m.status = 'discarded'
+                   AND NOT {UniqueTakenByAnother(t, "m")}
                  RETURNING m.queue
              )
              SELECT (SELECT count(*) FROM back), (SELECT pg_notify($3, queue) FROM back LIMIT 1)
@@ -373,7 +416,7 @@ internal sealed class BrokerSql
                  attempts = CASE WHEN $3 THEN 0 ELSE m.attempts END,
                  max_attempts = CASE WHEN $3 THEN m.max_attempts ELSE m.max_attempts + 1 END,
                  unstarted_rescues = 0
-             FROM batch WHERE m.id = batch.id
+             FROM batch WHERE m.id = batch.id AND NOT {UniqueTakenByAnother(t, "m")}
              RETURNING m.id
              """;
 
@@ -404,6 +447,21 @@ internal sealed class BrokerSql
                  finished_at = CASE WHEN m.cancel_requested_at IS NOT NULL THEN now() END,
                  attempts = m.attempts - 1, locked_by = NULL, locked_until = NULL
         """;
+
+    /// <summary>The predicate of the unique index: rows with a key whose state is in their own mask.</summary>
+    private static readonly string UniquePredicate = $"unique_key IS NOT NULL AND (unique_states & {UniqueOptions.StateBitSql("status")}) <> 0";
+
+    /// <summary>SQL: the stored key, with the period the transaction's now() falls in when a period is given.</summary>
+    private static string KeyWithPeriod(string key, string periodSeconds)
+        => $"CASE WHEN {periodSeconds}::float8 IS NULL THEN {key} ELSE {key} || ':' || floor(extract(epoch FROM now()) / {periodSeconds}::float8)::bigint END";
+
+    /// <summary>
+    /// SQL: another row holds row <paramref name="m"/>'s unique key. A finished row that comes back (a retried dead
+    /// letter, a handed-back WhenReceived claim) is skipped then, instead of failing the statement on the unique index.
+    /// </summary>
+    private static string UniqueTakenByAnother(string table, string m)
+        => $"({m}.unique_key IS NOT NULL AND EXISTS (SELECT 1 FROM {table} AS o WHERE o.unique_key = {m}.unique_key AND o.id <> {m}.id " +
+           $"AND (o.unique_states & {UniqueOptions.StateBitSql("o.status")}) <> 0))";
 
     /// <summary>The payload prefix of a cancel request on the broker's channel (a queue name can never contain ':').</summary>
     internal const string CancelPayloadPrefix = "cancel:";
@@ -460,6 +518,14 @@ internal sealed class BrokerSql
 
     /// <summary>Insert + NOTIFY in the caller's transaction (delivered on commit, dropped on rollback).</summary>
     public string KickAndNotify { get; }
+
+    public string KickUnique { get; }
+
+    public string KickUniqueAndNotify { get; }
+
+    public string FindUnique { get; }
+
+    public string KickManyUnique { get; }
 
     /// <summary>COPY of many messages with an explicit run_at.</summary>
     public string KickManyCopy { get; }

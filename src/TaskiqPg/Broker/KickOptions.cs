@@ -27,8 +27,20 @@ public sealed record KickOptions
     /// <summary>Handler timeout for this task (stored as the <c>timeout</c> label, in seconds, as taskiq does). Positive, at most <see cref="MaxTimeout"/>.</summary>
     public TimeSpan? Timeout { get; init; }
 
+    /// <summary>Makes the kick unique (see <see cref="UniqueOptions"/>); a duplicate returns the existing task. Default: none.</summary>
+    public UniqueOptions? Unique { get; init; }
+
+    /// <summary>The queue of the broker's table to kick to (an identifier). Default: the broker's <see cref="PostgresBrokerOptions.Queue"/>.</summary>
+    public string? Queue { get; init; }
+
     internal static void Validate(KickOptions options)
     {
+        options.Unique?.Validate();
+        if (options.Queue is not null)
+        {
+            PgIdentifier.Validate(options.Queue, $"{nameof(KickOptions)}.{nameof(Queue)}");
+        }
+
         if (options.MaxAttempts is < 1)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.MaxAttempts, $"{nameof(KickOptions)}.{nameof(MaxAttempts)} must be at least 1.");

@@ -89,34 +89,39 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// Kicks one task. It is committed when this returns; workers are notified right after, by one NOTIFY per burst
     /// of kicks from this broker (sent in the background; awaited by <see cref="DisposeAsync"/>; workers also poll).
     /// </summary>
-    /// <returns>The row id.</returns>
-    public async Task<long> KickAsync(TaskMessage message, KickOptions? options = null, CancellationToken cancellationToken = default)
+    /// <returns>The row id and task id; for a unique kick that found its duplicate, the existing task's, with
+    /// <see cref="KickResult.Duplicate"/> set.</returns>
+    public async Task<KickResult> KickAsync(TaskMessage message, KickOptions? options = null, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
         await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
-        await using var command = new NpgsqlCommand(null, connection);
-        var id = await KickCoreAsync(command, message, options, pooledConnection: true, cancellationToken);
-        _notifier.Signal();
-        return id;
+        var result = await KickCoreAsync(connection, null, message, options, pooledConnection: true, cancellationToken);
+        if (!result.Duplicate)
+        {
+            NotifierOf(options?.Queue).Signal();
+        }
+
+        return result;
     }
 
     /// <summary>
     /// Kicks one task inside the caller's connection and transaction: it becomes visible (and workers are notified)
     /// only when the caller commits, and vanishes on rollback. The connection is never closed here.
     /// </summary>
-    public async Task<long> KickAsync(TaskMessage message, NpgsqlConnection connection, NpgsqlTransaction? transaction,
+    /// <returns>See <see cref="KickAsync(TaskMessage, KickOptions?, CancellationToken)"/>.</returns>
+    public async Task<KickResult> KickAsync(TaskMessage message, NpgsqlConnection connection, NpgsqlTransaction? transaction,
         KickOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(connection);
         await StartAsync(cancellationToken);
-        await using var command = new NpgsqlCommand(null, connection, transaction);
-        return await KickCoreAsync(command, message, options, pooledConnection: false, cancellationToken);
+        return await KickCoreAsync(connection, transaction, message, options, pooledConnection: false, cancellationToken);
     }
 
     /// <summary>
-    /// Kicks many tasks in one transaction: one binary COPY and one notification. All are inserted or none.
+    /// Kicks many tasks in one transaction: one binary COPY and one notification. All are inserted or none. With
+    /// <see cref="KickOptions.Unique"/>, one INSERT that skips every duplicate (of a queued task, or within the list).
     /// </summary>
-    /// <returns>The number of tasks inserted.</returns>
+    /// <returns>The number of tasks inserted (duplicates not counted).</returns>
     public async Task<int> KickManyAsync(IReadOnlyCollection<TaskMessage> messages, KickOptions? options = null,
         CancellationToken cancellationToken = default)
     {
@@ -805,46 +810,90 @@ public sealed class PostgresBroker : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _notifier.DisposeAsync(); // the last kicks' wake-up goes out before the pool can go away
+        foreach (var notifier in _otherQueueNotifiers.Values)
+        {
+            await notifier.DisposeAsync();
+        }
+
         await _resources.DisposeAsync();
     }
 
-    private async Task<long> KickCoreAsync(NpgsqlCommand command, TaskMessage message, KickOptions? options, bool pooledConnection,
-        CancellationToken cancellationToken)
+    /// <summary>Attempts of a unique kick whose duplicate finished between its insert and its look-up.</summary>
+    private const int UniqueKickAttempts = 5;
+
+    private async Task<KickResult> KickCoreAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, TaskMessage message,
+        KickOptions? options, bool pooledConnection, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
         var writesLabels = WritesLabels(options);
         var outgoing = PrepareCopy(message, options, writesLabels);
         var runAt = RunAtOf(options);
-        using var activity = MessagingTags.StartSend(Options.Queue, [outgoing], injectTraceContext: writesLabels);
+        var queue = options?.Queue ?? Options.Queue;
+        using var activity = MessagingTags.StartSend(queue, [outgoing], injectTraceContext: writesLabels);
         try
         {
             var (json, labels) = Serialize(outgoing);
             message = outgoing;
-            // On a pooled connection of ours: insert only, prepared, and the notifier wakes workers after the commit. In the
-            // caller's connection: the NOTIFY rides in the statement, so it is delivered exactly when the caller commits.
-            command.CommandText = pooledConnection ? _sql.Kick : _sql.KickAndNotify;
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = labels });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = options?.Priority ?? 0 });
-            command.Parameters.Add(new NpgsqlParameter { Value = (object?)runAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
-            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
-            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
-            if (!pooledConnection)
+            var unique = options?.Unique;
+            for (var attempt = 1; ; attempt++)
             {
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-            }
+                await using var command = new NpgsqlCommand(null, connection, transaction);
+                // On a pooled connection of ours: insert only, prepared, and the notifier wakes workers after the commit. In
+                // the caller's connection: the NOTIFY rides in the statement, so it is delivered exactly when the caller commits.
+                command.CommandText = unique is null
+                    ? pooledConnection ? _sql.Kick : _sql.KickAndNotify
+                    : pooledConnection ? _sql.KickUnique : _sql.KickUniqueAndNotify;
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = labels });
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = options?.Priority ?? 0 });
+                command.Parameters.Add(new NpgsqlParameter { Value = (object?)runAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+                command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
+                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
+                string? key = null;
+                if (unique is not null)
+                {
+                    key = unique.KeyOf(queue, message);
+                    command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+                    command.Parameters.Add(PeriodParameter(unique));
+                    command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = unique.StatesMask() });
+                }
 
-            if (pooledConnection)
-            {
-                await command.PrepareIfSupportedAsync(CanPrepare, cancellationToken);
-            }
+                if (!pooledConnection)
+                {
+                    command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+                }
 
-            var id = (long)(await command.ExecuteScalarAsync(cancellationToken))!;
-            TaskiqDiagnostics.Kicked.Add(1, new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
-            return id;
+                if (pooledConnection)
+                {
+                    await command.PrepareIfSupportedAsync(CanPrepare, cancellationToken);
+                }
+
+                if (await command.ExecuteScalarAsync(cancellationToken) is long id)
+                {
+                    TaskiqDiagnostics.Kicked.Add(1, new KeyValuePair<string, object?>(MessagingTags.Destination, queue));
+                    return new KickResult(id, message.TaskId, Duplicate: false);
+                }
+
+                // A duplicate: the task that holds the key. It may have finished in between (then the key is free again).
+                await using var find = new NpgsqlCommand(_sql.FindUnique, connection, transaction);
+                find.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key! });
+                find.Parameters.Add(PeriodParameter(unique!));
+                await using (var reader = await find.ExecuteReaderAsync(cancellationToken))
+                {
+                    if (await reader.ReadAsync(cancellationToken))
+                    {
+                        return new KickResult(reader.GetInt64(0), reader.GetString(1), Duplicate: true);
+                    }
+                }
+
+                if (attempt == UniqueKickAttempts)
+                {
+                    throw new InvalidOperationException($"The unique kick of '{message.TaskName}' met a duplicate that was gone at each of {UniqueKickAttempts} look-ups.");
+                }
+            }
         }
         catch (Exception ex)
         {
@@ -852,6 +901,16 @@ public sealed class PostgresBroker : IAsyncDisposable
             throw;
         }
     }
+
+    private static NpgsqlParameter PeriodParameter(UniqueOptions unique)
+        => new() { Value = unique.Period is { } p ? p.TotalSeconds : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Double };
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, CoalescingNotifier> _otherQueueNotifiers = new();
+
+    /// <summary>The coalescing notifier of a queue this broker kicks to (its own, or one named by <see cref="KickOptions.Queue"/>).</summary>
+    private CoalescingNotifier NotifierOf(string? queue)
+        => queue is null || queue == Options.Queue ? _notifier
+            : _otherQueueNotifiers.GetOrAdd(queue, q => new CoalescingNotifier(DataSource, Options.Channel, q, _logger));
 
     private TaskMessage[] PrepareCopies(IReadOnlyCollection<TaskMessage> messages, KickOptions? options, bool writesLabels)
     {
@@ -882,8 +941,9 @@ public sealed class PostgresBroker : IAsyncDisposable
         var writesLabels = WritesLabels(options);
         var copies = PrepareCopies(messages, options, writesLabels);
         var runAt = RunAtOf(options);
+        var queue = options?.Queue ?? Options.Queue;
         // The span before serializing: it injects the trace context into the (copied) labels.
-        using var activity = MessagingTags.StartSend(Options.Queue, copies, injectTraceContext: writesLabels);
+        using var activity = MessagingTags.StartSend(queue, copies, injectTraceContext: writesLabels);
         NpgsqlConnection? connection = null;
         NpgsqlTransaction? own = null;
         try
@@ -903,32 +963,55 @@ public sealed class PostgresBroker : IAsyncDisposable
 
             var priority = options?.Priority ?? 0;
             var maxAttempts = MaxAttemptsOf(options);
-            await using (var importer = await connection.BeginBinaryImportAsync(runAt is null ? _sql.KickManyCopyAtNow : _sql.KickManyCopy, cancellationToken))
+            int inserted;
+            if (options?.Unique is { } unique)
             {
-                foreach (var (message, json, labels) in rows)
+                // COPY cannot skip conflicts: one INSERT ... SELECT FROM unnest ... ON CONFLICT DO NOTHING.
+                await using var command = new NpgsqlCommand(_sql.KickManyUnique, connection, transaction ?? own);
+                command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = rows.Select(r => r.Message.TaskId).ToArray() });
+                command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = rows.Select(r => r.Message.TaskName).ToArray() });
+                command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = rows.Select(r => r.Json).ToArray() });
+                command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = rows.Select(r => r.Labels).ToArray() });
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = priority });
+                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxAttempts });
+                command.Parameters.Add(new NpgsqlParameter { Value = (object?)runAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+                command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = rows.Select(r => unique.KeyOf(queue, r.Message)).ToArray() });
+                command.Parameters.Add(PeriodParameter(unique));
+                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = unique.StatesMask() });
+                inserted = (int)(long)(await command.ExecuteScalarAsync(cancellationToken))!;
+            }
+            else
+            {
+                await using (var importer = await connection.BeginBinaryImportAsync(runAt is null ? _sql.KickManyCopyAtNow : _sql.KickManyCopy, cancellationToken))
                 {
-                    await importer.StartRowAsync(cancellationToken);
-                    await importer.WriteAsync(message.TaskId, NpgsqlDbType.Text, cancellationToken);
-                    await importer.WriteAsync(message.TaskName, NpgsqlDbType.Text, cancellationToken);
-                    await importer.WriteAsync(json, NpgsqlDbType.Text, cancellationToken);
-                    await importer.WriteAsync(labels, NpgsqlDbType.Jsonb, cancellationToken);
-                    await importer.WriteAsync(Options.Queue, NpgsqlDbType.Text, cancellationToken);
-                    await importer.WriteAsync(priority, NpgsqlDbType.Integer, cancellationToken);
-                    await importer.WriteAsync(maxAttempts, NpgsqlDbType.Integer, cancellationToken);
-                    if (runAt is { } at)
+                    foreach (var (message, json, labels) in rows)
                     {
-                        await importer.WriteAsync(at, NpgsqlDbType.TimestampTz, cancellationToken);
-                        await importer.WriteAsync(status, NpgsqlDbType.Text, cancellationToken);
+                        await importer.StartRowAsync(cancellationToken);
+                        await importer.WriteAsync(message.TaskId, NpgsqlDbType.Text, cancellationToken);
+                        await importer.WriteAsync(message.TaskName, NpgsqlDbType.Text, cancellationToken);
+                        await importer.WriteAsync(json, NpgsqlDbType.Text, cancellationToken);
+                        await importer.WriteAsync(labels, NpgsqlDbType.Jsonb, cancellationToken);
+                        await importer.WriteAsync(queue, NpgsqlDbType.Text, cancellationToken);
+                        await importer.WriteAsync(priority, NpgsqlDbType.Integer, cancellationToken);
+                        await importer.WriteAsync(maxAttempts, NpgsqlDbType.Integer, cancellationToken);
+                        if (runAt is { } at)
+                        {
+                            await importer.WriteAsync(at, NpgsqlDbType.TimestampTz, cancellationToken);
+                            await importer.WriteAsync(status, NpgsqlDbType.Text, cancellationToken);
+                        }
                     }
+
+                    await importer.CompleteAsync(cancellationToken);
                 }
 
-                await importer.CompleteAsync(cancellationToken);
+                inserted = rows.Length;
             }
 
             await using (var notify = new NpgsqlCommand(BrokerSql.Notify, connection, transaction ?? own))
             {
                 notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
                 await notify.ExecuteNonQueryAsync(cancellationToken);
             }
 
@@ -937,8 +1020,8 @@ public sealed class PostgresBroker : IAsyncDisposable
                 await own.CommitAsync(cancellationToken);
             }
 
-            TaskiqDiagnostics.Kicked.Add(rows.Length, new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
-            return rows.Length;
+            TaskiqDiagnostics.Kicked.Add(inserted, new KeyValuePair<string, object?>(MessagingTags.Destination, queue));
+            return inserted;
         }
         catch (Exception ex)
         {

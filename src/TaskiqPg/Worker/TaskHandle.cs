@@ -20,6 +20,9 @@ public class TaskHandle
     /// <summary>The task id.</summary>
     public string TaskId { get; }
 
+    /// <summary>True when a unique kick (<see cref="KickOptions.Unique"/>) found a task with the same key: this handle is that task's.</summary>
+    public bool IsDuplicate { get; init; }
+
     /// <summary>JSON settings for the result.</summary>
     protected JsonSerializerOptions SerializerOptions { get; }
 

@@ -28,8 +28,8 @@ public sealed class TaskiqClient
         IReadOnlyDictionary<string, object?>? kwargs = null, KickOptions? options = null, CancellationToken cancellationToken = default)
     {
         var message = TaskMessage.Create(taskName, args, kwargs, SerializerOptions);
-        await Broker.KickAsync(message, options, cancellationToken);
-        return new TaskHandle<TResult>(message.TaskId, ResultBackend, SerializerOptions);
+        var kicked = await Broker.KickAsync(message, options, cancellationToken);
+        return new TaskHandle<TResult>(kicked.TaskId, ResultBackend, SerializerOptions) { IsDuplicate = kicked.Duplicate };
     }
 
     /// <summary>Kicks a task by name whose result is not needed as a value.</summary>
@@ -52,8 +52,8 @@ public sealed class TaskiqClient
         CancellationToken cancellationToken = default)
     {
         var message = TaskMessage.Create(taskName, args, kwargs, SerializerOptions);
-        await Broker.KickAsync(message, connection, transaction, options, cancellationToken);
-        return new TaskHandle<TResult>(message.TaskId, ResultBackend, SerializerOptions);
+        var kicked = await Broker.KickAsync(message, connection, transaction, options, cancellationToken);
+        return new TaskHandle<TResult>(kicked.TaskId, ResultBackend, SerializerOptions) { IsDuplicate = kicked.Duplicate };
     }
 
     /// <summary>
