@@ -107,7 +107,7 @@ public sealed class QueueControlTests(DatabaseFixture db) : IClassFixture<Databa
             await gate.Task; // ignores its token
             return i;
         }));
-        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 1, PrefetchCount = 1, PollInterval = TimeSpan.FromMilliseconds(50) });
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { MaxConcurrentTasks = 1, PrefetchCount = 1, PollInterval = TimeSpan.FromMilliseconds(50), LeaseRenewInterval = TimeSpan.FromMilliseconds(200) });
         var first = await harness.Client.KickAsync<int>("stubborn", [1]);
         await Eventually.TrueAsync(() => Task.FromResult(runs.Count == 1), Bound, "the first task runs");
         var second = await harness.Client.KickAsync<int>("stubborn", [2]);
@@ -117,6 +117,10 @@ public sealed class QueueControlTests(DatabaseFixture db) : IClassFixture<Databa
         Assert.Equal(CancelOutcome.Requested, (await harness.Client.CancelAsync(second.TaskId)).Outcome); // claimed: running
         await Eventually.TrueAsync(async () => await harness.ScalarAsync<long>(
             "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND cancel_requested_at IS NOT NULL", harness.Broker.Options.Queue) == 2, Bound, "both requested");
+        // A renewal round that began after both requests has told the worker (a prefetched task that starts before its
+        // worker heard of the cancel runs, like one already running).
+        var rounds = worker.RenewalRounds;
+        await Eventually.TrueAsync(() => Task.FromResult(worker.RenewalRounds > rounds + 1), Bound, "the worker renews after the requests");
         gate.SetResult();
 
         Assert.Equal(1, await first.WaitForResultAsync(Bound)); // it finished: completed, its result stored

@@ -95,11 +95,11 @@ internal sealed class BrokerSql
                  """, BreaksOlderCode: true),
 
             // 6: what becomes due, per queue and state: promotion to available and the next due time read only due rows.
-            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {dueIndex} ON {t} (queue, status, run_at) WHERE status IN ('scheduled', 'retryable')",
+            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {dueIndex} ON {t} (queue, status, run_at, id) WHERE status IN ('scheduled', 'retryable')",
                 ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "due")),
 
             // 7: finished rows per queue and state by the time they ended: counts, listing and retention pruning.
-            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {finishedIndex} ON {t} (queue, status, finished_at) WHERE status IN ('completed', 'cancelled', 'discarded')",
+            new MigrationStep($"CREATE INDEX CONCURRENTLY IF NOT EXISTS {finishedIndex} ON {t} (queue, status, finished_at, id) WHERE status IN ('completed', 'cancelled', 'discarded')",
                 ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "finished")),
 
             // 8: the dead-letter index of step 3 covers no row any more (its rows are 'discarded', in the finished index).

@@ -17,6 +17,7 @@ namespace TaskiqPg;
 public sealed class PostgresBroker : IAsyncDisposable
 {
     private readonly BrokerSql _sql;
+    private readonly ListSql _list;
     private readonly ILogger _logger;
     private readonly ComponentResources _resources;
     private readonly Subscribers _subscribers = new();
@@ -46,6 +47,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         ComponentResources.ValidateOrDispose(dataSource, ownsDataSource, Options.Validate);
         DataSource = dataSource;
         _sql = new BrokerSql(Options);
+        _list = new ListSql(PgIdentifier.QualifiedName(Options.Schema, nameof(Options.Schema), Options.MessagesTable, nameof(Options.MessagesTable)));
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresBroker>();
         _resources = new ComponentResources(dataSource, ownsDataSource, new NotificationListener(dataSource, listenConnection, [Options.Channel],
             (_, payload) => OnNotification(payload), WakeSubscribers, _logger, "broker"));
@@ -489,6 +491,100 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
 
         return labels;
+    }
+
+    /// <summary>
+    /// Lists the tasks of one queue in one state, a page at a time (see <see cref="TaskQuery"/>): on the state's partial
+    /// index, in its order, from a keyset cursor, so every page is cheap on a table of any size. A task-name filter
+    /// reads at most <see cref="TaskQuery.MaxScan"/> index entries per page and may return a short page with a cursor.
+    /// </summary>
+    /// <exception cref="ArgumentException">A limit outside 1 to <see cref="TaskQuery.MaxLimit"/>, an invalid queue name, or a
+    /// cursor that is not one this method returned.</exception>
+    public async Task<TaskPage> ListTasksAsync(TaskQuery query, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        if (query.Limit is < 1 or > TaskQuery.MaxLimit)
+        {
+            throw new ArgumentException($"{nameof(TaskQuery)}.{nameof(TaskQuery.Limit)} must be 1 to {TaskQuery.MaxLimit}.", nameof(query));
+        }
+
+        var queue = QueueOf(query.Queue);
+        var cursor = query.Cursor is null ? ((int, DateTimeOffset?, long)?)null : DecodeCursor(query.Cursor);
+        await StartAsync(cancellationToken);
+        var scanLimit = query.TaskName is null ? query.Limit + 1 : Math.Max(TaskQuery.MaxScan, query.Limit + 1);
+        var scanned = new List<(long Id, int Priority, DateTimeOffset? At, bool Matches)>();
+        await using (var command = DataSource.CreateCommand(_list.Scan(query.State, query.Order, cursor is not null)))
+        {
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            command.Parameters.Add(NullableText(query.TaskName));
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)query.From?.ToUniversalTime() ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)query.To?.ToUniversalTime() ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = scanLimit });
+            if (cursor is { } c)
+            {
+                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = c.Item1 });
+                command.Parameters.Add(new NpgsqlParameter { Value = (object?)c.Item2 ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+                command.Parameters.Add(new NpgsqlParameter<long> { TypedValue = c.Item3 });
+            }
+
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                scanned.Add((reader.GetInt64(0), reader.GetInt32(1), reader.IsDBNull(2) ? null : reader.GetFieldValue<DateTimeOffset>(2), reader.GetBoolean(3)));
+            }
+        }
+
+        var hits = new List<(long Id, int Priority, DateTimeOffset? At, bool Matches)>();
+        var last = -1;
+        for (var i = 0; i < scanned.Count && hits.Count < query.Limit; i++)
+        {
+            last = i;
+            if (scanned[i].Matches)
+            {
+                hits.Add(scanned[i]);
+            }
+        }
+
+        // More may follow when rows were scanned past the last one looked at, or the scan stopped at its bound.
+        var more = last < scanned.Count - 1 || scanned.Count == scanLimit;
+        var next = more && last >= 0 ? EncodeCursor(scanned[last].Priority, scanned[last].At, scanned[last].Id) : null;
+        var records = new Dictionary<long, TaskRecord>();
+        if (hits.Count > 0)
+        {
+            await using var command = DataSource.CreateCommand(_list.Records);
+            command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = hits.Select(h => h.Id).ToArray() });
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                var record = ReadRecord(reader);
+                records[record.Id] = record;
+            }
+        }
+
+        // A row that changed state between the two reads is left out of this page (the cursor already passed it).
+        return new TaskPage(hits.Where(h => records.TryGetValue(h.Id, out var r) && r.State == query.State).Select(h => records[h.Id]).ToArray(), next);
+    }
+
+    private static string EncodeCursor(int priority, DateTimeOffset? at, long id)
+        => Convert.ToBase64String(Encoding.UTF8.GetBytes(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"1|{priority}|{(at is { } t ? t.UtcTicks.ToString(System.Globalization.CultureInfo.InvariantCulture) : "")}|{id}")));
+
+    private static (int, DateTimeOffset?, long) DecodeCursor(string cursor)
+    {
+        try
+        {
+            var parts = Encoding.UTF8.GetString(Convert.FromBase64String(cursor)).Split('|');
+            if (parts is ["1", var p, var t, var i])
+            {
+                var inv = System.Globalization.CultureInfo.InvariantCulture;
+                return (int.Parse(p, inv), t.Length == 0 ? null : new DateTimeOffset(long.Parse(t, inv), TimeSpan.Zero), long.Parse(i, inv));
+            }
+        }
+        catch (Exception ex) when (ex is FormatException or OverflowException or ArgumentException)
+        {
+        }
+
+        throw new ArgumentException("The cursor is not one ListTasksAsync returned.", nameof(cursor));
     }
 
     /// <summary>Number of tasks of this broker's queue in each state, counted exactly (reads every row counted).</summary>
