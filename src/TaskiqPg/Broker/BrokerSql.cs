@@ -17,7 +17,8 @@ internal sealed class BrokerSql
         var schema = PgIdentifier.Quote(options.Schema, nameof(options.Schema));
         var stateCheck = PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "state_check"), "constraint");
         var regclass = $"'{t}'::regclass";
-        var queues = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.QueuesTable, nameof(options.QueuesTable)); // validated plain identifiers: no quote can occur in them
+        var queues = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.QueuesTable, nameof(options.QueuesTable));
+        var workers = PgIdentifier.QualifiedName(options.Schema, nameof(options.Schema), options.WorkersTable, nameof(options.WorkersTable)); // validated plain identifiers: no quote can occur in them
 
         Migrations =
         [
@@ -125,6 +126,20 @@ internal sealed class BrokerSql
             // 11: the database enforces uniqueness: one row per key among the rows whose state is in their own mask.
             new MigrationStep($"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {uniqueIndex} ON {t} (unique_key) WHERE {UniquePredicate}",
                 ConcurrentIndex: SchemaMigrator.IndexName(options.MessagesTable, "unique")),
+
+            // 12: live workers: each registers, heartbeats, and deregisters on stop.
+            $"""
+             CREATE TABLE IF NOT EXISTS {workers} (
+                 id           text        PRIMARY KEY,
+                 host         text        NOT NULL,
+                 pid          integer     NOT NULL,
+                 queues       text[]      NOT NULL,
+                 started_at   timestamptz NOT NULL DEFAULT now(),
+                 heartbeat_at timestamptz NOT NULL DEFAULT now(),
+                 in_flight    integer     NOT NULL DEFAULT 0,
+                 capacity     integer     NOT NULL DEFAULT 0
+             );
+             """,
         ];
 
         // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
@@ -267,12 +282,16 @@ internal sealed class BrokerSql
              """;
 
         // $1 batch size, $2 how many times at least a claim that was never seen to start gets its attempt back (a task
-        // whose worker dies before its first renewal, every time, still ends: then its attempts count).
+        // whose worker dies before its first renewal, every time, still ends: then its attempts count), $3 heartbeat age
+        // past which a worker is dead and its rows are rescued before their leases expire (null: leases only). The
+        // running rows are as many as the workers' slots: reading them all on the lease index stays cheap.
         Rescue =
             $"""
              WITH expired AS (
                  SELECT id, NOT started AND unstarted_rescues < greatest(max_attempts, $2) AS refund FROM {t}
-                 WHERE status = 'processing' AND locked_until < now()
+                 WHERE status = 'processing'
+                   AND (locked_until < now()
+                        OR ($3::interval IS NOT NULL AND locked_by IN (SELECT w.id FROM {workers} AS w WHERE w.heartbeat_at < now() - $3)))
                  ORDER BY locked_until
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED
@@ -283,7 +302,8 @@ internal sealed class BrokerSql
                  finished_at = CASE WHEN m.cancel_requested_at IS NULL AND (e.refund OR m.attempts < m.max_attempts) THEN NULL ELSE now() END,
                  attempts = m.attempts - CASE WHEN e.refund THEN 1 ELSE 0 END,
                  unstarted_rescues = m.unstarted_rescues + CASE WHEN e.refund THEN 1 ELSE 0 END,
-                 last_error = 'lease expired: worker ' || coalesce(m.locked_by, '?') || ' stopped renewing attempt ' || m.attempts
+                 last_error = CASE WHEN m.locked_until < now() THEN 'lease expired: worker ' || coalesce(m.locked_by, '?') || ' stopped renewing attempt ' || m.attempts
+                                   ELSE 'worker ' || coalesce(m.locked_by, '?') || ' stopped heartbeating during attempt ' || m.attempts END
                               || CASE WHEN e.refund THEN ' before it was seen to start (attempt not counted)' ELSE '' END,
                  locked_by = NULL, locked_until = NULL, run_at = now()
              FROM expired AS e
@@ -429,6 +449,23 @@ internal sealed class BrokerSql
              RETURNING id
              """;
 
+        // $1 id, $2 host, $3 pid, $4 queues, $5 tasks in flight, $6 capacity: registers or heartbeats a worker.
+        Heartbeat =
+            $"""
+             INSERT INTO {workers} AS w (id, host, pid, queues, in_flight, capacity) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE
+                 SET heartbeat_at = now(), in_flight = EXCLUDED.in_flight, capacity = EXCLUDED.capacity, queues = EXCLUDED.queues
+             """;
+
+        // $1 id
+        Deregister = $"DELETE FROM {workers} WHERE id = $1";
+
+        // $1 stale bound (null: none)
+        Workers = $"SELECT id, host, pid, queues, started_at, heartbeat_at, in_flight, capacity, $1::interval IS NOT NULL AND heartbeat_at < now() - $1 FROM {workers} ORDER BY started_at, id";
+
+        // $1 age: registry rows of workers silent this long are deleted (their rows were rescued long before).
+        ForgetWorkers = $"DELETE FROM {workers} WHERE heartbeat_at < now() - $1";
+
         // $1 queue, $2..$4 retention of completed, cancelled, discarded rows (null: kept), $5 most rows per state. Oldest
         // first, on the finished index; SKIP LOCKED so workers pruning at once never wait for each other.
         Prune =
@@ -570,6 +607,14 @@ internal sealed class BrokerSql
     public string Prune { get; }
 
     public string Cancel { get; }
+
+    public string Heartbeat { get; }
+
+    public string Deregister { get; }
+
+    public string Workers { get; }
+
+    public string ForgetWorkers { get; }
 
     public IReadOnlyDictionary<string, string> CancelQueued { get; }
 

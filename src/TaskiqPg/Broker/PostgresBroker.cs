@@ -423,7 +423,8 @@ public sealed class PostgresBroker : IAsyncDisposable
     internal const int MinUnstartedRefunds = 3;
 
     /// <summary>
-    /// Returns tasks whose lease expired (their worker died or hung) to available, or discards them when their
+    /// Returns tasks whose lease expired (their worker died or hung), or whose worker's heartbeat is older than
+    /// <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>, to available, or discards them when their
     /// attempts are used up. A claim that was never seen to start (no renewal recorded its start) gets its attempt back. Any worker may call this; rows are locked with SKIP LOCKED so callers never collide.
     /// </summary>
     public async Task<IReadOnlyList<RescuedTask>> RescueExpiredLeasesAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
@@ -432,6 +433,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         await using var command = DataSource.CreateCommand(_sql.Rescue);
         command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
         command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MinUnstartedRefunds });
+        command.Parameters.Add(StaleParameter());
         var rescued = new List<RescuedTask>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
@@ -866,6 +868,61 @@ public sealed class PostgresBroker : IAsyncDisposable
 
         return total;
     }
+
+    /// <summary>The workers registered in the workers table, live or stale (a stale one's entry is deleted after ten times
+    /// <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>; a stopped worker deregisters itself).</summary>
+    public async Task<IReadOnlyList<WorkerInfo>> GetWorkersAsync(CancellationToken cancellationToken = default)
+    {
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.Workers);
+        command.Parameters.Add(StaleParameter());
+        var workers = new List<WorkerInfo>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            workers.Add(new WorkerInfo(reader.GetString(0), reader.GetString(1), reader.GetInt32(2), reader.GetFieldValue<string[]>(3),
+                reader.GetFieldValue<DateTimeOffset>(4), reader.GetFieldValue<DateTimeOffset>(5), reader.GetInt32(6), reader.GetInt32(7), reader.GetBoolean(8)));
+        }
+
+        return workers;
+    }
+
+    /// <summary>Registers or heartbeats a worker (synchronous: the worker's renewal thread runs it on its own connection).</summary>
+    internal void Heartbeat(NpgsqlConnection connection, string workerId, IReadOnlyList<string> queues, int inFlight, int capacity)
+    {
+        using var command = new NpgsqlCommand(_sql.Heartbeat, connection);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Environment.MachineName });
+        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = Environment.ProcessId });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues.ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = inFlight });
+        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = capacity });
+        command.ExecuteNonQuery();
+    }
+
+    /// <summary>Removes a stopping worker's entry.</summary>
+    internal async Task DeregisterWorkerAsync(string workerId, CancellationToken cancellationToken)
+    {
+        await using var command = DataSource.CreateCommand(_sql.Deregister);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>Deletes the entries of workers silent for ten times <see cref="PostgresBrokerOptions.WorkerStaleAfter"/> (after their tasks were rescued).</summary>
+    internal async Task<int> ForgetDeadWorkersAsync(CancellationToken cancellationToken)
+    {
+        if (Options.WorkerStaleAfter is not { } stale)
+        {
+            return 0;
+        }
+
+        await using var command = DataSource.CreateCommand(_sql.ForgetWorkers);
+        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = stale * 10 });
+        return await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private NpgsqlParameter StaleParameter()
+        => new() { Value = (object?)Options.WorkerStaleAfter ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.Interval };
 
     /// <summary>Calls <paramref name="onRequest"/> when a cancel request for running tasks arrives on the broker's channel.</summary>
     internal IDisposable SubscribeCancelRequests(Action onRequest)

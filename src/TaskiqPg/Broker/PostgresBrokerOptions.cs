@@ -12,6 +12,16 @@ public sealed record PostgresBrokerOptions
     /// <summary>Table of the queues' settings (paused or not), in <see cref="Schema"/>. Default <c>taskiq_queues</c>.</summary>
     public string QueuesTable { get; set; } = "taskiq_queues";
 
+    /// <summary>Table of the live workers (each registers and heartbeats), in <see cref="Schema"/>. Default <c>taskiq_workers</c>.</summary>
+    public string WorkersTable { get; set; } = "taskiq_workers";
+
+    /// <summary>
+    /// A worker whose heartbeat is older than this is dead: any worker's rescue takes back its tasks at once, without
+    /// waiting for each lease to expire. Default 15 s; <c>null</c> leaves it to the leases. Workers heartbeat every
+    /// <see cref="TaskiqWorkerOptions.HeartbeatInterval"/> (at most a third of this).
+    /// </summary>
+    public TimeSpan? WorkerStaleAfter { get; set; } = TimeSpan.FromSeconds(15);
+
     /// <summary>NOTIFY channel that wakes workers. Default <c>taskiq</c>.</summary>
     public string Channel { get; set; } = "taskiq";
 
@@ -60,6 +70,12 @@ public sealed record PostgresBrokerOptions
         PgIdentifier.Validate(Schema, nameof(Schema));
         PgIdentifier.Validate(MessagesTable, nameof(MessagesTable));
         PgIdentifier.Validate(QueuesTable, nameof(QueuesTable));
+        PgIdentifier.Validate(WorkersTable, nameof(WorkersTable));
+        if (WorkerStaleAfter is { } stale)
+        {
+            Positive(stale, nameof(WorkerStaleAfter));
+        }
+
         PgIdentifier.Validate(Channel, nameof(Channel));
         PgIdentifier.Validate(Queue, nameof(Queue));
         Positive(LeaseDuration, nameof(LeaseDuration));

@@ -67,6 +67,13 @@ public sealed class TaskiqWorker : BackgroundService
         _results = resultBackend;
         _options = (options ?? new TaskiqWorkerOptions()) with { };
         _options.Validate();
+        if (_broker.Options.WorkerStaleAfter is { } stale && _options.HeartbeatInterval * 3 > stale)
+        {
+            throw new ArgumentException(
+                $"{nameof(TaskiqWorkerOptions.HeartbeatInterval)} ({_options.HeartbeatInterval}) must be at most a third of the broker's " +
+                $"{nameof(PostgresBrokerOptions.WorkerStaleAfter)} ({stale}): a live worker would be taken for dead.", nameof(options));
+        }
+
         _services = services ?? EmptyServiceProvider.Instance;
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<TaskiqWorker>();
         WorkerId = _options.WorkerId ?? $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid().ToString("N")[..8]}";
@@ -176,6 +183,7 @@ public sealed class TaskiqWorker : BackgroundService
                 flusher.ContinueWith(static _ => { }, TaskScheduler.Default));
         }
 
+        await StopStepAsync(() => _broker.DeregisterWorkerAsync(WorkerId, CancellationToken.None), "deregister");
         Log.WorkerStopped(_logger, WorkerId, released, abandoned);
     }
 
@@ -844,6 +852,7 @@ public sealed class TaskiqWorker : BackgroundService
     {
         var interval = _options.LeaseRenewInterval ?? _broker.Options.LeaseDuration / 3;
         NpgsqlConnection? connection = null;
+        string[] queues = [_broker.Options.Queue];
         try
         {
             for (var failures = 1; !_renewalReady.Task.IsCompleted && !stop.IsCancellationRequested; failures++)
@@ -852,6 +861,7 @@ public sealed class TaskiqWorker : BackgroundService
                 {
                     connection ??= OpenRenewalConnection();
                     _broker.RenewLeases(connection, WorkerId, [new LeaseRef(-1, 0)], [false]); // matches no row: warms the path
+                    _broker.Heartbeat(connection, WorkerId, queues, ActiveTasks, _capacity); // registers the worker
                     _renewalReady.TrySetResult();
                 }
                 catch (Exception ex)
@@ -863,72 +873,118 @@ public sealed class TaskiqWorker : BackgroundService
                 }
             }
 
+            // One thread for both: the heartbeat every HeartbeatInterval, the renewal every interval (or at once when a
+            // cancel request arrives). Both stay off the thread pool, so a busy process neither loses leases nor looks dead.
             WaitHandle[] wakeUps = [stop.WaitHandle, _renewNow];
-            while (WaitHandle.WaitAny(wakeUps, interval) != 0)
+            var heartbeat = _options.HeartbeatInterval;
+            var nextRenew = Environment.TickCount64 + (long)interval.TotalMilliseconds;
+            var nextBeat = Environment.TickCount64 + (long)heartbeat.TotalMilliseconds;
+            while (true)
             {
-                var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
-                // With WhenReceived the rows are deleted at claim: there is no lease left to renew.
-                var held = _options.AckMode == AckMode.WhenReceived ? [] : _held.Values.Where(h => !h.LeaseLost).ToArray();
-                if (held.Length == 0 && !claimInFlight)
+                var wait = Math.Max(0, Math.Min(nextRenew, nextBeat) - Environment.TickCount64);
+                var woken = WaitHandle.WaitAny(wakeUps, TimeSpan.FromMilliseconds(wait));
+                if (woken == 0)
                 {
-                    continue;
+                    break;
                 }
 
-                var expired = Environment.TickCount64 - (long)(_broker.Options.LeaseDuration.TotalMilliseconds * 2);
-                foreach (var lease in _givenUp.Where(g => g.Value < expired).Select(g => g.Key).ToArray())
+                var now = Environment.TickCount64;
+                if (now >= nextBeat)
                 {
-                    _givenUp.TryRemove(lease, out _); // its lease has long expired: rescued by now
-                }
-
-                // A transient failure (a broken connection, replaced; a deadlock with a settle statement over the same
-                // rows) is retried at once, not a tick later: ticks lost in a row would let the leases lapse.
-                for (var attempt = 1; attempt <= RenewAttemptsPerTick && !stop.IsCancellationRequested; attempt++)
-                {
+                    nextBeat = now + (long)heartbeat.TotalMilliseconds;
                     try
                     {
                         connection ??= OpenRenewalConnection();
-                        var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
-                            held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray(),
-                            out var cancelRequested);
-                        foreach (var lease in cancelRequested ?? [])
-                        {
-                            if (_held.TryGetValue(lease, out var target) && target.RequestCancel())
-                            {
-                                Log.TaskCancelRequested(_logger, target.Task.TaskId, target.Task.TaskName);
-                            }
-                        }
-                        foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.ContainsKey(h.Task.Lease)))
-                        {
-                            // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
-                            if (lost.MarkLost())
-                            {
-                                Log.LeaseLost(_logger, lost.Task.TaskId, lost.Task.TaskName);
-                            }
-                        }
-
-                        Interlocked.Increment(ref _renewalRounds);
-                        break;
+                        _broker.Heartbeat(connection, WorkerId, queues, ActiveTasks, _capacity);
                     }
                     catch (Exception ex)
                     {
-                        if (TransientErrors.IsConnectionFailure(ex) || connection?.State != System.Data.ConnectionState.Open)
+                        DropIfBroken(ref connection, ex);
+                        if (!stop.IsCancellationRequested)
                         {
-                            connection?.Dispose();
-                            connection = null;
-                        }
-
-                        if (!stop.IsCancellationRequested && (attempt == RenewAttemptsPerTick || !TransientErrors.IsTransient(ex)))
-                        {
-                            Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
-                            break;
+                            Log.LoopFailed(_logger, ex, WorkerId, "heartbeat");
                         }
                     }
+                }
+
+                if (woken == 1 || now >= nextRenew)
+                {
+                    nextRenew = now + (long)interval.TotalMilliseconds;
+                    RenewHeld(ref connection, stop);
                 }
             }
         }
         finally
         {
             connection?.Dispose();
+        }
+    }
+
+    /// <summary>One renewal round: every held claim (every row leased to us while a claim is in flight).</summary>
+    private void RenewHeld(ref NpgsqlConnection? connection, CancellationToken stop)
+    {
+        var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
+        // With WhenReceived the rows are acked at claim: there is no lease left to renew.
+        var held = _options.AckMode == AckMode.WhenReceived ? [] : _held.Values.Where(h => !h.LeaseLost).ToArray();
+        if (held.Length == 0 && !claimInFlight)
+        {
+            return;
+        }
+
+        var expired = Environment.TickCount64 - (long)(_broker.Options.LeaseDuration.TotalMilliseconds * 2);
+        foreach (var lease in _givenUp.Where(g => g.Value < expired).Select(g => g.Key).ToArray())
+        {
+            _givenUp.TryRemove(lease, out _); // its lease has long expired: rescued by now
+        }
+
+        // A transient failure (a broken connection, replaced; a deadlock with a settle statement over the same
+        // rows) is retried at once, not a tick later: ticks lost in a row would let the leases lapse.
+        for (var attempt = 1; attempt <= RenewAttemptsPerTick && !stop.IsCancellationRequested; attempt++)
+        {
+            try
+            {
+                connection ??= OpenRenewalConnection();
+                var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
+                    held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray(),
+                    out var cancelRequested);
+                foreach (var lease in cancelRequested ?? [])
+                {
+                    if (_held.TryGetValue(lease, out var target) && target.RequestCancel())
+                    {
+                        Log.TaskCancelRequested(_logger, target.Task.TaskId, target.Task.TaskName);
+                    }
+                }
+
+                foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.ContainsKey(h.Task.Lease)))
+                {
+                    // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
+                    if (lost.MarkLost())
+                    {
+                        Log.LeaseLost(_logger, lost.Task.TaskId, lost.Task.TaskName);
+                    }
+                }
+
+                Interlocked.Increment(ref _renewalRounds);
+                return;
+            }
+            catch (Exception ex)
+            {
+                DropIfBroken(ref connection, ex);
+                if (!stop.IsCancellationRequested && (attempt == RenewAttemptsPerTick || !TransientErrors.IsTransient(ex)))
+                {
+                    Log.LoopFailed(_logger, ex, WorkerId, "lease renewal");
+                    return;
+                }
+            }
+        }
+    }
+
+    private static void DropIfBroken(ref NpgsqlConnection? connection, Exception ex)
+    {
+        if (TransientErrors.IsConnectionFailure(ex) || connection?.State != System.Data.ConnectionState.Open)
+        {
+            connection?.Dispose();
+            connection = null;
         }
     }
 
@@ -984,15 +1040,20 @@ public sealed class TaskiqWorker : BackgroundService
         }
     }
 
+    /// <summary>Half the lease, or half the heartbeat bound when that is shorter (a dead worker's tasks come back sooner).</summary>
+    internal static TimeSpan DefaultRescueInterval(PostgresBrokerOptions broker)
+        => broker.WorkerStaleAfter is { } stale && stale < broker.LeaseDuration ? stale / 2 : broker.LeaseDuration / 2;
+
     private async Task RescueLoopAsync(CancellationToken stop)
     {
-        var interval = _options.RescueInterval ?? _broker.Options.LeaseDuration / 2;
+        var interval = _options.RescueInterval ?? DefaultRescueInterval(_broker.Options);
         using var timer = new PeriodicTimer(interval);
         do
         {
             try
             {
                 var rescued = await _broker.RescueExpiredLeasesAsync(cancellationToken: stop);
+                await _broker.ForgetDeadWorkersAsync(stop);
                 if (rescued.Count > 0)
                 {
                     var dead = rescued.Where(r => r.DeadLettered).ToArray();

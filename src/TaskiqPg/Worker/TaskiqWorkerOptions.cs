@@ -27,7 +27,8 @@ public sealed record TaskiqWorkerOptions
     /// <summary>How often held leases are renewed. <c>null</c> (default): a third of the broker's lease duration.</summary>
     public TimeSpan? LeaseRenewInterval { get; set; }
 
-    /// <summary>How often this worker rescues tasks whose lease expired. <c>null</c> (default): half the broker's lease duration.</summary>
+    /// <summary>How often this worker rescues tasks whose lease expired or whose worker stopped heartbeating. <c>null</c>
+    /// (default): half the broker's lease duration, or half its <see cref="PostgresBrokerOptions.WorkerStaleAfter"/> when shorter.</summary>
     public TimeSpan? RescueInterval { get; set; }
 
     /// <summary>
@@ -35,6 +36,12 @@ public sealed record TaskiqWorkerOptions
     /// (<see cref="PostgresBrokerOptions.CompletedRetention"/> and the others), at most 20,000 per state and round. Default 30 s.
     /// </summary>
     public TimeSpan PruneInterval { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// How often the worker writes its heartbeat to the workers table (on its renewal thread, so a busy process still
+    /// beats). At most a third of <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>. Default 2 s.
+    /// </summary>
+    public TimeSpan HeartbeatInterval { get; set; } = TimeSpan.FromSeconds(2);
 
     /// <summary>
     /// Identity written to <c>locked_by</c>; must be unique among live workers (leases, renewals and the take-back of
@@ -54,7 +61,7 @@ public sealed record TaskiqWorkerOptions
             throw new ArgumentException($"{nameof(PrefetchCount)} must not be negative and {nameof(ClaimBatchSize)} must be at least 1.");
         }
 
-        foreach (var (value, name) in new[] { (PollInterval, nameof(PollInterval)), (ShutdownTimeout, nameof(ShutdownTimeout)), (PruneInterval, nameof(PruneInterval)) })
+        foreach (var (value, name) in new[] { (PollInterval, nameof(PollInterval)), (ShutdownTimeout, nameof(ShutdownTimeout)), (PruneInterval, nameof(PruneInterval)), (HeartbeatInterval, nameof(HeartbeatInterval)) })
         {
             if (value <= TimeSpan.Zero)
             {
