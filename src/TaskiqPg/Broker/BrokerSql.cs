@@ -210,12 +210,13 @@ internal sealed class BrokerSql
         var keepCompleted = options.CompletedRetention != TimeSpan.Zero;
         Ack = CompleteStatement(t, keepCompleted, "unnest($1::bigint[], $2::integer[]) AS a(id, claim)", "$3");
 
-        // $1 ids, $2 claim numbers, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds
+        // $1 ids, $2 claim numbers, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds,
+        // $8..$11 per failure: snooze seconds, max attempts, base and max delay seconds (null: none, the row's, the broker's)
         Fail =
             $"""
              UPDATE {t} AS m
              SET {FailAssignments("$6", "$7")}
-             FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::boolean[]) AS f(id, claim, error, retry)
+             FROM {FailuresUnnest(1, 2, 3, 4, 8)}
              WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $5 AND m.status = 'processing'
              RETURNING m.id, m.status, m.claims
              """;
@@ -540,13 +541,27 @@ internal sealed class BrokerSql
     internal static string FailAssignments(string baseDelaySeconds, string maxDelaySeconds)
         => $"""
             status = CASE WHEN m.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                          WHEN f.retry AND m.attempts < m.max_attempts THEN 'retryable' ELSE 'discarded' END,
-                finished_at = CASE WHEN m.cancel_requested_at IS NULL AND f.retry AND m.attempts < m.max_attempts THEN NULL ELSE now() END,
-                run_at = CASE WHEN m.cancel_requested_at IS NULL AND f.retry AND m.attempts < m.max_attempts
-                              THEN now() + make_interval(secs => least({baseDelaySeconds} * power(2, m.attempts - 1), {maxDelaySeconds}) * (0.5 + random() * 0.5))
+                          WHEN f.snooze IS NOT NULL THEN 'scheduled'
+                          WHEN f.retry AND m.attempts < coalesce(f.max_attempts, m.max_attempts) THEN 'retryable' ELSE 'discarded' END,
+                finished_at = CASE WHEN m.cancel_requested_at IS NULL
+                                    AND (f.snooze IS NOT NULL OR f.retry AND m.attempts < coalesce(f.max_attempts, m.max_attempts)) THEN NULL ELSE now() END,
+                run_at = CASE WHEN m.cancel_requested_at IS NOT NULL THEN m.run_at
+                              WHEN f.snooze IS NOT NULL THEN now() + make_interval(secs => f.snooze)
+                              WHEN f.retry AND m.attempts < coalesce(f.max_attempts, m.max_attempts)
+                              THEN now() + make_interval(secs => least(coalesce(f.base_delay, {baseDelaySeconds}) * power(2, m.attempts - 1),
+                                                                       coalesce(f.max_delay, {maxDelaySeconds})) * (0.5 + random() * 0.5))
                               ELSE m.run_at END,
-                last_error = f.error, locked_by = NULL, locked_until = NULL
+                attempts = m.attempts - CASE WHEN m.cancel_requested_at IS NULL AND f.snooze IS NOT NULL THEN 1 ELSE 0 END,
+                max_attempts = coalesce(f.max_attempts, m.max_attempts),
+                last_error = CASE WHEN f.snooze IS NOT NULL AND m.cancel_requested_at IS NULL THEN m.last_error ELSE f.error END,
+                locked_by = NULL, locked_until = NULL
             """;
+
+    /// <summary>The failures' <c>unnest</c>: ids, claim numbers, errors, retry flags, then snooze seconds, max attempts, base and
+    /// max delays (each nullable per row) at <paramref name="first"/>, <paramref name="first"/>+1, …</summary>
+    internal static string FailuresUnnest(int ids, int claims, int errors, int retry, int first)
+        => $"unnest(${ids}::bigint[], ${claims}::integer[], ${errors}::text[], ${retry}::boolean[], ${first}::float8[], ${first + 1}::integer[], " +
+           $"${first + 2}::float8[], ${first + 3}::float8[]) AS f(id, claim, error, retry, snooze, max_attempts, base_delay, max_delay)";
 
     public IReadOnlyList<MigrationStep> Migrations { get; }
 

@@ -412,7 +412,17 @@ public sealed class PostgresBroker : IAsyncDisposable
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
         command.Parameters.Add(new NpgsqlParameter<double> { TypedValue = Options.RetryBaseDelay.TotalSeconds });
         command.Parameters.Add(new NpgsqlParameter<double> { TypedValue = Options.RetryMaxDelay.TotalSeconds });
+        AddFailureDetails(command.Parameters, failures);
         return command;
+    }
+
+    /// <summary>The per-failure arrays of <see cref="BrokerSql.FailuresUnnest"/>: snooze, max attempts, base and max delay.</summary>
+    internal static void AddFailureDetails(NpgsqlParameterCollection parameters, IReadOnlyCollection<TaskFailure> failures)
+    {
+        parameters.Add(new NpgsqlParameter<double?[]> { TypedValue = failures.Select(f => f.SnoozeFor?.TotalSeconds).ToArray() });
+        parameters.Add(new NpgsqlParameter<int?[]> { TypedValue = failures.Select(f => f.MaxAttempts).ToArray() });
+        parameters.Add(new NpgsqlParameter<double?[]> { TypedValue = failures.Select(f => f.RetryBaseDelay?.TotalSeconds).ToArray() });
+        parameters.Add(new NpgsqlParameter<double?[]> { TypedValue = failures.Select(f => f.RetryMaxDelay?.TotalSeconds).ToArray() });
     }
 
     /// <summary>

@@ -65,6 +65,9 @@ internal static partial class Log
     [LoggerMessage(2015, LogLevel.Information, "Task {TaskId} ({TaskName}) was cancelled")]
     public static partial void TaskCancelled(ILogger logger, string taskId, string taskName);
 
+    [LoggerMessage(2016, LogLevel.Debug, "Task {TaskId} ({TaskName}) snoozed for {Delay}")]
+    public static partial void TaskSnoozed(ILogger logger, string taskId, string taskName, TimeSpan delay);
+
     [LoggerMessage(4001, LogLevel.Error, "Schedule {ScheduleId} ({TaskName}) was disabled: {Reason}")]
     public static partial void ScheduleDisabled(ILogger logger, Guid scheduleId, string taskName, string reason);
 

@@ -17,7 +17,7 @@ internal sealed class SettleSql
 
         // $1/$2 ack ids and claim numbers; $3..$6 fail ids, claim numbers, errors, retry flags; $7 worker; $8 base and $9 max retry
         // delay (seconds); $10..$14 results: row ids, claim numbers, task ids, result JSON, stack traces; $15 result ttl;
-        // $16 channel. Rows: (0, id, claim, null) acked, (1, id, claim, new status) failed, (2, notifications, 0, null).
+        // $16 channel; $17..$20 per failure: snooze seconds, max attempts, base and max retry delay seconds. Rows: (0, id, claim, null) acked, (1, id, claim, new status) failed, (2, notifications, 0, null).
         Settle =
             $"""
              WITH acked AS (
@@ -25,7 +25,7 @@ internal sealed class SettleSql
              ), failed AS (
                  UPDATE {t} AS m
                  SET {BrokerSql.FailAssignments("$8", "$9")}
-                 FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::boolean[]) AS f(id, claim, error, retry)
+                 FROM {BrokerSql.FailuresUnnest(3, 4, 5, 6, 17)}
                  WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $7 AND m.status = 'processing'
                  RETURNING m.id, m.claims, m.status
              ), stored AS (

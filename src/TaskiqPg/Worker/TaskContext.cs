@@ -46,6 +46,18 @@ public sealed class TaskContext
     /// <summary>Fires on timeout, lost lease or hard shutdown.</summary>
     public CancellationToken CancellationToken { get; }
 
+    /// <summary>
+    /// Puts the task back in the queue, due after <paramref name="delay"/>, without using an attempt (throws
+    /// <see cref="TaskSnoozedException"/>: nothing after this call runs).
+    /// </summary>
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    public void Snooze(TimeSpan delay)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(delay, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(delay, KickOptions.MaxDelay);
+        throw new TaskSnoozedException(delay);
+    }
+
     /// <summary>Stores progress readable with <see cref="PostgresResultBackend.GetProgressAsync{T}"/>.</summary>
     /// <exception cref="InvalidOperationException">The worker has no result backend.</exception>
     public Task SetProgressAsync<T>(T progress)

@@ -3,8 +3,11 @@ namespace TaskiqPg;
 /// <summary>A registered task: its name, optional timeout and how to run it.</summary>
 public sealed class TaskDescriptor
 {
-    internal TaskDescriptor(string name, TimeSpan? timeout, Func<TaskContext, CancellationToken, ValueTask<(object? Value, Type Type)>> invoke)
+    internal TaskDescriptor(string name, TimeSpan? timeout, Func<TaskContext, CancellationToken, ValueTask<(object? Value, Type Type)>> invoke,
+        TaskRetryPolicy? retry = null)
     {
+        retry?.Validate(name);
+        Retry = retry;
         Name = name;
         Timeout = timeout;
         Invoke = invoke;
@@ -15,6 +18,9 @@ public sealed class TaskDescriptor
 
     /// <summary>Handler timeout for this task (the task's <c>timeout</c> label wins).</summary>
     public TimeSpan? Timeout { get; }
+
+    /// <summary>Retry policy given at registration; null: the kick's attempts and the broker's delays.</summary>
+    public TaskRetryPolicy? Retry { get; }
 
     internal Func<TaskContext, CancellationToken, ValueTask<(object? Value, Type Type)>> Invoke { get; }
 }

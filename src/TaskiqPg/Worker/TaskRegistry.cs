@@ -25,17 +25,22 @@ public sealed class TaskRegistry
     /// and DI services are injected.
     /// </summary>
     /// <exception cref="ArgumentException">The name is empty or already registered.</exception>
-    public TaskRegistry Add(string name, Delegate handler, TimeSpan? timeout = null)
+    /// <param name="name">Task name.</param>
+    /// <param name="handler">The delegate.</param>
+    /// <param name="timeout">Handler timeout (the task's <c>timeout</c> label wins).</param>
+    /// <param name="retry">Retry policy of this task on this worker (wins over the kick's and the broker's).</param>
+    public TaskRegistry Add(string name, Delegate handler, TimeSpan? timeout = null, TaskRetryPolicy? retry = null)
     {
         ArgumentNullException.ThrowIfNull(handler);
         var invoker = new DelegateInvoker(name, handler);
-        return Register(new TaskDescriptor(name, timeout, invoker.InvokeAsync));
+        return Register(new TaskDescriptor(name, timeout, invoker.InvokeAsync, retry));
     }
 
     /// <summary>Registers a typed handler, resolved from the task's DI scope (or constructed) for each run.</summary>
     /// <param name="name">Task name; default from <see cref="TaskNameAttribute"/> or the type's full name.</param>
     /// <param name="timeout">Handler timeout.</param>
-    public TaskRegistry AddHandler<THandler, TArgs, TResult>(string? name = null, TimeSpan? timeout = null)
+    /// <param name="retry">Retry policy of this task on this worker (wins over the kick's and the broker's).</param>
+    public TaskRegistry AddHandler<THandler, TArgs, TResult>(string? name = null, TimeSpan? timeout = null, TaskRetryPolicy? retry = null)
         where THandler : class, ITaskHandler<TArgs, TResult>
     {
         var taskName = name ?? TaskNameAttribute.Of<THandler>();
@@ -45,7 +50,7 @@ public sealed class TaskRegistry
             var handler = ActivatorUtilities.GetServiceOrCreateInstance<THandler>(context.Services);
             var result = await handler.HandleAsync(args, context, cancellationToken);
             return (result, typeof(TResult));
-        }));
+        }, retry));
     }
 
     /// <summary>Finds a task by name.</summary>

@@ -455,7 +455,8 @@ public sealed class TaskiqWorker : BackgroundService
 
         try
         {
-            return await InvokeAsync(task, message, descriptor, timeout, cancellation, held, started);
+            var completion = await InvokeAsync(task, message, descriptor, timeout, cancellation, held, started);
+            return descriptor.Retry is null ? completion : completion with { Policy = descriptor.Retry };
         }
         finally
         {
@@ -510,6 +511,17 @@ public sealed class TaskiqWorker : BackgroundService
         {
             // Cancelled by request (PostgresBroker.CancelAsync): whatever the handler threw on its way out.
             return Completion.Cancelled(task, message, started.Elapsed);
+        }
+        catch (TaskSnoozedException ex) when (!held.LeaseLost)
+        {
+            return _options.AckMode == AckMode.WhenReceived
+                ? Completion.Failure(task, message, nameof(TaskSnoozedException),
+                    "A task cannot snooze under AckMode.WhenReceived: it was acked when received, so nothing can bring it back.", null, retry: false, started.Elapsed)
+                : Completion.Snoozed(task, ex.Delay);
+        }
+        catch (PermanentTaskFailureException ex)
+        {
+            return Completion.Failure(task, message, ex.GetType().Name, ex.Message, ex.StackTrace, retry: false, started.Elapsed, ex);
         }
         catch (TaskArgumentException ex)
         {
@@ -670,7 +682,11 @@ public sealed class TaskiqWorker : BackgroundService
                 continue;
             }
 
-            if (newStatus == TaskState.Cancelled)
+            if (completion.Snooze is { } snooze)
+            {
+                Log.TaskSnoozed(_logger, task.TaskId, task.TaskName, snooze);
+            }
+            else if (newStatus == TaskState.Cancelled)
             {
                 Log.TaskCancelled(_logger, task.TaskId, task.TaskName);
             }
@@ -708,6 +724,7 @@ public sealed class TaskiqWorker : BackgroundService
         p.Add(new NpgsqlParameter<string?[]> { TypedValue = stored.Select(c => _results!.Options.StoreStackTraces ? c.Result!.StackTrace : null).ToArray() });
         p.Add(_results!.TtlParameter());
         p.Add(new NpgsqlParameter<string> { TypedValue = _results.Options.Channel });
+        PostgresBroker.AddFailureDetails(p, fails.Select(c => c.ToFailure()).ToArray());
 
         var acked = new HashSet<LeaseRef>();
         var failed = new Dictionary<LeaseRef, TaskState>();
@@ -749,7 +766,7 @@ public sealed class TaskiqWorker : BackgroundService
             ? await _broker.AckLeasesAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), cancellationToken)
             : new HashSet<LeaseRef>();
         IReadOnlyDictionary<LeaseRef, TaskState> failed = fails.Length > 0
-            ? await _broker.FailLeasesAsync(WorkerId, fails.Select(c => new TaskFailure(c.Task.Lease, c.FailureText, c.Retry)).ToArray(), cancellationToken)
+            ? await _broker.FailLeasesAsync(WorkerId, fails.Select(c => c.ToFailure()).ToArray(), cancellationToken)
             : new Dictionary<LeaseRef, TaskState>();
 
         if (_options.AckMode == AckMode.WhenExecuted && stored.Length > 0)
@@ -782,6 +799,11 @@ public sealed class TaskiqWorker : BackgroundService
         {
             TaskiqDiagnostics.Cancelled.Add(1, _queueTag, nameTag);
             return;
+        }
+
+        if (newStatus == TaskState.Scheduled)
+        {
+            return; // snoozed: not a failure
         }
 
         TaskiqDiagnostics.Failed.Add(1, _queueTag, nameTag);
@@ -1353,13 +1375,30 @@ public sealed class TaskiqWorker : BackgroundService
 
     private sealed record Completion(ClaimedTask Task, TaskResult? Result, TaskError? Error, bool Retry, Exception? Exception, int RefusedCount = 0)
     {
-        public bool Succeeded => Error is null;
+        public bool Succeeded => Error is null && Snooze is null;
+
+        /// <summary>Set when the handler snoozed: back to the queue after this delay, no attempt used.</summary>
+        public TimeSpan? Snooze { get; init; }
+
+        /// <summary>The task's retry policy from its registration, if any.</summary>
+        public TaskRetryPolicy? Policy { get; init; }
 
         /// <summary>No attempt follows this one.</summary>
-        public bool IsFinal => Succeeded || !Retry || Task.Attempt >= Task.MaxAttempts;
+        public bool IsFinal => Snooze is null && (Succeeded || !Retry || Task.Attempt >= (Policy?.MaxAttempts ?? Task.MaxAttempts));
+
+        /// <summary>This outcome as a failure to write (a snooze is written as one).</summary>
+        public TaskFailure ToFailure() => new(Task.Lease, Snooze is null ? FailureText : "snoozed", Retry)
+        {
+            SnoozeFor = Snooze,
+            MaxAttempts = Policy?.MaxAttempts,
+            RetryBaseDelay = Policy?.BaseDelay,
+            RetryMaxDelay = Policy?.MaxDelay,
+        };
+
+        public static Completion Snoozed(ClaimedTask task, TimeSpan delay) => new(task, null, null, true, null) { Snooze = delay };
 
         /// <summary>The text kept in <c>last_error</c>.</summary>
-        public string FailureText => Error!.Type + ": " + Error.Message;
+        public string FailureText => Error is null ? "snoozed" : Error.Type + ": " + Error.Message;
 
         public static Completion Success(ClaimedTask task, TaskResult result) => new(task, result, null, false, null);
 
