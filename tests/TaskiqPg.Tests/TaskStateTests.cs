@@ -170,15 +170,37 @@ public sealed class TaskStateTests(DatabaseFixture db) : IClassFixture<DatabaseF
         Assert.True(plan.Blocks < 40, $"the claim touched {plan.Blocks} pages");
 
         // Promotion reads only rows that are due: none here.
-        var promote = await ExplainAnalyzeAsync(harness.DataSource,
-            "SELECT id FROM taskiq_messages WHERE queue = ANY($1) AND status IN ('scheduled', 'retryable') AND run_at <= now() LIMIT 1000",
-            new[] { queue });
+        var promote = await ExplainAnalyzeAsync(harness.DataSource, new BrokerSql(harness.Broker.Options).Promote, new[] { queue }, 1000, "taskiq");
         Assert.Equal(0, promote.ActualRows);
-        Assert.True(promote.Blocks < 40, $"promotion touched {promote.Blocks} pages");
+        Assert.True(promote.Blocks < 40, $"promotion touched {promote.Blocks} pages: {promote.Plan}");
 
         var claimed = await harness.Broker.ClaimAsync("w", 100);
         Assert.Equal(10, claimed.Count);
         Assert.All(claimed, c => Assert.Equal("now", c.TaskName));
+    }
+
+    [Fact]
+    public async Task Each_ended_attempt_is_kept_in_the_tasks_history_with_its_worker_times_outcome_and_error()
+    {
+        var calls = 0;
+        await using var harness = await QueueHarness.CreateAsync(db,
+            r => r.Add("flaky", int () => Interlocked.Increment(ref calls) <= 2 ? throw new InvalidOperationException($"fail {calls}") : 7),
+            broker: new PostgresBrokerOptions { RetryBaseDelay = TimeSpan.FromMilliseconds(20), LeaseDuration = TimeSpan.FromSeconds(1) });
+        var handle = await harness.Client.KickAsync<int>("flaky", options: new KickOptions { MaxAttempts = 5 });
+        // A first claim by a worker that dies: its lease expires and the rescue records the attempt as lost.
+        Assert.Single(await harness.Broker.ClaimAsync("dead-worker", 1));
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50), RescueInterval = TimeSpan.FromMilliseconds(100) });
+
+        Assert.Equal(7, await handle.WaitForResultAsync(Bound));
+        var history = (await harness.Broker.GetTaskAsync(handle.TaskId))!.History;
+        Assert.Equal(["lost", "failed", "failed", "completed"], history.Select(h => h.Outcome));
+        Assert.Equal(["dead-worker", worker.WorkerId, worker.WorkerId, worker.WorkerId], history.Select(h => h.Worker));
+        Assert.Equal([1, 1, 2, 3], history.Select(h => h.Attempt)); // the lost claim never started: its attempt was given back
+        Assert.Equal("lease expired", history[0].Error);
+        Assert.Contains("fail 1", history[1].Error);
+        Assert.Contains("fail 2", history[2].Error);
+        Assert.Null(history[3].Error);
+        Assert.All(history, h => Assert.True(h.StartedAt <= h.EndedAt));
     }
 
     [Fact]
@@ -200,16 +222,20 @@ public sealed class TaskStateTests(DatabaseFixture db) : IClassFixture<DatabaseF
     }
 
     /// <summary>Actual rows returned by a plan's top node and the buffers (pages) it touched.</summary>
-    private static async Task<(long ActualRows, long Blocks)> ExplainAnalyzeAsync(NpgsqlDataSource dataSource, string sql, object parameter)
+    private static async Task<(long ActualRows, long Blocks, string Plan)> ExplainAnalyzeAsync(NpgsqlDataSource dataSource, string sql, params object[] parameters)
     {
         await using var connection = await dataSource.OpenConnectionAsync();
         await using var transaction = await connection.BeginTransactionAsync(); // FOR UPDATE locks: rolled back
         await using var command = new NpgsqlCommand("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, connection, transaction);
-        command.Parameters.Add(new NpgsqlParameter { Value = parameter });
+        foreach (var parameter in parameters)
+        {
+            command.Parameters.Add(new NpgsqlParameter { Value = parameter });
+        }
+
         var json = (string)(await command.ExecuteScalarAsync())!;
         using var document = JsonDocument.Parse(json);
         var top = document.RootElement[0].GetProperty("Plan");
         return ((long)top.GetProperty("Actual Rows").GetDouble(),
-            top.GetProperty("Shared Hit Blocks").GetInt64() + top.GetProperty("Shared Read Blocks").GetInt64());
+            top.GetProperty("Shared Hit Blocks").GetInt64() + top.GetProperty("Shared Read Blocks").GetInt64(), json);
     }
 }

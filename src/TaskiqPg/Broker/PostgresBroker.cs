@@ -487,7 +487,26 @@ public sealed class PostgresBroker : IAsyncDisposable
         Worker = reader.IsDBNull(12) ? null : reader.GetString(12),
         MessageJson = reader.GetString(13),
         Labels = ReadLabels(reader.GetString(14)),
+        History = ReadHistory(reader.GetString(15)),
     };
+
+    private static List<TaskAttempt> ReadHistory(string json)
+    {
+        var history = new List<TaskAttempt>();
+        using var document = JsonDocument.Parse(json);
+        foreach (var entry in document.RootElement.EnumerateArray())
+        {
+            history.Add(new TaskAttempt(
+                entry.TryGetProperty("attempt", out var a) ? a.GetInt32() : 0,
+                entry.TryGetProperty("worker", out var w) ? w.GetString() : null,
+                entry.TryGetProperty("started", out var s) ? s.GetDateTimeOffset() : null,
+                entry.GetProperty("ended").GetDateTimeOffset(),
+                entry.GetProperty("outcome").GetString()!,
+                entry.TryGetProperty("error", out var e) ? e.GetString() : null));
+        }
+
+        return history;
+    }
 
     /// <summary>Labels as stored (other producers may store numbers or booleans: given as their JSON text).</summary>
     private static Dictionary<string, string> ReadLabels(string json)

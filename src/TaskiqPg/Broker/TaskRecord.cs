@@ -48,6 +48,18 @@ public sealed record TaskRecord
     /// <summary>The message's labels as stored for queries.</summary>
     public IReadOnlyDictionary<string, string> Labels { get; init; } = new Dictionary<string, string>();
 
+    /// <summary>Its ended attempts, oldest first (at most the last 50): worker, start, end, outcome and error of each.</summary>
+    public IReadOnlyList<TaskAttempt> History { get; init; } = [];
+
     /// <summary>Whether the task has ended (<see cref="TaskState.Completed"/>, <see cref="TaskState.Cancelled"/> or <see cref="TaskState.Discarded"/>).</summary>
     public bool IsFinished => TaskStates.IsFinished(State);
 }
+
+/// <summary>One ended attempt of a task.</summary>
+/// <param name="Attempt">The attempt number (a snoozed or lost run that did not count repeats the number of the next).</param>
+/// <param name="Worker">The worker that ran it.</param>
+/// <param name="StartedAt">When it was claimed.</param>
+/// <param name="EndedAt">When its outcome was written (or its lease was found lost).</param>
+/// <param name="Outcome"><c>completed</c>, <c>failed</c>, <c>snoozed</c>, <c>cancelled</c> or <c>lost</c> (rescued: its worker died or stopped renewing).</param>
+/// <param name="Error">The failure's reason (at most 1,000 characters).</param>
+public sealed record TaskAttempt(int Attempt, string? Worker, DateTimeOffset? StartedAt, DateTimeOffset EndedAt, string Outcome, string? Error);
