@@ -231,6 +231,23 @@ public sealed class PostgresBroker : IAsyncDisposable
     public Task<IReadOnlySet<long>> AckAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
         => LeaseCommandAsync(_sql.Ack, workerId, leases, withLease: false, cancellationToken);
 
+    /// <summary>
+    /// Completes a claim inside the caller's connection and transaction (see <see cref="TaskContext.CompleteInTransactionAsync{T}"/>):
+    /// the row becomes completed (or is deleted without a completed retention) only if the caller commits.
+    /// </summary>
+    /// <returns>False when the lease is no longer <paramref name="workerId"/>'s: the caller must roll back.</returns>
+    public async Task<bool> CompleteInTransactionAsync(string workerId, LeaseRef lease, NpgsqlConnection connection, NpgsqlTransaction? transaction,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        await using var command = new NpgsqlCommand(_sql.Ack, connection, transaction);
+        command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = [lease.Id] });
+        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = [lease.Claim] });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken);
+    }
+
     /// <summary><see cref="AckAsync"/> by claim: which leases (row and attempt) were completed.</summary>
     internal async Task<IReadOnlySet<LeaseRef>> AckLeasesAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken)
         => await LeaseRefCommandAsync(_sql.Ack, workerId, leases, withLease: false, cancellationToken);

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Npgsql;
 
 namespace TaskiqPg;
 
@@ -56,6 +57,49 @@ public sealed class TaskContext
         ArgumentOutOfRangeException.ThrowIfLessThan(delay, TimeSpan.Zero);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(delay, KickOptions.MaxDelay);
         throw new TaskSnoozedException(delay);
+    }
+
+    /// <summary>
+    /// Completes this task inside the handler's own transaction on the task's database, so the handler's writes and the
+    /// task's completion (and, when the result backend shares the broker's data source, its result) commit together or
+    /// not at all: exactly once for database side effects, even when the worker dies between the commit and its ack.
+    /// Call it last, right before committing; what the handler then returns is not stored again.
+    /// </summary>
+    /// <param name="transaction">The handler's open transaction (its connection must be on the broker's database).</param>
+    /// <param name="result">The task's result.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <exception cref="LeaseLostException">The task's lease is no longer this worker's (it was rescued and may run
+    /// elsewhere): roll the transaction back.</exception>
+    public Task CompleteInTransactionAsync<T>(NpgsqlTransaction transaction, T result, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(transaction);
+        return CompleteInTransactionCoreAsync(transaction, JsonSerializer.SerializeToElement(result, SerializerOptions), cancellationToken);
+    }
+
+    /// <summary><see cref="CompleteInTransactionAsync{T}"/> for a task whose result holds no value.</summary>
+    /// <exception cref="LeaseLostException">The task's lease is no longer this worker's: roll the transaction back.</exception>
+    public Task CompleteInTransactionAsync(NpgsqlTransaction transaction, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(transaction);
+        return CompleteInTransactionCoreAsync(transaction, default, cancellationToken);
+    }
+
+    /// <summary>Whether <see cref="CompleteInTransactionAsync{T}"/> ran (its transaction may still roll back).</summary>
+    internal bool CompletedInTransaction { get; private set; }
+
+    /// <summary>Set by the worker: completes the claim in the given transaction, storing the result there.</summary>
+    internal Func<NpgsqlTransaction, JsonElement, CancellationToken, Task<bool>>? Completer { get; init; }
+
+    private async Task CompleteInTransactionCoreAsync(NpgsqlTransaction transaction, JsonElement result, CancellationToken cancellationToken)
+    {
+        var completer = Completer ?? throw new InvalidOperationException(
+            "This task cannot complete in a transaction: it runs without a lease (AckMode.WhenReceived acks it when received).");
+        if (!await completer(transaction, result, cancellationToken))
+        {
+            throw new LeaseLostException(TaskId);
+        }
+
+        CompletedInTransaction = true;
     }
 
     /// <summary>Stores progress readable with <see cref="PostgresResultBackend.GetProgressAsync{T}"/>.</summary>

@@ -482,7 +482,31 @@ public sealed class TaskiqWorker : BackgroundService
         CancellationTokenSource cancellation, Held held, Stopwatch started)
     {
         await using var scope = _services.GetService<IServiceScopeFactory>()?.CreateAsyncScope();
-        var context = new TaskContext(message, task, scope?.ServiceProvider ?? _services, _results, _registry.SerializerOptions, cancellation.Token);
+        var context = new TaskContext(message, task, scope?.ServiceProvider ?? _services, _results, _registry.SerializerOptions, cancellation.Token)
+        {
+            Completer = _options.AckMode == AckMode.WhenReceived ? null : async (transaction, value, ct) =>
+            {
+                if (!await _broker.CompleteInTransactionAsync(WorkerId, task.Lease, transaction.Connection!, transaction, ct))
+                {
+                    return false;
+                }
+
+                if (_settleSql is not null)
+                {
+                    // The result in the same transaction: it is stored exactly when the completion commits.
+                    var result = new TaskResult { IsError = false, ReturnValue = value, ExecutionTime = started.Elapsed.TotalSeconds, Labels = message.Labels };
+                    await using var batch = new NpgsqlBatch(transaction.Connection, transaction);
+                    foreach (var command in _results!.CreateSetResultCommands([new KeyValuePair<string, TaskResult>(task.TaskId, result)]))
+                    {
+                        batch.BatchCommands.Add(command);
+                    }
+
+                    await batch.ExecuteNonQueryAsync(ct);
+                }
+
+                return true;
+            },
+        };
         try
         {
             var (value, type) = await descriptor.Invoke(context, cancellation.Token);
@@ -505,7 +529,7 @@ public sealed class TaskiqWorker : BackgroundService
                 ExecutionTime = started.Elapsed.TotalSeconds,
                 Labels = message.Labels,
             };
-            return Completion.Success(task, result);
+            return Completion.Success(task, result) with { CompletedInTransaction = context.CompletedInTransaction };
         }
         catch (Exception) when (held.CancelRequested && !held.LeaseLost && !_hardStop.IsCancellationRequested)
         {
@@ -669,7 +693,9 @@ public sealed class TaskiqWorker : BackgroundService
         {
             var task = completion.Task;
             var nameTag = NameTag(task.TaskName);
-            TaskState? newStatus = completion.Succeeded ? (acked.Contains(task.Lease) ? TaskState.Completed : null) : failed.TryGetValue(task.Lease, out var f) ? f : null;
+            TaskState? newStatus = completion.Succeeded
+                ? acked.Contains(task.Lease) || completion.CompletedInTransaction ? TaskState.Completed : null
+                : failed.TryGetValue(task.Lease, out var f) ? f : null;
             if (newStatus is null)
             {
                 Log.CompletionRejected(_logger, task.TaskId, task.TaskName);
@@ -1379,6 +1405,9 @@ public sealed class TaskiqWorker : BackgroundService
 
         /// <summary>Set when the handler snoozed: back to the queue after this delay, no attempt used.</summary>
         public TimeSpan? Snooze { get; init; }
+
+        /// <summary>The handler completed the task in its own transaction: a missing row at the ack is that commit, not a lost lease.</summary>
+        public bool CompletedInTransaction { get; init; }
 
         /// <summary>The task's retry policy from its registration, if any.</summary>
         public TaskRetryPolicy? Policy { get; init; }
