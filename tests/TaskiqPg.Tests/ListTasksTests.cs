@@ -112,6 +112,29 @@ public sealed class ListTasksTests(DatabaseFixture db) : IClassFixture<DatabaseF
         Assert.Null(empty.NextCursor);
     }
 
+    [Fact]
+    public async Task Queue_statistics_give_counts_per_state_the_oldest_available_age_across_priorities_and_the_pause()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 30).Select(_ => TaskMessage.Create("t")).ToArray(), new KickOptions { Priority = 9 });
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 20).Select(_ => TaskMessage.Create("t")).ToArray(),
+            new KickOptions { Priority = -3, RunAt = DateTimeOffset.UtcNow.AddMinutes(-10) }); // the oldest sits at the lowest priority
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 4).Select(_ => TaskMessage.Create("t")).ToArray(), new KickOptions { Delay = TimeSpan.FromHours(1) });
+        await harness.Broker.PauseQueueAsync();
+
+        var stats = await harness.Broker.GetQueueStatisticsAsync();
+        Assert.Equal((50L, 4L, 0L), (stats.Counts[TaskState.Available], stats.Counts[TaskState.Scheduled], stats.Counts[TaskState.Running]));
+        Assert.Empty(stats.Estimated);
+        Assert.InRange(stats.OldestAvailableAge!.Value, TimeSpan.FromMinutes(9), TimeSpan.FromMinutes(11));
+        Assert.NotNull(stats.PausedAt);
+        Assert.Equal(harness.Broker.Options.Queue, stats.Queue);
+
+        var empty = await harness.Broker.GetQueueStatisticsAsync("q_nothing_here");
+        Assert.Null(empty.OldestAvailableAge);
+        Assert.Null(empty.PausedAt);
+        Assert.All(empty.Counts.Values, c => Assert.Equal(0, c));
+    }
+
     private static async Task<List<TaskRecord>> PagesAsync(PostgresBroker broker, TaskQuery query)
     {
         var all = new List<TaskRecord>();

@@ -458,6 +458,21 @@ internal sealed class BrokerSql
              RETURNING id
              """;
 
+        // $1 queue: how long the oldest available task has been due (null: none). Available rows are in the claim index by
+        // priority first, so the oldest is found per priority: a skip scan over the priorities present (a recursive
+        // CTE), then one probe each: as many index probes as there are distinct priorities, whatever the backlog.
+        OldestAvailable =
+            $"""
+             WITH RECURSIVE p AS (
+                 (SELECT priority FROM {t} WHERE queue = $1 AND status = 'pending' ORDER BY priority DESC LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT priority FROM {t} WHERE queue = $1 AND status = 'pending' AND priority < p.priority ORDER BY priority DESC LIMIT 1)
+                 FROM p WHERE p.priority IS NOT NULL
+             )
+             SELECT now() - min((SELECT run_at FROM {t} WHERE queue = $1 AND status = 'pending' AND priority = p.priority ORDER BY run_at LIMIT 1))
+             FROM p WHERE p.priority IS NOT NULL
+             """;
+
         // $1 id, $2 host, $3 pid, $4 queues, $5 tasks in flight, $6 capacity: registers or heartbeats a worker.
         Heartbeat =
             $"""
@@ -645,6 +660,8 @@ internal sealed class BrokerSql
     public string Cancel { get; }
 
     public string Heartbeat { get; }
+
+    public string OldestAvailable { get; }
 
     public string Deregister { get; }
 

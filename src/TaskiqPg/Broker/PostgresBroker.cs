@@ -637,7 +637,39 @@ public sealed class PostgresBroker : IAsyncDisposable
 
     /// <summary>Number of tasks of this broker's queue in each state, counted exactly (reads every row counted).</summary>
     public async Task<IReadOnlyDictionary<TaskState, long>> GetQueueCountsAsync(CancellationToken cancellationToken = default)
-        => (await CountAsync(limit: null, cancellationToken)).ToDictionary(kv => kv.Key, kv => kv.Value.Count);
+        => (await CountAsync(Options.Queue, limit: null, cancellationToken)).ToDictionary(kv => kv.Key, kv => kv.Value.Count);
+
+    /// <summary>Counts past this many rows per state are the planner's estimate (the worker's depth gauge uses the same bound).</summary>
+    public const int StatisticsExactUpTo = 10_000;
+
+    /// <summary>
+    /// A queue's statistics: tasks per state (exact up to <see cref="StatisticsExactUpTo"/>, estimated beyond), the age of
+    /// its oldest available task, and whether it is paused. Every part reads a partial index with a bounded scan, so it
+    /// is cheap enough to poll every few seconds on a table of any size (the worker's depth gauge reads the same counts).
+    /// </summary>
+    /// <param name="queue">The queue; default: this broker's.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    public async Task<QueueStatistics> GetQueueStatisticsAsync(string? queue = null, CancellationToken cancellationToken = default)
+    {
+        var name = QueueOf(queue);
+        await StartAsync(cancellationToken);
+        var counts = await CountAsync(name, StatisticsExactUpTo, cancellationToken);
+        var depth = new Dictionary<TaskState, long>();
+        var estimated = new HashSet<TaskState>();
+        foreach (var (state, (count, capped)) in counts)
+        {
+            depth[state] = capped ? Math.Max(count, await EstimateAsync(name, TaskStates.ToStored(state), cancellationToken)) : count;
+            if (capped)
+            {
+                estimated.Add(state);
+            }
+        }
+
+        await using var oldest = DataSource.CreateCommand(_sql.OldestAvailable);
+        oldest.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+        var age = await oldest.ExecuteScalarAsync(cancellationToken) is TimeSpan a ? a : (TimeSpan?)null;
+        return new QueueStatistics(name, depth, estimated, age, await GetQueuePausedAtAsync(name, cancellationToken));
+    }
 
     /// <summary>
     /// The queue's depth by state, cheap at any table size: each state is counted exactly up to
@@ -645,11 +677,11 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// </summary>
     internal async Task<IReadOnlyDictionary<TaskState, long>> GetQueueDepthAsync(int exactUpTo, CancellationToken cancellationToken)
     {
-        var counts = await CountAsync(exactUpTo, cancellationToken);
+        var counts = await CountAsync(Options.Queue, exactUpTo, cancellationToken);
         var depth = new Dictionary<TaskState, long>();
         foreach (var (state, (count, capped)) in counts)
         {
-            depth[state] = capped ? Math.Max(count, await EstimateAsync(TaskStates.ToStored(state), cancellationToken)) : count;
+            depth[state] = capped ? Math.Max(count, await EstimateAsync(Options.Queue, TaskStates.ToStored(state), cancellationToken)) : count;
         }
 
         return depth;
@@ -677,11 +709,11 @@ public sealed class PostgresBroker : IAsyncDisposable
             => new() { Value = retention == Timeout.InfiniteTimeSpan ? DBNull.Value : retention, NpgsqlDbType = NpgsqlDbType.Interval };
     }
 
-    private async Task<Dictionary<TaskState, (long Count, bool Capped)>> CountAsync(int? limit, CancellationToken cancellationToken)
+    private async Task<Dictionary<TaskState, (long Count, bool Capped)>> CountAsync(string queue, int? limit, CancellationToken cancellationToken)
     {
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.Counts);
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
         command.Parameters.Add(new NpgsqlParameter { Value = (object?)limit ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bigint });
         var counts = new Dictionary<TaskState, (long, bool)>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
@@ -694,10 +726,10 @@ public sealed class PostgresBroker : IAsyncDisposable
         return counts;
     }
 
-    private async Task<long> EstimateAsync(string status, CancellationToken cancellationToken)
+    private async Task<long> EstimateAsync(string queue, string status, CancellationToken cancellationToken)
     {
         await using var command = DataSource.CreateCommand(_sql.EstimateCount);
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = status });
         var plan = (string)(await command.ExecuteScalarAsync(cancellationToken))!;
         using var json = JsonDocument.Parse(plan);

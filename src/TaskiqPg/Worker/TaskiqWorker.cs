@@ -51,7 +51,7 @@ public sealed class TaskiqWorker : BackgroundService
     private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
 
     /// <summary>Rows per status the depth gauge counts exactly; past this it reports the planner's estimate.</summary>
-    private const int DepthExactUpTo = 10_000;
+    private const int DepthExactUpTo = PostgresBroker.StatisticsExactUpTo; // the statistics API counts the same way
     private readonly KeyValuePair<string, object?> _queueTag;
     private IReadOnlyDictionary<TaskState, long> _depth = new Dictionary<TaskState, long>();
     private int _active;
