@@ -48,7 +48,7 @@ internal static class DrainWorker
             }
 
             await using var left = dataSource.CreateCommand(
-                "SELECT EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status IN ('pending', 'processing'))");
+                "SELECT EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status = 'pending') OR EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status = 'processing')");
             left.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
             while ((bool)(await left.ExecuteScalarAsync())!)
             {

@@ -210,6 +210,7 @@ public sealed class TaskiqWorker : BackgroundService
         }
 
         var failures = 0;
+        var promoteAt = 0L; // when to make due scheduled/retryable rows available again (Environment.TickCount64)
         while (!stoppingToken.IsCancellationRequested)
         {
             Interlocked.Exchange(ref _lastLoopTicks, DateTime.UtcNow.Ticks);
@@ -237,7 +238,11 @@ public sealed class TaskiqWorker : BackgroundService
                 }
 
                 Volatile.Write(ref _claimInFlight, 1); // until its rows are in _held, renewal covers all rows leased to us
-                (batch, nextDue) = await _broker.ClaimWithNextDueAsync(WorkerId, wanted, stoppingToken);
+                var promote = Environment.TickCount64 >= promoteAt;
+                (batch, nextDue) = await _broker.ClaimWithNextDueAsync(WorkerId, wanted, stoppingToken, promote);
+                // Promote again once the next scheduled or retryable row is due (a kick that schedules an earlier one
+                // wakes this loop by NOTIFY, and every claim reads the next due time afresh).
+                promoteAt = nextDue is { } d ? Environment.TickCount64 + (long)Math.Max(0, d.TotalMilliseconds) : long.MaxValue;
                 failures = 0;
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
