@@ -170,7 +170,7 @@ public sealed class TaskStateTests(DatabaseFixture db) : IClassFixture<DatabaseF
         Assert.True(plan.Blocks < 40, $"the claim touched {plan.Blocks} pages");
 
         // Promotion reads only rows that are due: none here.
-        var promote = await ExplainAnalyzeAsync(harness.DataSource, new BrokerSql(harness.Broker.Options).Promote, new[] { queue }, 1000, "taskiq");
+        var promote = await ExplainAnalyzeAsync(harness.DataSource, new BrokerSql(harness.Broker.Options).Promote, queue, 1000, "taskiq");
         Assert.Equal(0, promote.ActualRows);
         Assert.True(promote.Blocks < 40, $"promotion touched {promote.Blocks} pages: {promote.Plan}");
 

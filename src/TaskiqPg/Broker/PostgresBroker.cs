@@ -172,7 +172,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         if (promote)
         {
             var promotion = new NpgsqlBatchCommand(_sql.Promote);
-            promotion.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues });
+            promotion.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
             promotion.Parameters.Add(new NpgsqlParameter<int> { TypedValue = PromoteBatchSize });
             promotion.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
             batch.BatchCommands.Add(promotion);
