@@ -48,7 +48,7 @@ public sealed class LiveWorkerTests(DatabaseFixture db) : IClassFixture<Database
         // A worker that claimed the task under an hour's lease, then died: its registry row stops at an old heartbeat.
         Assert.Single(await harness.Broker.ClaimAsync("dead-pod", 1));
         await harness.ScalarAsync<int>(
-            "WITH i AS (INSERT INTO taskiq_workers (id, host, pid, queues, heartbeat_at) VALUES ('dead-pod', 'gone', 1, ARRAY[$1], now() - interval '1 minute') RETURNING 1) SELECT count(*)::int FROM i",
+            "WITH i AS (INSERT INTO taskiq_workers (id, host, pid, queues, heartbeat_at, stale_after) VALUES ('dead-pod', 'gone', 1, ARRAY[$1], now() - interval '1 minute', interval '3 seconds') RETURNING 1) SELECT count(*)::int FROM i",
             harness.Broker.Options.Queue);
 
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50), RescueInterval = TimeSpan.FromMilliseconds(100), HeartbeatInterval = TimeSpan.FromMilliseconds(500) });
@@ -83,11 +83,35 @@ public sealed class LiveWorkerTests(DatabaseFixture db) : IClassFixture<Database
     }
 
     [Fact]
+    public async Task A_rescuer_with_a_short_bound_never_takes_the_task_of_a_worker_registered_with_a_longer_one()
+    {
+        var runs = 0;
+        Func<CancellationToken, Task<string>> slow = async ct =>
+        {
+            Interlocked.Increment(ref runs);
+            await Task.Delay(TimeSpan.FromSeconds(4), ct); // two of its default 2 s heartbeats: "stale" by a 1 s bound
+            return "done";
+        };
+        // The runner: default bound (15 s) and heartbeat (2 s), a lease of an hour.
+        await using var runner = await QueueHarness.CreateAsync(db, r => r.Add("slow", slow), broker: new PostgresBrokerOptions { LeaseDuration = TimeSpan.FromHours(1) });
+        await runner.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50), MaxConcurrentTasks = 1, PrefetchCount = 0 });
+        var handle = await runner.Client.KickAsync<string>("slow");
+        await Eventually.TrueAsync(() => Task.FromResult(Volatile.Read(ref runs) == 1), Bound, "the task runs");
+        // The rescuer, configured with a 1 s bound, on another queue, rescuing every 100 ms (rescues see every queue).
+        await using var rescuer = await QueueHarness.CreateAsync(db, broker: new PostgresBrokerOptions { WorkerStaleAfter = TimeSpan.FromSeconds(1) });
+        await rescuer.StartWorkerAsync(new TaskiqWorkerOptions { RescueInterval = TimeSpan.FromMilliseconds(100), HeartbeatInterval = TimeSpan.FromMilliseconds(300) });
+
+        Assert.Equal("done", await handle.WaitForResultAsync(Bound));
+        Assert.Equal(1, runs);
+        Assert.Equal((TaskState.Completed, 1), ((await runner.Broker.GetTaskAsync(handle.TaskId))!.State, (await runner.Broker.GetTaskAsync(handle.TaskId))!.Attempts));
+    }
+
+    [Fact]
     public async Task Entries_of_long_dead_workers_are_forgotten_and_a_heartbeat_faster_than_a_third_of_the_bound_is_required()
     {
         await using var harness = await QueueHarness.CreateAsync(db, broker: new PostgresBrokerOptions { WorkerStaleAfter = TimeSpan.FromSeconds(1) });
         await harness.ScalarAsync<int>(
-            "WITH i AS (INSERT INTO taskiq_workers (id, host, pid, queues, heartbeat_at) VALUES ($1, 'gone', 1, ARRAY['x'], now() - interval '1 hour') RETURNING 1) SELECT count(*)::int FROM i",
+            "WITH i AS (INSERT INTO taskiq_workers (id, host, pid, queues, heartbeat_at, stale_after) VALUES ($1, 'gone', 1, ARRAY['x'], now() - interval '1 hour', interval '1 second') RETURNING 1) SELECT count(*)::int FROM i",
             "long-dead-" + harness.Broker.Options.Queue);
         Assert.Contains(await harness.Broker.GetWorkersAsync(), w => w.Id == "long-dead-" + harness.Broker.Options.Queue && w.IsStale);
 

@@ -69,6 +69,9 @@ public sealed class QueueControlTests(DatabaseFixture db) : IClassFixture<Databa
         Assert.Equal(new CancelResult(CancelOutcome.Requested, TaskState.Running), await harness.Client.CancelAsync(handle.TaskId));
         await sawCancel.Task.WaitAsync(Bound);
         await Assert.ThrowsAsync<CancelledTaskException>(() => handle.WaitForResultAsync(Bound));
+        // On a worker whose broker and result backend are separate data sources the result is stored first, then the
+        // row's end state: wait for it.
+        await Eventually.TrueAsync(async () => (await harness.Broker.GetTaskAsync(handle.TaskId))!.State == TaskState.Cancelled, Bound, "the row ends cancelled");
         var record = (await harness.Broker.GetTaskAsync(handle.TaskId))!;
         Assert.Equal((TaskState.Cancelled, 1), (record.State, record.Attempts));
         Assert.NotNull(record.FinishedAt);

@@ -137,7 +137,8 @@ internal sealed class BrokerSql
                  started_at   timestamptz NOT NULL DEFAULT now(),
                  heartbeat_at timestamptz NOT NULL DEFAULT now(),
                  in_flight    integer     NOT NULL DEFAULT 0,
-                 capacity     integer     NOT NULL DEFAULT 0
+                 capacity     integer     NOT NULL DEFAULT 0,
+                 stale_after  interval
              );
              """,
 
@@ -287,16 +288,17 @@ internal sealed class BrokerSql
              """;
 
         // $1 batch size, $2 how many times at least a claim that was never seen to start gets its attempt back (a task
-        // whose worker dies before its first renewal, every time, still ends: then its attempts count), $3 heartbeat age
-        // past which a worker is dead and its rows are rescued before their leases expire (null: leases only). The
-        // running rows are as many as the workers' slots: reading them all on the lease index stays cheap.
+        // whose worker dies before its first renewal, every time, still ends: then its attempts count), $3 whether rows of
+        // workers silent for longer than their own registered bound (stale_after) are rescued before their leases expire.
+        // Each worker's bound is its own: a rescuer never judges another worker by its settings. The running rows are as
+        // many as the workers' slots: reading them all on the lease index stays cheap.
         Rescue =
             $"""
              WITH expired AS (
                  SELECT id, NOT started AND unstarted_rescues < greatest(max_attempts, $2) AS refund FROM {t}
                  WHERE status = 'processing'
                    AND (locked_until < now()
-                        OR ($3::interval IS NOT NULL AND locked_by IN (SELECT w.id FROM {workers} AS w WHERE w.heartbeat_at < now() - $3)))
+                        OR ($3 AND locked_by IN (SELECT w.id FROM {workers} AS w WHERE w.heartbeat_at < now() - w.stale_after)))
                  ORDER BY locked_until
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED
@@ -475,22 +477,24 @@ internal sealed class BrokerSql
              FROM p WHERE p.priority IS NOT NULL
              """;
 
-        // $1 id, $2 host, $3 pid, $4 queues, $5 tasks in flight, $6 capacity: registers or heartbeats a worker.
+        // $1 id, $2 host, $3 pid, $4 queues, $5 tasks in flight, $6 capacity, $7 its stale bound (null: never taken for
+        // dead by its heartbeat): registers or heartbeats a worker.
         Heartbeat =
             $"""
-             INSERT INTO {workers} AS w (id, host, pid, queues, in_flight, capacity) VALUES ($1, $2, $3, $4, $5, $6)
+             INSERT INTO {workers} AS w (id, host, pid, queues, in_flight, capacity, stale_after) VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO UPDATE
-                 SET heartbeat_at = now(), in_flight = EXCLUDED.in_flight, capacity = EXCLUDED.capacity, queues = EXCLUDED.queues
+                 SET heartbeat_at = now(), in_flight = EXCLUDED.in_flight, capacity = EXCLUDED.capacity, queues = EXCLUDED.queues,
+                     stale_after = EXCLUDED.stale_after
              """;
 
         // $1 id
         Deregister = $"DELETE FROM {workers} WHERE id = $1";
 
-        // $1 stale bound (null: none)
-        Workers = $"SELECT id, host, pid, queues, started_at, heartbeat_at, in_flight, capacity, $1::interval IS NOT NULL AND heartbeat_at < now() - $1 FROM {workers} ORDER BY started_at, id";
+        Workers = $"SELECT id, host, pid, queues, started_at, heartbeat_at, in_flight, capacity, coalesce(heartbeat_at < now() - stale_after, false) FROM {workers} ORDER BY started_at, id";
 
-        // $1 age: registry rows of workers silent this long are deleted (their rows were rescued long before).
-        ForgetWorkers = $"DELETE FROM {workers} WHERE heartbeat_at < now() - $1";
+        // $1 age for workers without a bound: registry rows of workers silent for ten times their bound are deleted
+        // (their rows were rescued long before).
+        ForgetWorkers = $"DELETE FROM {workers} WHERE heartbeat_at < now() - coalesce(stale_after * 10, $1)";
 
         // $1 queue, $2..$4 retention of completed, cancelled, discarded rows (null: kept), $5 most rows per state. Oldest
         // first, on the finished index; SKIP LOCKED so workers pruning at once never wait for each other.

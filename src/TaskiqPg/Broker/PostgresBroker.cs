@@ -473,7 +473,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         await using var command = DataSource.CreateCommand(_sql.Rescue);
         command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
         command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MinUnstartedRefunds });
-        command.Parameters.Add(StaleParameter());
+        command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = Options.WorkerStaleAfter is not null });
         var rescued = new List<RescuedTask>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
@@ -960,13 +960,13 @@ public sealed class PostgresBroker : IAsyncDisposable
         return total;
     }
 
-    /// <summary>The workers registered in the workers table, live or stale (a stale one's entry is deleted after ten times
-    /// <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>; a stopped worker deregisters itself).</summary>
+    /// <summary>The workers registered in the workers table, live or stale. Each worker registers its own
+    /// <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>: it is stale (taken for dead) once silent for longer, and its
+    /// entry is deleted after ten times that (a day without a bound); a stopped worker deregisters itself.</summary>
     public async Task<IReadOnlyList<WorkerInfo>> GetWorkersAsync(CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.Workers);
-        command.Parameters.Add(StaleParameter());
         var workers = new List<WorkerInfo>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
@@ -988,6 +988,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues.ToArray() });
         command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = inFlight });
         command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = capacity });
+        command.Parameters.Add(StaleParameter());
         command.ExecuteNonQuery();
     }
 
@@ -1002,15 +1003,13 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// <summary>Deletes the entries of workers silent for ten times <see cref="PostgresBrokerOptions.WorkerStaleAfter"/> (after their tasks were rescued).</summary>
     internal async Task<int> ForgetDeadWorkersAsync(CancellationToken cancellationToken)
     {
-        if (Options.WorkerStaleAfter is not { } stale)
-        {
-            return 0;
-        }
-
         await using var command = DataSource.CreateCommand(_sql.ForgetWorkers);
-        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = stale * 10 });
+        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = ForgetUnboundedWorkersAfter });
         return await command.ExecuteNonQueryAsync(cancellationToken);
     }
+
+    /// <summary>How long the entry of a silent worker that registered no stale bound is kept.</summary>
+    private static readonly TimeSpan ForgetUnboundedWorkersAfter = TimeSpan.FromDays(1);
 
     private NpgsqlParameter StaleParameter()
         => new() { Value = (object?)Options.WorkerStaleAfter ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.Interval };

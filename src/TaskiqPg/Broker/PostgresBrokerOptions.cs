@@ -16,8 +16,10 @@ public sealed record PostgresBrokerOptions
     public string WorkersTable { get; set; } = "taskiq_workers";
 
     /// <summary>
-    /// A worker whose heartbeat is older than this is dead: any worker's rescue takes back its tasks at once, without
-    /// waiting for each lease to expire. Default 15 s; <c>null</c> leaves it to the leases. Workers heartbeat every
+    /// A worker of this broker whose heartbeat is older than this is dead: any worker's rescue takes back its tasks at
+    /// once, without waiting for each lease to expire. Each worker registers its own bound, so workers configured
+    /// differently never judge each other by their own. Default 15 s; <c>null</c>: this broker's workers are left to
+    /// their leases, and its rescues take back only expired leases. Workers heartbeat every
     /// <see cref="TaskiqWorkerOptions.HeartbeatInterval"/> (at most a third of this).
     /// </summary>
     public TimeSpan? WorkerStaleAfter { get; set; } = TimeSpan.FromSeconds(15);
