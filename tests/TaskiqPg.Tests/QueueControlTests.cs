@@ -100,6 +100,22 @@ public sealed class QueueControlTests(DatabaseFixture db) : IClassFixture<Databa
     }
 
     [Fact]
+    public async Task A_running_task_cancelled_while_its_worker_is_dead_ends_cancelled_at_its_rescue_and_its_waiter_is_told()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("t", () => 1),
+            broker: new PostgresBrokerOptions { LeaseDuration = TimeSpan.FromMilliseconds(500) });
+        var handle = await harness.Client.KickAsync<int>("t");
+        Assert.Single(await harness.Broker.ClaimAsync("dead-worker", 1)); // claimed by a worker that then died
+        Assert.Equal(CancelOutcome.Requested, (await harness.Client.CancelAsync(handle.TaskId)).Outcome);
+
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50), RescueInterval = TimeSpan.FromMilliseconds(100) });
+        await Assert.ThrowsAsync<CancelledTaskException>(() => handle.WaitForResultAsync(Bound));
+        var record = (await harness.Broker.GetTaskAsync(handle.TaskId))!;
+        Assert.Equal(TaskState.Cancelled, record.State); // not run again
+        Assert.Equal("lost", record.History.Single().Outcome);
+    }
+
+    [Fact]
     public async Task A_handler_that_finishes_despite_the_cancel_completes_and_a_prefetched_task_never_starts()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

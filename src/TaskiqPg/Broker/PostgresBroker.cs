@@ -478,7 +478,10 @@ public sealed class PostgresBroker : IAsyncDisposable
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            rescued.Add(new RescuedTask(reader.GetString(0), reader.GetString(1), reader.GetString(2) == TaskStates.Discarded));
+            rescued.Add(new RescuedTask(reader.GetString(0), reader.GetString(1), reader.GetString(2) == TaskStates.Discarded)
+            {
+                Cancelled = reader.GetString(2) == TaskStates.Cancelled,
+            });
         }
 
         return rescued;

@@ -1111,10 +1111,15 @@ public sealed class TaskiqWorker : BackgroundService
                 {
                     var dead = rescued.Where(r => r.DeadLettered).ToArray();
                     Log.LeasesRescued(_logger, rescued.Count, dead.Length);
-                    if (dead.Length > 0 && _results is not null)
+                    var cancelled = rescued.Where(r => r.Cancelled).ToArray();
+                    if ((dead.Length > 0 || cancelled.Length > 0) && _results is not null)
                     {
+                        // Their waiters get the end: a lease lost on the last attempt, or a cancel the dead worker never finished.
                         await _results.SetResultsAsync(dead.Select(d => new KeyValuePair<string, TaskResult>(d.TaskId,
-                            ErrorResult("LeaseExpired", "The task's lease expired on its last attempt (its worker died or hung).", null, TimeSpan.Zero, null))).ToArray(), stop);
+                                ErrorResult("LeaseExpired", "The task's lease expired on its last attempt (its worker died or hung).", null, TimeSpan.Zero, null)))
+                            .Concat(cancelled.Select(c => new KeyValuePair<string, TaskResult>(c.TaskId,
+                                ErrorResult(CancelledTaskException.ErrorType, PostgresBroker.CancelledReason, null, TimeSpan.Zero, null))))
+                            .ToArray(), stop);
                     }
 
                     _wake.Set();
