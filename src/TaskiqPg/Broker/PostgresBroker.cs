@@ -149,6 +149,14 @@ public sealed class PostgresBroker : IAsyncDisposable
     public async Task<IReadOnlyList<ClaimedTask>> ClaimAsync(string workerId, int maxCount, CancellationToken cancellationToken = default)
         => (await ClaimWithNextDueAsync(workerId, maxCount, cancellationToken)).Claimed;
 
+    /// <summary>How long until the next scheduled or retryable task of this broker's queue is due (null: none).</summary>
+    internal async Task<TimeSpan?> GetNextDueAsync(CancellationToken cancellationToken)
+    {
+        await using var command = DataSource.CreateCommand(_sql.NextDue);
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = [Options.Queue] });
+        return await command.ExecuteScalarAsync(cancellationToken) is TimeSpan due ? due : null;
+    }
+
     /// <summary>Most scheduled or retryable rows made available per claim (the rest by the next claims).</summary>
     internal const int PromoteBatchSize = 1000;
 
@@ -161,8 +169,9 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// <param name="promote">Make due scheduled and retryable rows available first. A caller that knows (from the last
     /// next-due time) that none is due skips it: its planning alone costs about a millisecond per claim.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
+    /// <param name="readNextDue">Also read the next due time (else <c>NextDue</c> is null and <c>NextDueRead</c> false).</param>
     internal async Task<(IReadOnlyList<ClaimedTask> Claimed, TimeSpan? NextDue)> ClaimWithNextDueAsync(string workerId, int maxCount,
-        CancellationToken cancellationToken, bool promote = true)
+        CancellationToken cancellationToken, bool promote = true, bool readNextDue = true)
     {
         ArgumentException.ThrowIfNullOrEmpty(workerId);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxCount, 1);
@@ -184,9 +193,13 @@ public sealed class PostgresBroker : IAsyncDisposable
         claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
         claim.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
         batch.BatchCommands.Add(claim);
-        var nextDue = new NpgsqlBatchCommand(_sql.NextDue);
-        nextDue.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues });
-        batch.BatchCommands.Add(nextDue);
+        if (readNextDue)
+        {
+            var nextDue = new NpgsqlBatchCommand(_sql.NextDue);
+            nextDue.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues });
+            batch.BatchCommands.Add(nextDue);
+        }
+
 
         var claimed = new List<ClaimedTask>(maxCount);
         TimeSpan? due = null;
@@ -220,8 +233,7 @@ public sealed class PostgresBroker : IAsyncDisposable
                 });
             }
 
-            await reader.NextResultAsync(cancellationToken);
-            if (await reader.ReadAsync(cancellationToken) && !reader.IsDBNull(0))
+            if (readNextDue && await reader.NextResultAsync(cancellationToken) && await reader.ReadAsync(cancellationToken) && !reader.IsDBNull(0))
             {
                 due = reader.GetFieldValue<TimeSpan>(0);
             }

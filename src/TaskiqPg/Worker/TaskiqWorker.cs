@@ -211,6 +211,7 @@ public sealed class TaskiqWorker : BackgroundService
 
         var failures = 0;
         var promoteAt = 0L; // when to make due scheduled/retryable rows available again (Environment.TickCount64)
+        var nextDueReadAt = 0L; // when a claim next reads the next due time
         while (!stoppingToken.IsCancellationRequested)
         {
             Interlocked.Exchange(ref _lastLoopTicks, DateTime.UtcNow.Ticks);
@@ -224,6 +225,7 @@ public sealed class TaskiqWorker : BackgroundService
             var wanted = Math.Min(free, _options.ClaimBatchSize);
             IReadOnlyList<ClaimedTask> batch;
             TimeSpan? nextDue;
+            var readNextDue = false;
             try
             {
                 if (failures > 0)
@@ -238,11 +240,20 @@ public sealed class TaskiqWorker : BackgroundService
                 }
 
                 Volatile.Write(ref _claimInFlight, 1); // until its rows are in _held, renewal covers all rows leased to us
-                var promote = Environment.TickCount64 >= promoteAt;
-                (batch, nextDue) = await _broker.ClaimWithNextDueAsync(WorkerId, wanted, stoppingToken, promote);
-                // Promote again once the next scheduled or retryable row is due (a kick that schedules an earlier one
-                // wakes this loop by NOTIFY, and every claim reads the next due time afresh).
-                promoteAt = nextDue is { } d ? Environment.TickCount64 + (long)Math.Max(0, d.TotalMilliseconds) : long.MaxValue;
+                var now = Environment.TickCount64;
+                var promote = now >= promoteAt;
+                // The next due time is read with the claim at most once per poll interval while claims come back full
+                // (a backlog drains at full speed), and always when one comes back short (below, before waiting).
+                readNextDue = now >= nextDueReadAt;
+                (batch, nextDue) = await _broker.ClaimWithNextDueAsync(WorkerId, wanted, stoppingToken, promote, readNextDue);
+                if (readNextDue)
+                {
+                    nextDueReadAt = now + (long)_options.PollInterval.TotalMilliseconds;
+                    // Promote again once the next scheduled or retryable row is due (a kick that schedules an earlier
+                    // one wakes this loop by NOTIFY, and the next short claim reads the due time afresh).
+                    promoteAt = nextDue is { } d ? now + (long)Math.Max(0, d.TotalMilliseconds) : long.MaxValue;
+                }
+
                 failures = 0;
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -275,6 +286,26 @@ public sealed class TaskiqWorker : BackgroundService
 
             if (batch.Count < wanted)
             {
+                if (!readNextDue)
+                {
+                    try
+                    {
+                        nextDue = await _broker.GetNextDueAsync(stoppingToken);
+                        var at = Environment.TickCount64;
+                        nextDueReadAt = at + (long)_options.PollInterval.TotalMilliseconds;
+                        promoteAt = nextDue is { } d ? at + (long)Math.Max(0, d.TotalMilliseconds) : long.MaxValue;
+                    }
+                    catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
+                    {
+                        Log.LoopFailed(_logger, ex, WorkerId, "next due");
+                        nextDue = null; // the poll interval bounds the wait
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        break;
+                    }
+                }
+
                 // Wake when the next scheduled or retryable task comes due, if that is before the next poll.
                 await WaitForWakeAsync(stoppingToken, nextDue);
             }
