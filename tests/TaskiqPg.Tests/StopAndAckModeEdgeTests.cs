@@ -138,7 +138,8 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         await harness.StopWorkerAsync(worker);
 
         Assert.Equal(0L, await harness.ScalarAsync<long>(
-            "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND locked_by = 'stopped-worker'", harness.Broker.Options.Queue));
+            "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'processing' AND locked_by = 'stopped-worker'", harness.Broker.Options.Queue));
+        // (a completed row keeps the worker that ran it in locked_by: under load the worker runs a few tasks before the stop)
         Assert.Equal(0L, await harness.ScalarAsync<long>(
             "SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'pending' AND attempts > 0", harness.Broker.Options.Queue));
     }
