@@ -45,7 +45,10 @@ internal static class FaultRunner
             }
             catch (Exception ex)
             {
-                result = new ScenarioResult(name, 0, 0, 0, 0, 0, watch.Elapsed.TotalSeconds, false, "runner error: " + ex.Message.ReplaceLineEndings(" "));
+                // Where it came from, for the notes: a runner error is the runner's own query failing, not a verdict.
+                var origin = ex.StackTrace?.Split('\n').FirstOrDefault(l => l.Contains("Scenarios", StringComparison.Ordinal))?.Trim();
+                result = new ScenarioResult(name, 0, 0, 0, 0, 0, watch.Elapsed.TotalSeconds, false,
+                    "runner error: " + ex.Message.ReplaceLineEndings(" ") + (origin is null ? "" : " (" + origin + ")"));
             }
             finally
             {
