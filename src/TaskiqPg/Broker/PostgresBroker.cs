@@ -931,19 +931,13 @@ public sealed class PostgresBroker : IAsyncDisposable
     {
         var queue = QueueOf(filter);
         await StartAsync(cancellationToken);
-        long total = 0;
-        int batch;
-        do
+        var total = await InBatchesAsync(_sql.RetryDiscarded, p =>
         {
-            await using var command = DataSource.CreateCommand(_sql.RetryDiscarded);
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
-            command.Parameters.Add(NullableText(filter?.TaskName));
-            command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = resetAttempts });
-            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = BulkBatchSize });
-            batch = await command.ExecuteNonQueryAsync(cancellationToken);
-            total += batch;
-        }
-        while (batch == BulkBatchSize);
+            p.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            p.Add(NullableText(filter?.TaskName));
+            p.Add(new NpgsqlParameter<bool> { TypedValue = resetAttempts });
+            p.Add(new NpgsqlParameter<int> { TypedValue = BulkBatchSize });
+        }, cancellationToken);
 
         if (total > 0)
         {
@@ -959,14 +953,24 @@ public sealed class PostgresBroker : IAsyncDisposable
     {
         var queue = QueueOf(filter);
         await StartAsync(cancellationToken);
+        return await InBatchesAsync(_sql.DeleteDiscarded, p =>
+        {
+            p.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            p.Add(NullableText(filter?.TaskName));
+            p.Add(new NpgsqlParameter<int> { TypedValue = BulkBatchSize });
+        }, cancellationToken);
+    }
+
+    /// <summary>Runs a bulk statement of <see cref="BulkBatchSize"/> rows until a batch comes back short.</summary>
+    /// <returns>Rows changed in all.</returns>
+    private async Task<long> InBatchesAsync(string sql, Action<NpgsqlParameterCollection> parameters, CancellationToken cancellationToken)
+    {
         long total = 0;
         int batch;
         do
         {
-            await using var command = DataSource.CreateCommand(_sql.DeleteDiscarded);
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
-            command.Parameters.Add(NullableText(filter?.TaskName));
-            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = BulkBatchSize });
+            await using var command = DataSource.CreateCommand(sql);
+            parameters(command.Parameters);
             batch = await command.ExecuteNonQueryAsync(cancellationToken);
             total += batch;
         }
@@ -974,6 +978,7 @@ public sealed class PostgresBroker : IAsyncDisposable
 
         return total;
     }
+
 
     /// <summary>The workers registered in the workers table, live or stale. Each worker registers its own
     /// <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>: it is stale (taken for dead) once silent for longer, and its
