@@ -128,6 +128,105 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
     }
 
     [Fact]
+    public async Task WhenReceived_ack_that_fails_transiently_is_retried_and_its_tasks_run_long_before_their_lease_ends()
+    {
+        // A deadlock between the ack at receipt and a lease renewal over the same rows (the renewal covers every row of
+        // the worker while a claim is in flight) once left the claimed rows leased and unheld until the lease ran out.
+        var table = "ackfail_" + Guid.NewGuid().ToString("N")[..8];
+        var ran = new System.Collections.Concurrent.ConcurrentDictionary<int, int>();
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("work", (int i) => { ran.AddOrUpdate(i, 1, (_, n) => n + 1); return i; }),
+            broker: new PostgresBrokerOptions { MessagesTable = table, LeaseDuration = TimeSpan.FromMinutes(2) });
+        await ExecuteAsync(harness, $"CREATE SEQUENCE {table}_n");
+        await ExecuteAsync(harness, $$"""
+            CREATE FUNCTION {{table}}_f() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN
+                IF nextval('{{table}}_n') = 1 THEN RAISE EXCEPTION 'injected deadlock' USING ERRCODE = '40P01'; END IF;
+                RETURN NEW;
+            END $f$
+            """);
+        await ExecuteAsync(harness, $"""
+            CREATE TRIGGER {table}_t BEFORE UPDATE ON {table} FOR EACH ROW
+            WHEN (OLD.status = 'processing' AND NEW.status = 'completed') EXECUTE FUNCTION {table}_f()
+            """);
+        var messages = Enumerable.Range(0, 20).Select(i => TaskMessage.Create("work", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived, PollInterval = TimeSpan.FromMilliseconds(50) });
+        foreach (var message in messages)
+        {
+            await harness.Results.WaitForResultAsync(message.TaskId, Bound); // the bound is a quarter of the lease
+        }
+
+        Assert.True(await harness.ScalarAsync<long>($"SELECT nextval('{table}_n')") > 1, "the injected failure happened");
+        Assert.Equal(20, ran.Count);
+        Assert.All(ran.Values, n => Assert.Equal(1, n));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // no completed retention: the ack deletes the rows
+    public async Task WhenReceived_ack_whose_reply_is_lost_after_it_committed_still_runs_its_tasks(bool deleteAtAck)
+    {
+        // The ack commits on the server, then the connection dies before its reply arrives: the rows are completed,
+        // so nothing would ever run them again. The worker must find out they were acked and run them.
+        var table = "acklost_" + Guid.NewGuid().ToString("N")[..8];
+        var target = new NpgsqlConnectionStringBuilder(db.ConnectionString);
+        await using var proxy = new TcpProxy(target.Host!, target.Port);
+        await using var proxied = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString)
+        {
+            Port = proxy.Port, Timeout = 2, ApplicationName = table,
+        }.ConnectionString);
+        var ran = new System.Collections.Concurrent.ConcurrentDictionary<int, int>();
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("work", (int i) => { ran.AddOrUpdate(i, 1, (_, n) => n + 1); return i; }),
+            broker: new PostgresBrokerOptions
+            {
+                MessagesTable = table, LeaseDuration = TimeSpan.FromMinutes(2), CompletedRetention = deleteAtAck ? TimeSpan.Zero : TimeSpan.FromDays(1),
+            });
+        await using var workerBroker = new PostgresBroker(proxied, harness.Broker.Options);
+        await ExecuteAsync(harness, $"CREATE SEQUENCE {table}_n");
+        await ExecuteAsync(harness, $$"""
+            CREATE FUNCTION {{table}}_f() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN
+                IF nextval('{{table}}_n') = 1 THEN PERFORM pg_sleep(1); END IF;
+                RETURN NULL;
+            END $f$
+            """);
+        await ExecuteAsync(harness, $"""
+            CREATE TRIGGER {table}_t AFTER {(deleteAtAck ? "DELETE" : "UPDATE")} ON {table} FOR EACH ROW
+            WHEN (OLD.status = 'processing'{(deleteAtAck ? "" : " AND NEW.status = 'completed'")}) EXECUTE FUNCTION {table}_f()
+            """);
+        var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("work", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived, PollInterval = TimeSpan.FromMilliseconds(50) }, workerBroker);
+        var sleeper = 0;
+        await Eventually.TrueAsync(async () => (sleeper = await harness.ScalarAsync<int>(
+            "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'", table)) != 0,
+            Bound, "the ack is inside its transaction");
+        proxy.Cut();
+        await Eventually.TrueAsync(async () => !await harness.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", sleeper),
+            Bound, "the ack's backend has finished");
+        // The premise: the ack committed although its reply never reached the worker.
+        Assert.Equal(deleteAtAck ? 0L : 5L, await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'completed'"));
+        Assert.Equal(0L, await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status <> 'completed'"));
+        proxy.Restore();
+
+        foreach (var message in messages)
+        {
+            await harness.Results.WaitForResultAsync(message.TaskId, Bound);
+        }
+
+        Assert.Equal(5, ran.Count);
+        Assert.All(ran.Values, n => Assert.Equal(1, n));
+    }
+
+    private static async Task ExecuteAsync(QueueHarness harness, string sql)
+    {
+        await using var command = harness.DataSource.CreateCommand(sql);
+        await command.ExecuteNonQueryAsync();
+    }
+
+    [Fact]
     public async Task A_claim_cancelled_by_the_stop_leaves_no_row_leased_to_the_stopped_worker()
     {
         await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("noop", () => 1));

@@ -215,6 +215,21 @@ internal sealed class BrokerSql
         var keepCompleted = options.CompletedRetention != TimeSpan.Zero;
         Ack = CompleteStatement(t, keepCompleted, "unnest($1::bigint[], $2::integer[]) AS a(id, claim)", "$3");
 
+        // The ack at receipt (AckMode.WhenReceived), safe to repeat: $1 ids, $2 claim numbers, $3 worker, $4 whether an
+        // earlier attempt failed. Besides the claims acked now it returns those an earlier attempt acked although its
+        // reply was lost: completed by this worker under the same claim number, or (rows deleted at ack) gone.
+        AckOnReceipt =
+            $"""
+             WITH a AS (SELECT * FROM unnest($1::bigint[], $2::integer[]) AS a(id, claim)),
+             acked AS ({CompleteStatement(t, keepCompleted, "a", "$3")})
+             SELECT id, claims FROM acked
+             UNION ALL
+             SELECT a.id, a.claim FROM a
+             WHERE $4 AND {(keepCompleted
+                 ? $"EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'completed')"
+                 : $"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)")}
+             """;
+
         // $1 ids, $2 claim numbers, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds,
         // $8..$11 per failure: snooze seconds, max attempts, base and max delay seconds (null: none, the row's, the broker's)
         Fail =
@@ -636,6 +651,8 @@ internal sealed class BrokerSql
     public string Claim { get; }
 
     public string Ack { get; }
+
+    public string AckOnReceipt { get; }
 
     public string Fail { get; }
 

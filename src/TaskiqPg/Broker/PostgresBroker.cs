@@ -277,6 +277,28 @@ public sealed class PostgresBroker : IAsyncDisposable
     internal async Task<IReadOnlySet<LeaseRef>> AckLeasesAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken)
         => await LeaseRefCommandAsync(_sql.Ack, workerId, leases, withLease: false, cancellationToken);
 
+    /// <summary>
+    /// The ack at receipt (<see cref="AckMode.WhenReceived"/>), safe to repeat after a failure: with
+    /// <paramref name="afterFailure"/> it also returns the claims an earlier attempt acked although its reply was lost.
+    /// </summary>
+    internal async Task<IReadOnlySet<LeaseRef>> AckOnReceiptAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, bool afterFailure,
+        CancellationToken cancellationToken)
+    {
+        var refs = new HashSet<LeaseRef>();
+        await using var command = DataSource.CreateCommand(_sql.AckOnReceipt);
+        command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = leases.Select(l => l.Id).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = leases.Select(l => l.Claim).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+        command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = afterFailure });
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            refs.Add(new LeaseRef(reader.GetInt64(0), reader.GetInt32(1)));
+        }
+
+        return refs;
+    }
+
     /// <summary><see cref="RenewLeasesAsync"/> by claim: which leases (row and attempt) are still this worker's, now extended.</summary>
     internal async Task<IReadOnlySet<LeaseRef>> RenewLeaseRefsAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken)
         => await LeaseRefCommandAsync(_sql.Renew, workerId, leases, withLease: true, cancellationToken);

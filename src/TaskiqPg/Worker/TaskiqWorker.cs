@@ -149,7 +149,7 @@ public sealed class TaskiqWorker : BackgroundService
             // Shutdown: claim nothing more, hand prefetched tasks back at once, let running ones finish.
             _stopping = true;
             _prefetched.Writer.TryComplete();
-            await ReleaseOrphansOnStopAsync();
+            await HandBackOrphansAsync();
             if (_options.AckMode != AckMode.WhenReceived)
             {
                 released = await ReleasePrefetchedAsync(); // with WhenReceived their rows are gone: they run instead
@@ -174,7 +174,7 @@ public sealed class TaskiqWorker : BackgroundService
             _prefetched.Writer.TryComplete();
             _completions.Writer.TryComplete();
             await Task.WhenAny(flusher, Task.Delay(TimeSpan.FromSeconds(10)));
-            await ReleaseOrphansOnStopAsync(); // last sweep: whatever is still leased to us and not ours to report
+            await HandBackOrphansAsync(); // last sweep: whatever is still leased to us and not ours to report
             await background.CancelAsync();
             await Task.WhenAll(renewer.ContinueWith(static _ => { }, TaskScheduler.Default),
                 rescuer.ContinueWith(static _ => { }, TaskScheduler.Default),
@@ -316,10 +316,11 @@ public sealed class TaskiqWorker : BackgroundService
     private long[] KnownClaimIds() => [.. _held.Keys.Select(k => k.Id), .. _givenUp.Keys.Select(k => k.Id)];
 
     /// <summary>
-    /// A claim cancelled by the stop may have committed on the server: its rows are leased to this worker, which never
-    /// read them. Hand them back now (attempt not spent) instead of letting them wait out the lease.
+    /// A claim cancelled by the stop may have committed on the server, an ack at receipt may have failed for good: their
+    /// rows are leased to this worker, which does not hold them. Hand them back now (attempt not spent) instead of letting
+    /// them wait out the lease.
     /// </summary>
-    private async Task ReleaseOrphansOnStopAsync()
+    private async Task HandBackOrphansAsync()
     {
         var orphans = 0;
         if (await StopStepAsync(async () => orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), CancellationToken.None), "release on stop")
@@ -363,19 +364,36 @@ public sealed class TaskiqWorker : BackgroundService
     /// <summary>Renewal statements tried per tick when they fail transiently (deadlocks, a reconnect).</summary>
     private const int RenewAttemptsPerTick = 3;
 
+    /// <summary>
+    /// Acks a claimed batch at receipt (<see cref="AckMode.WhenReceived"/>). Not cancelled by the stop: a statement that
+    /// commits while its reply is dropped would lose the tasks. A transient failure (a deadlock with a renewal over the
+    /// same rows, a broken connection) is retried, and the retry also finds the claims a lost reply had acked; the
+    /// renewal keeps every row of this worker leased meanwhile (the claim is still in flight). When it fails for good
+    /// the claims are handed back at once rather than left to wait out their leases.
+    /// </summary>
     private async Task<IReadOnlyList<ClaimedTask>> AckOnReceiveAsync(IReadOnlyList<ClaimedTask> batch)
     {
-        try
+        var leases = batch.Select(t => t.Lease).ToArray();
+        var giveUpAt = Environment.TickCount64 + (long)(_broker.Options.LeaseDuration.TotalMilliseconds / 2);
+        for (var failures = 0; ; failures++)
         {
-            // Not cancelled by the stop: a delete that commits while its reply is dropped would lose the tasks.
-            var acked = await _broker.AckLeasesAsync(WorkerId, batch.Select(t => t.Lease).ToArray(), CancellationToken.None);
-            return batch.Where(t => acked.Contains(t.Lease)).ToArray();
-        }
-        catch (Exception ex)
-        {
-            // Not acked: the leases expire and the tasks are rescued, so nothing is lost.
-            Log.LoopFailed(_logger, ex, WorkerId, "ack on receive");
-            return [];
+            try
+            {
+                var acked = await _broker.AckOnReceiptAsync(WorkerId, leases, afterFailure: failures > 0, CancellationToken.None);
+                return batch.Where(t => acked.Contains(t.Lease)).ToArray();
+            }
+            catch (Exception ex) when (TransientErrors.IsTransient(ex) && !_hardStop.IsCancellationRequested
+                                       && Environment.TickCount64 + (long)Retry.Backoff(failures + 1).TotalMilliseconds < giveUpAt)
+            {
+                Log.LoopFailed(_logger, ex, WorkerId, "ack on receive");
+                await Task.Delay(Retry.Backoff(failures + 1));
+            }
+            catch (Exception ex)
+            {
+                Log.LoopFailed(_logger, ex, WorkerId, "ack on receive");
+                await HandBackOrphansAsync(); // not in _held: every row of this claim still leased to us goes back
+                return [];
+            }
         }
     }
 
