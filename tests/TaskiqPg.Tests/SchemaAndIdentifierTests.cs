@@ -265,9 +265,9 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
         var exact = await harness.Broker.GetQueueCountsAsync();
         Assert.Equal((200L, 7L, 0L, 300L), (exact[TaskState.Available], exact[TaskState.Scheduled], exact[TaskState.Running], exact[TaskState.Discarded]));
         Assert.Equal(TaskStates.All.Count, exact.Count); // every state is counted, zero or not
-        var bounded = await harness.Broker.GetQueueDepthAsync(exactUpTo: 1000, CancellationToken.None);
+        var bounded = await harness.Broker.GetQueueDepthAsync(harness.Broker.Options.Queue, exactUpTo: 1000, CancellationToken.None);
         Assert.Equal(exact, bounded);
-        var estimated = await harness.Broker.GetQueueDepthAsync(exactUpTo: 50, CancellationToken.None);
+        var estimated = await harness.Broker.GetQueueDepthAsync(harness.Broker.Options.Queue, exactUpTo: 50, CancellationToken.None);
         Assert.InRange(estimated[TaskState.Discarded], 50, 3000); // the planner's estimate, never below what was counted
         Assert.InRange(estimated[TaskState.Available], 50, 3000);
         Assert.Equal(7, estimated[TaskState.Scheduled]); // below the bound: exact

@@ -207,7 +207,7 @@ internal sealed class BrokerSql
                  locked_by = $3, locked_until = now() + $4
              FROM next
              WHERE m.id = next.id
-             RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at, now(), m.claims
+             RETURNING m.id, m.task_id, m.task_name, m.message, m.attempts, m.max_attempts, m.priority, m.run_at, m.created_at, now(), m.claims, m.queue
              """;
 
         // $1 ids, $2 claim numbers, $3 worker. With a completed retention the row is kept as completed (the worker that ran
@@ -241,14 +241,14 @@ internal sealed class BrokerSql
              RETURNING m.id, m.status, m.claims
              """;
 
-        // $1 queue, $2 channel; arrays $3 task ids, $4 task names, $5 messages, $6 labels, $7 priorities, $8 max attempts,
+        // $1 queues, $2 channel; arrays $3 task ids, $4 task names, $5 messages, $6 labels, $7 priorities, $8 max attempts,
         // $9 attempts already used, $10 row ids. Tasks acked at claim (AckMode.WhenReceived) that never started: a row kept
         // as completed becomes available again; a deleted one (no completed retention) is inserted again.
         Requeue =
             $"""
              WITH r AS (
-                 SELECT * FROM unnest($10::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::integer[])
-                     AS r(id, task_id, task_name, message, labels, priority, max_attempts, attempts)
+                 SELECT * FROM unnest($10::bigint[], $1::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::integer[])
+                     AS r(id, queue, task_id, task_name, message, labels, priority, max_attempts, attempts)
              ), back AS (
                  UPDATE {t} AS m
                  SET status = 'pending', attempts = r.attempts, finished_at = NULL, locked_by = NULL, locked_until = NULL, run_at = now()
@@ -257,11 +257,12 @@ internal sealed class BrokerSql
                  RETURNING m.id
              ), ins AS (
                  INSERT INTO {t} (task_id, task_name, message, labels, queue, priority, max_attempts, attempts)
-                 SELECT r.task_id, r.task_name, r.message, r.labels::jsonb, $1, r.priority, r.max_attempts, r.attempts
+                 SELECT r.task_id, r.task_name, r.message, r.labels::jsonb, r.queue, r.priority, r.max_attempts, r.attempts
                  FROM r WHERE NOT EXISTS (SELECT 1 FROM {t} AS e WHERE e.id = r.id)
                  RETURNING 1
              )
-             SELECT (SELECT count(*) FROM back) + (SELECT count(*) FROM ins), pg_notify($2, $1)
+             SELECT (SELECT count(*) FROM back) + (SELECT count(*) FROM ins),
+                    (SELECT count(pg_notify($2, q.queue)) FROM (SELECT DISTINCT queue FROM r) AS q)
              """;
 
         // $1 ids, $2 claim numbers, $3 worker: back to pending without using up an attempt
@@ -274,21 +275,21 @@ internal sealed class BrokerSql
              RETURNING m.id
              """;
 
-        // $1 worker, $2 lease, $3 queue, $4 ids and $5 claim numbers of the claims the worker gave up (left to their leases)
+        // $1 worker, $2 lease, $3 the worker's queues, $4 ids and $5 claim numbers of the claims the worker gave up (left to their leases)
         RenewAllOfWorker =
             $"""
              UPDATE {t} AS m SET locked_until = now() + $2
-             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3
+             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = ANY($3)
                AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[], $5::integer[]) AS g(id, claim) WHERE g.id = m.id AND g.claim = m.claims)
              RETURNING m.id, m.claims, m.cancel_requested_at IS NOT NULL
              """;
 
-        // $1 worker, $2 ids the worker holds, $3 queue
+        // $1 worker, $2 ids the worker holds, $3 the worker's queues
         ReleaseOrphans =
             $"""
              UPDATE {t} AS m
              SET {HandBackAssignments}
-             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = $3 AND NOT (m.id = ANY($2))
+             WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = ANY($3) AND NOT (m.id = ANY($2))
              RETURNING m.id
              """;
 

@@ -9,6 +9,9 @@ public sealed record ClaimedTask
     /// <summary>The task id.</summary>
     public required string TaskId { get; init; }
 
+    /// <summary>The queue the task was claimed from.</summary>
+    public required string Queue { get; init; }
+
     /// <summary>The task name column (readable even when the message body is malformed).</summary>
     public required string TaskName { get; init; }
 

@@ -21,6 +21,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly ComponentResources _resources;
     private readonly Subscribers _subscribers = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Subscribers> _queueSubscribers = new(StringComparer.Ordinal);
     private readonly Subscribers _cancelSubscribers = new();
     private readonly CoalescingNotifier _notifier;
 
@@ -150,10 +151,13 @@ public sealed class PostgresBroker : IAsyncDisposable
         => (await ClaimWithNextDueAsync(workerId, maxCount, cancellationToken)).Claimed;
 
     /// <summary>How long until the next scheduled or retryable task of this broker's queue is due (null: none).</summary>
-    internal async Task<TimeSpan?> GetNextDueAsync(CancellationToken cancellationToken)
+    internal Task<TimeSpan?> GetNextDueAsync(CancellationToken cancellationToken) => GetNextDueAsync([Options.Queue], cancellationToken);
+
+    /// <summary>How long until the next scheduled or retryable task of any of <paramref name="queues"/> is due (null: none).</summary>
+    internal async Task<TimeSpan?> GetNextDueAsync(IReadOnlyList<string> queues, CancellationToken cancellationToken)
     {
         await using var command = DataSource.CreateCommand(_sql.NextDue);
-        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = [Options.Queue] });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues.ToArray() });
         return await command.ExecuteScalarAsync(cancellationToken) is TimeSpan due ? due : null;
     }
 
@@ -170,70 +174,95 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// next-due time) that none is due skips it: its planning alone costs about a millisecond per claim.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
     /// <param name="readNextDue">Also read the next due time (else <c>NextDue</c> is null and <c>NextDueRead</c> false).</param>
-    internal async Task<(IReadOnlyList<ClaimedTask> Claimed, TimeSpan? NextDue)> ClaimWithNextDueAsync(string workerId, int maxCount,
+    internal Task<(IReadOnlyList<ClaimedTask> Claimed, TimeSpan? NextDue)> ClaimWithNextDueAsync(string workerId, int maxCount,
         CancellationToken cancellationToken, bool promote = true, bool readNextDue = true)
     {
-        ArgumentException.ThrowIfNullOrEmpty(workerId);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxCount, 1);
+        return ClaimWithNextDueAsync(workerId, [(Options.Queue, maxCount)], readNextDue ? [Options.Queue] : null, cancellationToken, promote);
+    }
+
+    /// <summary>
+    /// Claims from several queues of this table in one round trip: up to each entry's limit from its queue (each
+    /// promoting its due scheduled and retryable rows first when <paramref name="promote"/>), and reads how long until
+    /// the next scheduled or retryable task of <paramref name="nextDueOf"/> is due (null: not read).
+    /// </summary>
+    internal async Task<(IReadOnlyList<ClaimedTask> Claimed, TimeSpan? NextDue)> ClaimWithNextDueAsync(string workerId,
+        IReadOnlyList<(string Queue, int Limit)> claims, IReadOnlyList<string>? nextDueOf, CancellationToken cancellationToken, bool promote = true)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(workerId);
         await StartAsync(cancellationToken);
-        string[] queues = [Options.Queue];
         await using var batch = DataSource.CreateBatch();
-        if (promote)
+        var maxCount = 0;
+        foreach (var (queue, limit) in claims)
         {
-            var promotion = new NpgsqlBatchCommand(_sql.Promote);
-            promotion.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-            promotion.Parameters.Add(new NpgsqlParameter<int> { TypedValue = PromoteBatchSize });
-            promotion.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-            batch.BatchCommands.Add(promotion);
+            ArgumentOutOfRangeException.ThrowIfLessThan(limit, 1);
+            maxCount += limit;
+            if (promote)
+            {
+                var promotion = new NpgsqlBatchCommand(_sql.Promote);
+                promotion.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                promotion.Parameters.Add(new NpgsqlParameter<int> { TypedValue = PromoteBatchSize });
+                promotion.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+                batch.BatchCommands.Add(promotion);
+            }
+
+            var claim = new NpgsqlBatchCommand(_sql.Claim);
+            claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+            claim.Parameters.Add(new NpgsqlParameter<int> { TypedValue = limit });
+            claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
+            claim.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
+            batch.BatchCommands.Add(claim);
         }
 
-        var claim = new NpgsqlBatchCommand(_sql.Claim);
-        claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
-        claim.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
-        claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
-        claim.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
-        batch.BatchCommands.Add(claim);
-        if (readNextDue)
+        if (nextDueOf is not null)
         {
             var nextDue = new NpgsqlBatchCommand(_sql.NextDue);
-            nextDue.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues });
+            nextDue.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = nextDueOf.ToArray() });
             batch.BatchCommands.Add(nextDue);
         }
-
 
         var claimed = new List<ClaimedTask>(maxCount);
         TimeSpan? due = null;
         await using (var reader = await batch.ExecuteReaderAsync(cancellationToken))
         {
-            if (promote)
+            for (var i = 0; i < claims.Count; i++)
             {
-                while (await reader.ReadAsync(cancellationToken))
+                if (i > 0)
                 {
-                    // promoted queues: their NOTIFY wakes other workers; this one claims right below
+                    await reader.NextResultAsync(cancellationToken);
                 }
 
-                await reader.NextResultAsync(cancellationToken);
-            }
-
-            while (await reader.ReadAsync(cancellationToken))
-            {
-                claimed.Add(new ClaimedTask
+                if (promote)
                 {
-                    Id = reader.GetInt64(0),
-                    TaskId = reader.GetString(1),
-                    TaskName = reader.GetString(2),
-                    Message = reader.GetString(3),
-                    Attempt = reader.GetInt32(4),
-                    MaxAttempts = reader.GetInt32(5),
-                    Priority = reader.GetInt32(6),
-                    RunAt = reader.GetFieldValue<DateTimeOffset>(7),
-                    CreatedAt = reader.GetFieldValue<DateTimeOffset>(8),
-                    ClaimedAt = reader.GetFieldValue<DateTimeOffset>(9),
-                    Claim = reader.GetInt32(10),
-                });
+                    while (await reader.ReadAsync(cancellationToken))
+                    {
+                        // promoted queues: their NOTIFY wakes other workers; this one claims right below
+                    }
+
+                    await reader.NextResultAsync(cancellationToken);
+                }
+
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    claimed.Add(new ClaimedTask
+                    {
+                        Id = reader.GetInt64(0),
+                        TaskId = reader.GetString(1),
+                        TaskName = reader.GetString(2),
+                        Message = reader.GetString(3),
+                        Attempt = reader.GetInt32(4),
+                        MaxAttempts = reader.GetInt32(5),
+                        Priority = reader.GetInt32(6),
+                        RunAt = reader.GetFieldValue<DateTimeOffset>(7),
+                        CreatedAt = reader.GetFieldValue<DateTimeOffset>(8),
+                        ClaimedAt = reader.GetFieldValue<DateTimeOffset>(9),
+                        Claim = reader.GetInt32(10),
+                        Queue = reader.GetString(11),
+                    });
+                }
             }
 
-            if (readNextDue && await reader.NextResultAsync(cancellationToken) && await reader.ReadAsync(cancellationToken) && !reader.IsDBNull(0))
+            if (nextDueOf is not null && await reader.NextResultAsync(cancellationToken) && await reader.ReadAsync(cancellationToken) && !reader.IsDBNull(0))
             {
                 due = reader.GetFieldValue<TimeSpan>(0);
             }
@@ -243,10 +272,13 @@ public sealed class PostgresBroker : IAsyncDisposable
         foreach (var task in claimed)
         {
             TaskiqDiagnostics.QueueWait.Record(Math.Max(0, (task.ClaimedAt - task.RunAt).TotalSeconds),
-                new KeyValuePair<string, object?>(MessagingTags.Destination, Options.Queue));
+                new KeyValuePair<string, object?>(MessagingTags.Destination, task.Queue));
         }
 
-        claimed.Sort(static (a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority)
+        // In the order of the queues asked for, then as the claim orders them.
+        var order = claims.Count == 1 ? null : claims.Select((c, i) => (c.Queue, i)).ToDictionary(c => c.Queue, c => c.i);
+        claimed.Sort((a, b) => order is not null && a.Queue != b.Queue ? order[a.Queue].CompareTo(order[b.Queue])
+            : a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority)
             : a.RunAt != b.RunAt ? a.RunAt.CompareTo(b.RunAt) : a.Id.CompareTo(b.Id));
         return (claimed, due);
     }
@@ -322,9 +354,11 @@ public sealed class PostgresBroker : IAsyncDisposable
         => RenewLeases(connection, workerId, leases, started, everythingOfWorker, givenUp, out _);
 
     /// <summary><see cref="RenewLeases(NpgsqlConnection, string, IReadOnlyCollection{LeaseRef}, IReadOnlyCollection{bool}, bool, IReadOnlyCollection{LeaseRef}?)"/>,
-    /// and which of the renewed claims have a cancel request (null: none).</summary>
+    /// and which of the renewed claims have a cancel request (null: none). <paramref name="queues"/>: the worker's queues
+    /// (null: this broker's), whose rows <paramref name="everythingOfWorker"/> renews.</summary>
     internal IReadOnlySet<LeaseRef> RenewLeases(NpgsqlConnection connection, string workerId, IReadOnlyCollection<LeaseRef> leases,
-        IReadOnlyCollection<bool> started, bool everythingOfWorker, IReadOnlyCollection<LeaseRef>? givenUp, out HashSet<LeaseRef>? cancelRequested)
+        IReadOnlyCollection<bool> started, bool everythingOfWorker, IReadOnlyCollection<LeaseRef>? givenUp, out HashSet<LeaseRef>? cancelRequested,
+        IReadOnlyList<string>? queues = null)
     {
         cancelRequested = null;
         if (leases.Count == 0 && !everythingOfWorker)
@@ -338,7 +372,7 @@ public sealed class PostgresBroker : IAsyncDisposable
             var command = new NpgsqlBatchCommand(_sql.RenewAllOfWorker);
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Options.LeaseDuration });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues?.ToArray() ?? [Options.Queue] });
             command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = givenUp?.Select(g => g.Id).ToArray() ?? [] });
             command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = givenUp?.Select(g => g.Claim).ToArray() ?? [] });
             batch.BatchCommands.Add(command);
@@ -367,13 +401,15 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// Returns to the queue every row leased to <paramref name="workerId"/> that it does not hold: rows whose claim
     /// committed on the server while the connection died before the worker read them (a restart, a network cut).
     /// Without this they would wait out their lease. Only the claiming loop may call it, between claims.
+    /// <paramref name="queues"/>: the worker's queues (null: this broker's).
     /// </summary>
-    internal async Task<int> ReleaseOrphansAsync(string workerId, IReadOnlyCollection<long> held, CancellationToken cancellationToken)
+    internal async Task<int> ReleaseOrphansAsync(string workerId, IReadOnlyCollection<long> held, CancellationToken cancellationToken,
+        IReadOnlyList<string>? queues = null)
     {
         await using var command = DataSource.CreateCommand(_sql.ReleaseOrphans);
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = workerId });
         command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = held.ToArray() });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues?.ToArray() ?? [Options.Queue] });
         return await command.ExecuteNonQueryAsync(cancellationToken);
     }
 
@@ -441,7 +477,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
 
         await using var command = DataSource.CreateCommand(_sql.Requeue);
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = tasks.Select(t => t.Queue).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = tasks.Select(t => t.TaskId).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = tasks.Select(t => t.TaskName).ToArray() });
@@ -725,13 +761,13 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// The queue's depth by state, cheap at any table size: each state is counted exactly up to
     /// <paramref name="exactUpTo"/> rows (a bounded index scan); past that the planner's estimate is given instead.
     /// </summary>
-    internal async Task<IReadOnlyDictionary<TaskState, long>> GetQueueDepthAsync(int exactUpTo, CancellationToken cancellationToken)
+    internal async Task<IReadOnlyDictionary<TaskState, long>> GetQueueDepthAsync(string queue, int exactUpTo, CancellationToken cancellationToken)
     {
-        var counts = await CountAsync(Options.Queue, exactUpTo, cancellationToken);
+        var counts = await CountAsync(queue, exactUpTo, cancellationToken);
         var depth = new Dictionary<TaskState, long>();
         foreach (var (state, (count, capped)) in counts)
         {
-            depth[state] = capped ? Math.Max(count, await EstimateAsync(Options.Queue, TaskStates.ToStored(state), cancellationToken)) : count;
+            depth[state] = capped ? Math.Max(count, await EstimateAsync(queue, TaskStates.ToStored(state), cancellationToken)) : count;
         }
 
         return depth;
@@ -743,12 +779,16 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// most <paramref name="maxCount"/> per state, oldest first. Workers call it periodically.
     /// </summary>
     /// <returns>Rows deleted.</returns>
-    public async Task<long> PruneFinishedAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
+    public Task<long> PruneFinishedAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
+        => PruneFinishedAsync(Options.Queue, maxCount, cancellationToken);
+
+    /// <summary><see cref="PruneFinishedAsync(int, CancellationToken)"/> for another queue of this table.</summary>
+    internal async Task<long> PruneFinishedAsync(string queue, int maxCount, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxCount, 1);
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.Prune);
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Queue });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
         command.Parameters.Add(RetentionParameter(Options.CompletedRetention));
         command.Parameters.Add(RetentionParameter(Options.CancelledRetention));
         command.Parameters.Add(RetentionParameter(Options.DiscardedRetention));
@@ -1089,6 +1129,34 @@ public sealed class PostgresBroker : IAsyncDisposable
         var subscription = _subscribers.Add(onWake);
         _resources.Listener.Start();
         return subscription;
+    }
+
+    /// <summary>
+    /// <see cref="Subscribe(Action)"/> for several queues of this table (a worker serving them): <paramref name="onWake"/>
+    /// runs on a NOTIFY for any of them, over this broker's one listener.
+    /// </summary>
+    internal IDisposable Subscribe(IReadOnlyCollection<string> queues, Action onWake)
+    {
+        ArgumentNullException.ThrowIfNull(onWake);
+        if (queues.Count == 1 && queues.First() == Options.Queue)
+        {
+            return Subscribe(onWake);
+        }
+
+        var removals = queues.Distinct().Select(q => _queueSubscribers.GetOrAdd(q, _ => new Subscribers()).Add(onWake)).ToArray();
+        _resources.Listener.Start();
+        return new Subscriptions(removals);
+    }
+
+    private sealed class Subscriptions(IDisposable[] removals) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var removal in removals)
+            {
+                removal.Dispose();
+            }
+        }
     }
 
     /// <summary>Stops the listener; disposes the data source only if this broker created it.</summary>
@@ -1463,9 +1531,17 @@ public sealed class PostgresBroker : IAsyncDisposable
 
     private void OnNotification(string payload)
     {
-        if (payload == Options.Queue)
+        if (payload == Options.Queue || _queueSubscribers.ContainsKey(payload))
         {
-            WakeSubscribers();
+            if (payload == Options.Queue)
+            {
+                _subscribers.Invoke();
+            }
+
+            if (_queueSubscribers.TryGetValue(payload, out var subscribers))
+            {
+                subscribers.Invoke();
+            }
         }
         else if (payload.StartsWith(BrokerSql.CancelPayloadPrefix, StringComparison.Ordinal))
         {
@@ -1473,7 +1549,15 @@ public sealed class PostgresBroker : IAsyncDisposable
         }
     }
 
-    private void WakeSubscribers() => _subscribers.Invoke();
+    /// <summary>The listener (re)connected: notifications may have been missed, so every subscriber looks.</summary>
+    private void WakeSubscribers()
+    {
+        _subscribers.Invoke();
+        foreach (var subscribers in _queueSubscribers.Values)
+        {
+            subscribers.Invoke();
+        }
+    }
 }
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, string>))]

@@ -52,8 +52,11 @@ public sealed class TaskiqWorker : BackgroundService
 
     /// <summary>Rows per status the depth gauge counts exactly; past this it reports the planner's estimate.</summary>
     private const int DepthExactUpTo = PostgresBroker.StatisticsExactUpTo; // the statistics API counts the same way
-    private readonly KeyValuePair<string, object?> _queueTag;
-    private IReadOnlyDictionary<TaskState, long> _depth = new Dictionary<TaskState, long>();
+    private readonly string[] _queues; // the queues this worker claims from, in TaskiqWorkerOptions.Queues order
+    private readonly int[] _weights; // QueueOrder.Weighted: each queue's weight
+    private readonly int[] _dealt; // QueueOrder.Weighted: smooth weighted round-robin state (claim loop only)
+    private readonly Dictionary<string, KeyValuePair<string, object?>> _queueTags;
+    private IReadOnlyList<(KeyValuePair<string, object?> Queue, IReadOnlyDictionary<TaskState, long> Depth)> _depth = [];
     private int _active;
     private volatile bool _stopping;
     private long _lastLoopTicks;
@@ -78,7 +81,10 @@ public sealed class TaskiqWorker : BackgroundService
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<TaskiqWorker>();
         WorkerId = _options.WorkerId ?? $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid().ToString("N")[..8]}";
         _capacity = _options.MaxConcurrentTasks + (_options.PrefetchCount ?? _options.MaxConcurrentTasks);
-        _queueTag = new KeyValuePair<string, object?>(MessagingTags.Destination, _broker.Options.Queue);
+        _queues = _options.Queues?.ToArray() ?? [_broker.Options.Queue];
+        _weights = _queues.Select(q => _options.QueueWeights?.GetValueOrDefault(q, 1) ?? 1).ToArray();
+        _dealt = new int[_queues.Length];
+        _queueTags = _queues.ToDictionary(q => q, q => new KeyValuePair<string, object?>(MessagingTags.Destination, q), StringComparer.Ordinal);
         _settleSql = _results is not null && ReferenceEquals(_results.DataSource, _broker.DataSource)
             ? new SettleSql(_broker.Options, _results.Options)
             : null;
@@ -126,10 +132,10 @@ public sealed class TaskiqWorker : BackgroundService
             return;
         }
 
-        using var subscription = _broker.Subscribe(_wake.Set);
+        using var subscription = _broker.Subscribe(_queues, _wake.Set);
         using var cancelSubscription = _broker.SubscribeCancelRequests(() => _renewNow.Set());
         _wake.Set(); // scan at start: tasks kicked while no worker listened
-        Log.WorkerStarted(_logger, WorkerId, _broker.Options.Queue, _options.MaxConcurrentTasks, _capacity - _options.MaxConcurrentTasks);
+        Log.WorkerStarted(_logger, WorkerId, string.Join(", ", _queues), _options.MaxConcurrentTasks, _capacity - _options.MaxConcurrentTasks);
 
         var background = new CancellationTokenSource(); // never disposed: the renewal thread may still read it
         var flusher = Task.Run(() => FlushLoopAsync(background.Token), CancellationToken.None);
@@ -232,7 +238,7 @@ public sealed class TaskiqWorker : BackgroundService
                 {
                     // The failed claim may have committed before the connection died: take back what it leased to
                     // us at once instead of leaving it to wait out the lease.
-                    var orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), stoppingToken);
+                    var orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), stoppingToken, _queues);
                     if (orphans > 0)
                     {
                         Log.OrphansReleased(_logger, WorkerId, orphans);
@@ -245,7 +251,7 @@ public sealed class TaskiqWorker : BackgroundService
                 // The next due time is read with the claim at most once per poll interval while claims come back full
                 // (a backlog drains at full speed), and always when one comes back short (below, before waiting).
                 readNextDue = now >= nextDueReadAt;
-                (batch, nextDue) = await _broker.ClaimWithNextDueAsync(WorkerId, wanted, stoppingToken, promote, readNextDue);
+                (batch, nextDue) = await ClaimFromQueuesAsync(wanted, stoppingToken, promote, readNextDue);
                 if (readNextDue)
                 {
                     nextDueReadAt = now + (long)_options.PollInterval.TotalMilliseconds;
@@ -290,7 +296,7 @@ public sealed class TaskiqWorker : BackgroundService
                 {
                     try
                     {
-                        nextDue = await _broker.GetNextDueAsync(stoppingToken);
+                        nextDue = await _broker.GetNextDueAsync(_queues, stoppingToken);
                         var at = Environment.TickCount64;
                         nextDueReadAt = at + (long)_options.PollInterval.TotalMilliseconds;
                         promoteAt = nextDue is { } d ? at + (long)Math.Max(0, d.TotalMilliseconds) : long.MaxValue;
@@ -312,6 +318,97 @@ public sealed class TaskiqWorker : BackgroundService
         }
     }
 
+    /// <summary>
+    /// One claim of up to <paramref name="wanted"/> tasks from this worker's queues. One queue: one round trip. Strict:
+    /// queue by queue in order, each taking what the ones before it left (one round trip while the first fills the
+    /// claim). Weighted: the slots are dealt over the queues by smooth weighted round-robin (exact proportions over
+    /// successive claims) and claimed in one round trip; what a queue could not use goes to the ones that filled theirs.
+    /// </summary>
+    private async Task<(IReadOnlyList<ClaimedTask> Claimed, TimeSpan? NextDue)> ClaimFromQueuesAsync(int wanted, CancellationToken stoppingToken,
+        bool promote, bool readNextDue)
+    {
+        IReadOnlyList<string>? nextDueOf = readNextDue ? _queues : null;
+        if (_queues.Length == 1)
+        {
+            return await _broker.ClaimWithNextDueAsync(WorkerId, [(_queues[0], wanted)], nextDueOf, stoppingToken, promote);
+        }
+
+        var claimed = new List<ClaimedTask>(wanted);
+        TimeSpan? nextDue = null;
+        if (_options.QueueOrder == QueueOrder.Strict)
+        {
+            foreach (var queue in _queues)
+            {
+                try
+                {
+                    var (batch, due) = await _broker.ClaimWithNextDueAsync(WorkerId, [(queue, wanted - claimed.Count)], nextDueOf, stoppingToken, promote);
+                    nextDue = nextDueOf is null ? nextDue : due;
+                    nextDueOf = null; // read once, with the first
+                    claimed.AddRange(batch);
+                }
+                catch (Exception ex) when (claimed.Count > 0 && !stoppingToken.IsCancellationRequested)
+                {
+                    Log.LoopFailed(_logger, ex, WorkerId, "claim"); // what the earlier queues gave runs; the next claim tries again
+                    break;
+                }
+
+                if (claimed.Count == wanted)
+                {
+                    break;
+                }
+            }
+
+            return (claimed, nextDue);
+        }
+
+        var shares = DealWeighted(wanted);
+        var round = _queues.Select((q, i) => (Queue: q, Limit: shares[i])).Where(c => c.Limit > 0).ToArray();
+        (var first, nextDue) = await _broker.ClaimWithNextDueAsync(WorkerId, round, nextDueOf, stoppingToken, promote);
+        claimed.AddRange(first);
+        var left = wanted - claimed.Count;
+        if (left > 0)
+        {
+            // Queues that filled their share may have more: the slots the others could not use go to them, by weight.
+            var full = round.Where(c => first.Count(t => t.Queue == c.Queue) == c.Limit).Select(c => Array.IndexOf(_queues, c.Queue)).ToArray();
+            if (full.Length > 0)
+            {
+                var weight = full.Sum(i => _weights[i]);
+                var again = full.Select((i, n) => (Queue: _queues[i], Limit: n == 0
+                        ? left - full.Skip(1).Sum(k => left * _weights[k] / weight)
+                        : left * _weights[i] / weight))
+                    .Where(c => c.Limit > 0).ToArray();
+                var (second, _) = await _broker.ClaimWithNextDueAsync(WorkerId, again, null, stoppingToken, promote: false);
+                claimed.AddRange(second);
+            }
+        }
+
+        return (claimed, nextDue);
+    }
+
+    /// <summary>Smooth weighted round-robin (as nginx deals upstreams): each slot goes to the queue furthest behind its share.</summary>
+    private int[] DealWeighted(int slots)
+    {
+        var shares = new int[_queues.Length];
+        var total = _weights.Sum();
+        for (var slot = 0; slot < slots; slot++)
+        {
+            var best = 0;
+            for (var i = 0; i < _queues.Length; i++)
+            {
+                _dealt[i] += _weights[i];
+                if (_dealt[i] > _dealt[best])
+                {
+                    best = i;
+                }
+            }
+
+            _dealt[best] -= total;
+            shares[best]++;
+        }
+
+        return shares;
+    }
+
     /// <summary>Rows this worker knows it holds or gave up: everything else leased to it is an orphan.</summary>
     private long[] KnownClaimIds() => [.. _held.Keys.Select(k => k.Id), .. _givenUp.Keys.Select(k => k.Id)];
 
@@ -323,7 +420,7 @@ public sealed class TaskiqWorker : BackgroundService
     private async Task HandBackOrphansAsync()
     {
         var orphans = 0;
-        if (await StopStepAsync(async () => orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), CancellationToken.None), "release on stop")
+        if (await StopStepAsync(async () => orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), CancellationToken.None, _queues), "release on stop")
             && orphans > 0)
         {
             Log.OrphansReleased(_logger, WorkerId, orphans);
@@ -521,9 +618,9 @@ public sealed class TaskiqWorker : BackgroundService
     private async Task<Completion> InvokeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
         CancellationTokenSource cancellation, Held held, Stopwatch started)
     {
-        using var activity = MessagingTags.StartProcess(_broker.Options.Queue, message, task.Attempt);
+        using var activity = MessagingTags.StartProcess(task.Queue, message, task.Attempt);
         var completion = await InvokeInScopeAsync(task, message, descriptor, timeout, cancellation, held, started);
-        TaskiqDiagnostics.Duration.Record(started.Elapsed.TotalSeconds, _queueTag, new KeyValuePair<string, object?>(MessagingTags.TaskName, message.TaskName));
+        TaskiqDiagnostics.Duration.Record(started.Elapsed.TotalSeconds, QueueTag(task.Queue), new KeyValuePair<string, object?>(MessagingTags.TaskName, message.TaskName));
         if (completion.Error is { } error)
         {
             MessagingTags.RecordError(activity, error.Type, error.Message);
@@ -730,7 +827,8 @@ public sealed class TaskiqWorker : BackgroundService
 
             foreach (var completion in batch)
             {
-                RecordOutcome(completion.Succeeded ? TaskState.Completed : TaskState.Discarded, completion.Succeeded, NameTag(completion.Task.TaskName));
+                RecordOutcome(completion.Succeeded ? TaskState.Completed : TaskState.Discarded, completion.Succeeded, QueueTag(completion.Task.Queue),
+                    NameTag(completion.Task.TaskName));
             }
 
             return;
@@ -756,7 +854,7 @@ public sealed class TaskiqWorker : BackgroundService
                 continue;
             }
 
-            RecordOutcome(newStatus.Value, completion.Succeeded, nameTag);
+            RecordOutcome(newStatus.Value, completion.Succeeded, QueueTag(task.Queue), nameTag);
             if (completion.Succeeded)
             {
                 continue;
@@ -867,17 +965,20 @@ public sealed class TaskiqWorker : BackgroundService
     /// <summary>The <c>taskiq.task_name</c> metric tag of tasks whose name no handler of this worker has.</summary>
     internal const string UnknownTaskNameTag = "(unknown)";
 
-    private void RecordOutcome(TaskState newStatus, bool succeeded, KeyValuePair<string, object?> nameTag)
+    private KeyValuePair<string, object?> QueueTag(string queue)
+        => _queueTags.TryGetValue(queue, out var tag) ? tag : new KeyValuePair<string, object?>(MessagingTags.Destination, queue);
+
+    private void RecordOutcome(TaskState newStatus, bool succeeded, KeyValuePair<string, object?> queueTag, KeyValuePair<string, object?> nameTag)
     {
         if (succeeded)
         {
-            TaskiqDiagnostics.Completed.Add(1, _queueTag, nameTag);
+            TaskiqDiagnostics.Completed.Add(1, queueTag, nameTag);
             return;
         }
 
         if (newStatus == TaskState.Cancelled)
         {
-            TaskiqDiagnostics.Cancelled.Add(1, _queueTag, nameTag);
+            TaskiqDiagnostics.Cancelled.Add(1, queueTag, nameTag);
             return;
         }
 
@@ -886,8 +987,8 @@ public sealed class TaskiqWorker : BackgroundService
             return; // snoozed: not a failure
         }
 
-        TaskiqDiagnostics.Failed.Add(1, _queueTag, nameTag);
-        (newStatus == TaskState.Discarded ? TaskiqDiagnostics.DeadLettered : TaskiqDiagnostics.Retried).Add(1, _queueTag, nameTag);
+        TaskiqDiagnostics.Failed.Add(1, queueTag, nameTag);
+        (newStatus == TaskState.Discarded ? TaskiqDiagnostics.DeadLettered : TaskiqDiagnostics.Retried).Add(1, queueTag, nameTag);
     }
 
     private async Task SampleDepthLoopAsync(CancellationToken stop)
@@ -902,7 +1003,13 @@ public sealed class TaskiqWorker : BackgroundService
 
             try
             {
-                _depth = await _broker.GetQueueDepthAsync(DepthExactUpTo, stop);
+                var depth = new List<(KeyValuePair<string, object?>, IReadOnlyDictionary<TaskState, long>)>(_queues.Length);
+                foreach (var queue in _queues)
+                {
+                    depth.Add((QueueTag(queue), await _broker.GetQueueDepthAsync(queue, DepthExactUpTo, stop)));
+                }
+
+                _depth = depth;
             }
             catch (Exception ex) when (!stop.IsCancellationRequested)
             {
@@ -913,7 +1020,8 @@ public sealed class TaskiqWorker : BackgroundService
     }
 
     private IEnumerable<Measurement<long>> ObserveDepth()
-        => _depth.Select(kv => new Measurement<long>(kv.Value, _queueTag, new KeyValuePair<string, object?>("taskiq.state", StateTags[(int)kv.Key])));
+        => _depth.SelectMany(q => q.Depth.Select(kv =>
+            new Measurement<long>(kv.Value, q.Queue, new KeyValuePair<string, object?>("taskiq.state", StateTags[(int)kv.Key]))));
 
     /// <summary>The <c>taskiq.state</c> tag values of the depth gauge: the states' names in lower case.</summary>
     internal static readonly string[] StateTags = TaskStates.All.Select(s => s.ToString().ToLowerInvariant()).ToArray();
@@ -954,7 +1062,7 @@ public sealed class TaskiqWorker : BackgroundService
     {
         var interval = _options.LeaseRenewInterval ?? _broker.Options.LeaseDuration / 3;
         NpgsqlConnection? connection = null;
-        string[] queues = [_broker.Options.Queue];
+        var queues = _queues;
         try
         {
             for (var failures = 1; !_renewalReady.Task.IsCompleted && !stop.IsCancellationRequested; failures++)
@@ -1048,7 +1156,7 @@ public sealed class TaskiqWorker : BackgroundService
                 connection ??= OpenRenewalConnection();
                 var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
                     held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray(),
-                    out var cancelRequested);
+                    out var cancelRequested, _queues);
                 foreach (var lease in cancelRequested ?? [])
                 {
                     if (_held.TryGetValue(lease, out var target) && target.RequestCancel())
@@ -1122,9 +1230,15 @@ public sealed class TaskiqWorker : BackgroundService
                 long pruned = 0;
                 for (var i = 0; i < PruneBatchesPerRound; i++)
                 {
-                    var deleted = await _broker.PruneFinishedAsync(PruneBatchSize, stop);
-                    pruned += deleted;
-                    if (deleted < PruneBatchSize)
+                    long most = 0; // a queue with a full batch has more to prune
+                    foreach (var queue in _queues)
+                    {
+                        var deleted = await _broker.PruneFinishedAsync(queue, PruneBatchSize, stop);
+                        pruned += deleted;
+                        most = Math.Max(most, deleted);
+                    }
+
+                    if (most < PruneBatchSize)
                     {
                         break;
                     }

@@ -1,5 +1,18 @@
 namespace TaskiqPg;
 
+/// <summary>How a worker serving several queues (<see cref="TaskiqWorkerOptions.Queues"/>) shares its free slots.</summary>
+public enum QueueOrder
+{
+    /// <summary>In the order listed: a queue gets only the slots the queues before it leave (it runs while they are empty).</summary>
+    Strict,
+
+    /// <summary>
+    /// By <see cref="TaskiqWorkerOptions.QueueWeights"/>: while every queue has work, each gets slots in proportion to its
+    /// weight; the slots a queue cannot use go to the others.
+    /// </summary>
+    Weighted,
+}
+
 /// <summary>Settings of a <see cref="TaskiqWorker"/>.</summary>
 public sealed record TaskiqWorkerOptions
 {
@@ -49,8 +62,69 @@ public sealed record TaskiqWorkerOptions
     /// </summary>
     public string? WorkerId { get; set; }
 
+    /// <summary>
+    /// The queues of the broker's table this worker claims from (the first first under <see cref="QueueOrder.Strict"/>).
+    /// <c>null</c> (default): the broker's own <see cref="PostgresBrokerOptions.Queue"/>. One connection pool, one
+    /// listener and one renewal connection serve them all; each queue keeps its own pause state, and one paused queue
+    /// leaves the others running.
+    /// </summary>
+    public IReadOnlyList<string>? Queues { get; set; }
+
+    /// <summary>How free slots are shared among <see cref="Queues"/>. Default <see cref="QueueOrder.Strict"/>.</summary>
+    public QueueOrder QueueOrder { get; set; } = QueueOrder.Strict;
+
+    /// <summary>
+    /// Weights of <see cref="Queues"/> under <see cref="QueueOrder.Weighted"/>, by queue name (a queue not listed weighs 1):
+    /// while every queue has work, slots go to them in these proportions.
+    /// </summary>
+    public IReadOnlyDictionary<string, int>? QueueWeights { get; set; }
+
     internal void Validate()
     {
+        if (Queues is not null)
+        {
+            if (Queues.Count == 0)
+            {
+                throw new ArgumentException($"{nameof(Queues)} must name at least one queue (or be null: the broker's queue).", nameof(Queues));
+            }
+
+            foreach (var queue in Queues)
+            {
+                PgIdentifier.Validate(queue, nameof(Queues));
+            }
+
+            if (Queues.Distinct(StringComparer.Ordinal).Count() != Queues.Count)
+            {
+                throw new ArgumentException($"{nameof(Queues)} names a queue twice.", nameof(Queues));
+            }
+        }
+
+        if (!Enum.IsDefined(QueueOrder))
+        {
+            throw new ArgumentException($"{nameof(QueueOrder)} {(int)QueueOrder} is not a defined value.", nameof(QueueOrder));
+        }
+
+        if (QueueWeights is not null)
+        {
+            if (QueueOrder != QueueOrder.Weighted)
+            {
+                throw new ArgumentException($"{nameof(QueueWeights)} apply only with {nameof(QueueOrder)} = {nameof(QueueOrder.Weighted)}.", nameof(QueueWeights));
+            }
+
+            foreach (var (queue, weight) in QueueWeights)
+            {
+                if (Queues is null || !Queues.Contains(queue, StringComparer.Ordinal))
+                {
+                    throw new ArgumentException($"{nameof(QueueWeights)} weighs queue '{queue}', which is not in {nameof(Queues)}.", nameof(QueueWeights));
+                }
+
+                if (weight is < 1 or > 1000)
+                {
+                    throw new ArgumentException($"{nameof(QueueWeights)}: the weight of '{queue}' must be between 1 and 1000 (got {weight}).", nameof(QueueWeights));
+                }
+            }
+        }
+
         if (MaxConcurrentTasks < 1)
         {
             throw new ArgumentException($"{nameof(MaxConcurrentTasks)} must be at least 1.", nameof(MaxConcurrentTasks));
