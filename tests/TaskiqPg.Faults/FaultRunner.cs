@@ -17,7 +17,7 @@ internal sealed record ScenarioResult(string Scenario, long Tasks, long Complete
 internal static class FaultRunner
 {
     private static readonly string[] AllScenarios =
-        ["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall"];
+        ["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall", "control"];
 
     public static async Task<int> MainAsync(string[] args)
     {
@@ -133,6 +133,7 @@ internal sealed class Rig : IAsyncDisposable
             CREATE TABLE fault_ledger (task_id text NOT NULL, attempt int NOT NULL, worker text NOT NULL, fire_at text,
                                        at timestamptz NOT NULL DEFAULT clock_timestamp());
             CREATE INDEX ON fault_ledger (task_id);
+            CREATE TABLE fault_unique (producer text NOT NULL, fresh int NOT NULL, duplicates int NOT NULL);
             """);
         return rig;
     }

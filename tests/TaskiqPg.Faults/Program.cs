@@ -5,11 +5,14 @@ using TaskiqPg.Faults;
 // Child roles (started by the runner itself; connection string in TASKIQPG_FAULTS_CONNECTION, never on argv):
 //   --worker <queue> <name> [key=value ...] | --producer <queue> <count> <delaySeconds> | --scheduler <name>
 //   | --local-time-kick <queue> <schedulesTable> (kicks and schedules with DateTimeOffset.Now of this process's TZ)
+//   | --unique-producer <queue> <name> <count> <startAtUnixMs> <single|many> (races other producers on unique kicks)
 return args switch
 {
     ["--worker", var queue, var name, .. var settings] => await Roles.WorkerAsync(queue, name, Settings.Parse(settings)),
     ["--producer", var queue, var count, var delay] => await Roles.ProducerAsync(queue, int.Parse(count), int.Parse(delay)),
     ["--scheduler", var name, .. var settings] => await Roles.SchedulerAsync(name, Settings.Parse(settings)),
     ["--local-time-kick", var queue, var schedules, ..] => await Roles.LocalTimeKickAsync(queue, schedules),
+    ["--unique-producer", var queue, var name, var count, var startAt, var mode] =>
+        await Roles.UniqueProducerAsync(queue, name, int.Parse(count), long.Parse(startAt), mode == "many"),
     _ => await FaultRunner.MainAsync(args),
 };

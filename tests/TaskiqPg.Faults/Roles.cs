@@ -39,9 +39,10 @@ internal static class Roles
     }
 
     /// <summary>
-    /// A worker on <paramref name="queue"/>. Tasks: <c>record(workMs)</c> (async work, then a ledger row),
+    /// A worker on <paramref name="queue"/> (comma-separated: one worker serving several queues, the first the broker's). Tasks: <c>record(workMs)</c> (async work, then a ledger row),
     /// <c>block(blockMs)</c> (blocks its thread), <c>record_db(workMs)</c> (also queries the shared pool) and
-    /// <c>tick</c> (a scheduled task: the ledger row carries its fire instant). SIGTERM stops it gracefully.
+    /// <c>tick</c> (a scheduled task: the ledger row carries its fire instant) and <c>hold</c> (a ledger row when it starts,
+    /// then waits up to two minutes on its cancellation token). SIGTERM stops it gracefully.
     /// </summary>
     public static async Task<int> WorkerAsync(string queue, string name, Settings settings)
     {
@@ -53,9 +54,10 @@ internal static class Roles
         }
 
         await using var dataSource = NpgsqlDataSource.Create(Connection(settings));
+        var queues = queue.Split(',');
         var brokerOptions = new PostgresBrokerOptions
         {
-            Queue = queue,
+            Queue = queues[0],
             RunMigrations = false,
             LeaseDuration = TimeSpan.FromMilliseconds(settings.Int("leasems", 5_000)),
         };
@@ -105,7 +107,12 @@ internal static class Roles
                 await Record(context);
                 return "poison"; // the scenario's trigger on the results table refuses this value
             })
-            .Add("tick", (TaskContext context) => Record(context, context.Labels.GetValueOrDefault(ScheduleLabels.FireAt)));
+            .Add("tick", (TaskContext context) => Record(context, context.Labels.GetValueOrDefault(ScheduleLabels.FireAt)))
+            .Add("hold", async (TaskContext context) =>
+            {
+                await Record(context);
+                await Task.Delay(TimeSpan.FromMinutes(2), context.CancellationToken);
+            });
 
         var options = new TaskiqWorkerOptions
         {
@@ -115,6 +122,7 @@ internal static class Roles
             ClaimBatchSize = settings.Int("batch", 64),
             PollInterval = TimeSpan.FromMilliseconds(settings.Int("pollms", 1_000)),
             ShutdownTimeout = TimeSpan.FromMilliseconds(settings.Int("shutdownms", 10_000)),
+            Queues = queues.Length > 1 ? queues : null,
         };
         using var worker = new TaskiqWorker(broker, registry, results, options, loggerFactory: loggers);
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -200,6 +208,61 @@ internal static class Roles
         Console.WriteLine(Ready);
         Console.Out.Flush();
         Environment.Exit(0); // the point of the scenario: gone right after kicking
+        return 0;
+    }
+
+    /// <summary>
+    /// Kicks the unique tasks <c>record(0)</c>…<c>record(count-1)</c> (unique by name and arguments) from the given
+    /// wall-clock instant (so several producer processes race on the same keys), one by one or (<paramref name="many"/>)
+    /// in KickMany batches of 50, and
+    /// writes how many were new and how many duplicates to <c>fault_unique</c>.
+    /// </summary>
+    public static async Task<int> UniqueProducerAsync(string queue, string name, int count, long startAtUnixMs, bool many)
+    {
+        await using var dataSource = NpgsqlDataSource.Create(Connection());
+        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        await broker.StartAsync();
+        Console.WriteLine(Ready);
+        var wait = DateTimeOffset.FromUnixTimeMilliseconds(startAtUnixMs) - DateTimeOffset.UtcNow;
+        if (wait > TimeSpan.Zero)
+        {
+            await Task.Delay(wait); // a common start instant, not a synchronisation of results: the race is the point
+        }
+
+        // Unique by task name and arguments: record(i) for i in 0..count-1, the same set from every producer.
+        var unique = new KickOptions { Unique = new UniqueOptions() };
+        int fresh = 0, duplicates = 0;
+        if (many)
+        {
+            for (var start = 0; start < count; start += 50)
+            {
+                var batch = Enumerable.Range(start, Math.Min(50, count - start)).Select(i => TaskMessage.Create("record", [i])).ToArray();
+                var inserted = await broker.KickManyAsync(batch, unique);
+                fresh += inserted;
+                duplicates += batch.Length - inserted;
+            }
+        }
+        else
+        {
+            for (var i = 0; i < count; i++)
+            {
+                var result = await broker.KickAsync(TaskMessage.Create("record", [i]), unique);
+                if (result.Duplicate)
+                {
+                    duplicates++;
+                }
+                else
+                {
+                    fresh++;
+                }
+            }
+        }
+
+        await using var note = dataSource.CreateCommand("INSERT INTO fault_unique (producer, fresh, duplicates) VALUES ($1, $2, $3)");
+        note.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+        note.Parameters.Add(new NpgsqlParameter<int> { TypedValue = fresh });
+        note.Parameters.Add(new NpgsqlParameter<int> { TypedValue = duplicates });
+        await note.ExecuteNonQueryAsync();
         return 0;
     }
 

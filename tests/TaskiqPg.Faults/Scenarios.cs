@@ -28,6 +28,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         "soak" => SoakAsync(),
         "poison_completion" => PoisonCompletionAsync(),
         "renewal_stall" => RenewalStallAsync(),
+        "control" => ControlAsync(),
         _ => throw new ArgumentException($"Unknown scenario {name}", nameof(name)),
     };
 
@@ -490,6 +491,117 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         return r.Result(queue, r.Lost == 0 && r.Duplicates == 0 && r.Completed == tasks,
             $"{tasks} handlers each holding a pooled connection for {lease * 3} ms (3 leases) with Max Pool Size 4; {r.Duplicates} ran twice; " +
             $"the competing worker ran {byOther}");
+    }
+
+    // 13. Control across processes: two worker processes each serving two queues ("control" and "control_hold"), steered
+    //     from this process. Pause mid-backlog: no claim starts after the pause commits, kicks are still accepted, resume
+    //     drains everything. Cancel tasks running in the other processes: each handler's token fires (NOTIFY), every one
+    //     ends cancelled. Four producer processes race on the same unique tasks: exactly one row each.
+    private async Task<ScenarioResult> ControlAsync()
+    {
+        const string queue = "control", hold = "control_hold", unique = "control_unique";
+        // No prefetch: the eight held tasks below run four in each process.
+        var settings = new Dictionary<string, int> { ["leasems"] = 5_000, ["concurrency"] = 4, ["prefetch"] = 0, ["pollms"] = 200 };
+        for (var i = 0; i < 2; i++)
+        {
+            await StartWorkerAsync($"{queue},{hold}", settings);
+        }
+
+        await using var broker = new PostgresBroker(rig.DataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        var notes = new List<string>();
+        var ok = true;
+
+        // Pause mid-backlog.
+        var tasks = smoke ? 2_000 : 20_000;
+        await KickAsync(queue, tasks, "record", workMs: 5);
+        var watch = Stopwatch.StartNew();
+        while (await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger l JOIN fault_kicked k USING (task_id) WHERE k.scenario = $1", queue) < tasks / 10
+               && watch.Elapsed < TimeSpan.FromMinutes(1))
+        {
+            await Task.Delay(20);
+        }
+
+        await broker.PauseQueueAsync();
+        // After the pause committed (its paused_at is its transaction's start: a claim starting before the commit rightly
+        // claims). attempted_at is the claim transaction's start.
+        var pausedAt = await rig.ScalarAsync<DateTime>("SELECT clock_timestamp()");
+        watch.Restart();
+        while (await rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'processing'", queue) > 0
+               && watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(20);
+        }
+
+        var drainedIn = watch.Elapsed.TotalSeconds;
+        await KickAsync(queue, 10, "record", workMs: 5); // accepted while paused
+        var ranBefore = await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger l JOIN fault_kicked k USING (task_id) WHERE k.scenario = $1", queue);
+        await Task.Delay(TimeSpan.FromSeconds(2)); // an observation window: nothing may be claimed during it
+        var ranAfter = await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger l JOIN fault_kicked k USING (task_id) WHERE k.scenario = $1", queue);
+        var claimedAfterPause = await rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND attempted_at > $2", queue, pausedAt);
+        var waiting = await PendingAsync(queue);
+        var pauseOk = claimedAfterPause == 0 && ranAfter == ranBefore && waiting > 10;
+        ok &= pauseOk;
+        notes.Add($"pause: running tasks finished {drainedIn:0.00} s after it, {claimedAfterPause} claims started after it, " +
+                  $"{ranAfter - ranBefore} ran in a 2 s window, {waiting} waited (10 kicked while paused)");
+        await broker.ResumeQueueAsync();
+        var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(smoke ? 2 : 5));
+        ok &= r.Lost == 0 && r.Duplicates == 0 && r.Completed == tasks + 10;
+
+        // Cancel tasks running in the worker processes.
+        var holders = Enumerable.Range(0, 8).Select(_ => TaskMessage.Create("hold")).ToArray(); // 2 workers × 4 slots
+        await NoteKickedAsync(hold, holders.Select(m => m.TaskId).ToArray());
+        await broker.KickManyAsync(holders, new KickOptions { Queue = hold });
+        watch.Restart();
+        while (await rig.ScalarAsync<long>("SELECT count(*) FROM fault_ledger WHERE task_id = ANY($1)", (object)holders.Select(m => m.TaskId).ToArray()) < holders.Length
+               && watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(20);
+        }
+
+        var latencies = new List<double>();
+        var outcomes = new List<CancelOutcome>();
+        foreach (var holder in holders)
+        {
+            var asked = Stopwatch.StartNew();
+            outcomes.Add((await broker.CancelAsync(holder.TaskId)).Outcome);
+            while ((await broker.GetTaskAsync(holder.TaskId))?.State != TaskState.Cancelled && asked.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(5);
+            }
+
+            latencies.Add(asked.Elapsed.TotalMilliseconds);
+        }
+
+        var cancelled = await rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1 AND status = 'cancelled'", hold);
+        var byWorkers = await rig.ScalarAsync<long>("SELECT count(DISTINCT worker) FROM fault_ledger WHERE task_id = ANY($1)", (object)holders.Select(m => m.TaskId).ToArray());
+        latencies.Sort();
+        var cancelOk = cancelled == holders.Length && outcomes.All(o => o == CancelOutcome.Requested);
+        ok &= cancelOk;
+        notes.Add($"cancel: {cancelled}/{holders.Length} running tasks (in {byWorkers} worker processes) cancelled, " +
+                  $"request to cancelled median {latencies[latencies.Count / 2]:0} ms, max {latencies[^1]:0} ms");
+
+        // Unique kicks racing from four processes.
+        var keys = smoke ? 300 : 3_000;
+        var startAt = DateTimeOffset.UtcNow.AddSeconds(3).ToUnixTimeMilliseconds();
+        var producers = Enumerable.Range(0, 4).Select(i => Child.Start(rig.ConnectionString, $"unique-{i}", "--unique-producer", unique, $"unique-{i}",
+            keys.ToString(CultureInfo.InvariantCulture), startAt.ToString(CultureInfo.InvariantCulture), i % 2 == 0 ? "single" : "many")).ToArray();
+        _children.AddRange(producers);
+        foreach (var producer in producers)
+        {
+            await producer.WaitForExitAsync(TimeSpan.FromMinutes(2));
+        }
+
+        var rows = await rig.ScalarAsync<long>("SELECT count(*) FROM taskiq_messages WHERE queue = $1", unique);
+        var distinct = await rig.ScalarAsync<long>("SELECT count(DISTINCT message::jsonb -> 'args') FROM taskiq_messages WHERE queue = $1", unique);
+        var fresh = await rig.ScalarAsync<long>("SELECT coalesce(sum(fresh), 0) FROM fault_unique");
+        var duplicates = await rig.ScalarAsync<long>("SELECT coalesce(sum(duplicates), 0) FROM fault_unique");
+        var uniqueOk = producers.All(p => p.ExitCode == 0) && rows == keys && distinct == keys && fresh == keys && duplicates == 3L * keys;
+        ok &= uniqueOk;
+        notes.Add($"unique: 4 processes × {keys} kicks of the same tasks → {rows} rows ({distinct} distinct), {fresh} reported new, {duplicates} duplicates"
+                  + (producers.All(p => p.ExitCode == 0) ? "" : "; a producer failed: " + string.Join(" | ", producers.Select(p => p.Errors))));
+
+        return new ScenarioResult("control", r.Tasks + holders.Length + keys, r.Completed, r.Lost, r.Duplicates, 0, 0, ok,
+            string.Join("; ", notes));
     }
 
     private async Task<Child> StartWorkerAsync(string queue, IReadOnlyDictionary<string, int> settings)

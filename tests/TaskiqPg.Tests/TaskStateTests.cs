@@ -204,6 +204,38 @@ public sealed class TaskStateTests(DatabaseFixture db) : IClassFixture<DatabaseF
     }
 
     [Fact]
+    public async Task The_clients_task_record_holds_the_arguments_labels_state_history_result_and_progress()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("report", async (TaskContext context, int n) =>
+        {
+            await context.SetProgressAsync(new { done = n / 2 });
+            await gate.Task;
+            return n * 2;
+        }));
+        var handle = await harness.Client.KickAsync<int>("report", [21], options: new KickOptions { Labels = new Dictionary<string, string> { ["team"] = "billing" } });
+
+        var queued = (await harness.Client.GetTaskAsync(handle.TaskId))!;
+        Assert.Equal((TaskState.Available, (TaskResult?)null, (System.Text.Json.JsonElement?)null), (queued.State, queued.Result, queued.Progress));
+        Assert.Equal(21, TaskMessage.FromJson(queued.MessageJson).Args[0].GetInt32());
+        Assert.Equal("billing", queued.Labels["team"]);
+
+        var worker = await harness.StartWorkerAsync();
+        await Eventually.TrueAsync(async () => (await harness.Client.GetTaskAsync(handle.TaskId))!.Progress is not null, Bound, "progress is reported");
+        var running = (await harness.Client.GetTaskAsync(handle.TaskId))!;
+        Assert.Equal((TaskState.Running, worker.WorkerId, 10), (running.State, running.Worker, running.Progress!.Value.GetProperty("done").GetInt32()));
+        Assert.Null(running.Result);
+
+        gate.SetResult();
+        Assert.Equal(42, await handle.WaitForResultAsync(Bound));
+        var done = (await harness.Client.GetTaskAsync(handle.TaskId))!;
+        Assert.Equal((TaskState.Completed, 42, false), (done.State, done.Result!.GetReturnValue<int>(), done.Result.IsError));
+        Assert.Equal(["completed"], done.History.Select(h => h.Outcome));
+        Assert.Null((await harness.Broker.GetTaskAsync(handle.TaskId))!.Result); // the broker alone has no result backend
+        Assert.Null(await harness.Client.GetTaskAsync("no-such-task"));
+    }
+
+    [Fact]
     public async Task Every_state_has_one_stored_value_and_back()
     {
         Assert.Equal(7, TaskStates.All.Count);

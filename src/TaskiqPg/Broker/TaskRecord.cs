@@ -51,6 +51,16 @@ public sealed record TaskRecord
     /// <summary>Its ended attempts, oldest first (at most the last 50): worker, start, end, outcome and error of each.</summary>
     public IReadOnlyList<TaskAttempt> History { get; init; } = [];
 
+    /// <summary>
+    /// Its stored result (an error result for a failed or cancelled task), when read through
+    /// <see cref="TaskiqClient.GetTaskAsync"/> with a result backend; null from <see cref="PostgresBroker.GetTaskAsync"/>
+    /// (results may live in another database) or when none is stored.
+    /// </summary>
+    public TaskResult? Result { get; init; }
+
+    /// <summary>The last progress its handler reported (as JSON), read like <see cref="Result"/>; null when none.</summary>
+    public System.Text.Json.JsonElement? Progress { get; init; }
+
     /// <summary>Whether the task has ended (<see cref="TaskState.Completed"/>, <see cref="TaskState.Cancelled"/> or <see cref="TaskState.Discarded"/>).</summary>
     public bool IsFinished => TaskStates.IsFinished(State);
 }

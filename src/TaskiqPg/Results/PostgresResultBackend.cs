@@ -271,7 +271,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         _stop.Dispose();
     }
 
-    private async Task<TaskResult?> TryGetResultAsync(string taskId, CancellationToken cancellationToken)
+    internal async Task<TaskResult?> TryGetResultAsync(string taskId, CancellationToken cancellationToken)
     {
         ArgumentException.ThrowIfNullOrEmpty(taskId);
         await StartAsync(cancellationToken);

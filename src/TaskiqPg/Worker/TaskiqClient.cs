@@ -57,6 +57,27 @@ public sealed class TaskiqClient
     }
 
     /// <summary>
+    /// The task's whole record: its row (state, attempts, history, worker, message with its arguments, labels) and, with
+    /// a result backend, its stored <see cref="TaskRecord.Result"/> and last <see cref="TaskRecord.Progress"/>.
+    /// </summary>
+    /// <returns>The newest row of the task id, or null when there is none (never kicked, or pruned after its retention).</returns>
+    /// <exception cref="JsonException">The stored result is not valid taskiq JSON.</exception>
+    public async Task<TaskRecord?> GetTaskAsync(string taskId, CancellationToken cancellationToken = default)
+    {
+        var record = await Broker.GetTaskAsync(taskId, cancellationToken);
+        if (record is null || ResultBackend is null)
+        {
+            return record;
+        }
+
+        return record with
+        {
+            Result = await ResultBackend.TryGetResultAsync(taskId, cancellationToken),
+            Progress = await ResultBackend.GetProgressAsync<JsonElement?>(taskId, cancellationToken: cancellationToken),
+        };
+    }
+
+    /// <summary>
     /// Cancels a task (see <see cref="PostgresBroker.CancelAsync"/>) and, when it was queued, stores its cancelled result,
     /// so its waiters get <see cref="CancelledTaskException"/> at once. A running task's result is stored by its worker.
     /// </summary>
