@@ -35,30 +35,6 @@ public static class TaskiqPostgresHostingExtensions
         };
     }
 
-    /// <summary>
-    /// Makes the database healthy only once TaskiqPg's tables exist: the AppHost migrates the schema once, before any
-    /// resource that <c>WaitFor</c>s the database starts. Workers may then run with migrations turned off.
-    /// </summary>
-    public static IResourceBuilder<T> WithTaskiqSchema<T>(this IResourceBuilder<T> database, PostgresBrokerOptions? broker = null,
-        PostgresResultBackendOptions? results = null, PostgresScheduleSourceOptions? schedules = null)
-        where T : IResourceWithConnectionString
-    {
-        ArgumentNullException.ThrowIfNull(database);
-        string? connectionString = null;
-        database.ApplicationBuilder.Eventing.Subscribe<ConnectionStringAvailableEvent>(database.Resource, async (_, ct) =>
-            connectionString = await database.Resource.ConnectionStringExpression.GetValueAsync(ct));
-        var key = $"{database.Resource.Name}_taskiq_schema";
-        var resource = database.Resource;
-        database.ApplicationBuilder.Services.AddHealthChecks().Add(new Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckRegistration(
-            key,
-            _ => new TaskiqSchemaHealthCheck(
-                // An external connection string may never raise the event: resolve it when the check first runs.
-                () => connectionString ??= resource is ConnectionStringResource ? resource.ConnectionStringExpression.GetValueAsync(default).AsTask().GetAwaiter().GetResult() : null,
-                broker ?? new PostgresBrokerOptions(), results ?? new PostgresResultBackendOptions(), schedules ?? new PostgresScheduleSourceOptions()),
-            failureStatus: null, tags: null));
-        return database.WithHealthCheck(key);
-    }
-
     internal static TaskiqPostgresMode ResolveMode(IConfiguration configuration, TaskiqPostgresMode requested)
     {
         if (requested == TaskiqPostgresMode.Auto && configuration[ModeConfigurationKey] is { Length: > 0 } configured)

@@ -36,7 +36,7 @@ public sealed class AppHostFixture : IAsyncLifetime
         ], (options, _) => options.DisableDashboard = false);
         App = await builder.BuildAsync().WaitAsync(StartTimeout);
         await App.StartAsync().WaitAsync(StartTimeout);
-        foreach (var resource in new[] { "postgres", "db", "api", "scheduler" })
+        foreach (var resource in new[] { "postgres", "db", "tasks", "api", "scheduler" })
         {
             await App.ResourceNotifications.WaitForResourceHealthyAsync(resource).WaitAsync(StartTimeout);
         }

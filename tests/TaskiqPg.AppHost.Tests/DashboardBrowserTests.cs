@@ -30,7 +30,7 @@ public sealed class DashboardBrowserTests(AppHostFixture fixture) : IClassFixtur
             driver.Navigate().GoToUrl(fixture.DashboardUrl);
 
             // The resources grid renders over a live connection: wait until every resource shows as Running, none unhealthy.
-            string[] resources = ["postgres", "db", "worker", "scheduler", "api"];
+            string[] resources = ["postgres", "db", "tasks", "worker", "scheduler", "api"];
             var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(1);
             string text;
             while (true)

@@ -135,6 +135,26 @@ public sealed class ListTasksTests(DatabaseFixture db) : IClassFixture<DatabaseF
         Assert.All(empty.Counts.Values, c => Assert.Equal(0, c));
     }
 
+    [Fact]
+    public async Task Queue_statistics_count_the_tasks_that_ended_in_the_last_minute_per_finished_state()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        await harness.Broker.KickManyAsync(Enumerable.Range(0, 40).Select(i => TaskMessage.Create("t", [i])).ToArray());
+        // 10 completed now, 5 completed two minutes ago, 3 discarded now, 2 cancelled now; 20 still available.
+        await harness.ScalarAsync<int>(
+            """
+            WITH r AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM taskiq_messages WHERE queue = $1),
+                 u AS (UPDATE taskiq_messages m SET
+                         status = CASE WHEN r.n <= 15 THEN 'completed' WHEN r.n <= 18 THEN 'discarded' ELSE 'cancelled' END,
+                         finished_at = now() - CASE WHEN r.n BETWEEN 11 AND 15 THEN interval '2 minutes' ELSE interval '0' END
+                       FROM r WHERE m.id = r.id AND r.n <= 20 RETURNING 1)
+            SELECT count(*)::int FROM u
+            """, harness.Broker.Options.Queue);
+
+        var recent = (await harness.Broker.GetQueueStatisticsAsync()).FinishedLastMinute;
+        Assert.Equal((10L, 3L, 2L), (recent[TaskState.Completed], recent[TaskState.Discarded], recent[TaskState.Cancelled]));
+    }
+
     private static async Task<List<TaskRecord>> PagesAsync(PostgresBroker broker, TaskQuery query)
     {
         var all = new List<TaskRecord>();

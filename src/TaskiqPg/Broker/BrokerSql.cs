@@ -478,6 +478,11 @@ internal sealed class BrokerSql
              RETURNING id
              """;
 
+        // $1 queue, $2 most rows counted per state: tasks that ended in the last minute, per finished state, each a bounded
+        // range scan of the finished index (queue, status, finished_at, id).
+        FinishedLastMinute = string.Join("\nUNION ALL ", new[] { TaskStates.Completed, TaskStates.Cancelled, TaskStates.Discarded }.Select(state =>
+            $"SELECT '{state}', count(*) FROM (SELECT 1 FROM {t} WHERE queue = $1 AND status = '{state}' AND finished_at > now() - interval '1 minute' LIMIT $2) AS c"));
+
         // $1 queue: how long the oldest available task has been due (null: none). Available rows are in the claim index by
         // priority first, so the oldest is found per priority: a skip scan over the priorities present (a recursive
         // CTE), then one probe each: as many index probes as there are distinct priorities, whatever the backlog.
@@ -652,6 +657,8 @@ internal sealed class BrokerSql
     public string Claim { get; }
 
     public string Ack { get; }
+
+    public string FinishedLastMinute { get; }
 
     public string AckOnReceipt { get; }
 

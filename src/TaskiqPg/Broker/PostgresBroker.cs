@@ -754,7 +754,19 @@ public sealed class PostgresBroker : IAsyncDisposable
         await using var oldest = DataSource.CreateCommand(_sql.OldestAvailable);
         oldest.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
         var age = await oldest.ExecuteScalarAsync(cancellationToken) is TimeSpan a ? a : (TimeSpan?)null;
-        return new QueueStatistics(name, depth, estimated, age, await GetQueuePausedAtAsync(name, cancellationToken));
+        var finished = new Dictionary<TaskState, long>();
+        await using (var recent = DataSource.CreateCommand(_sql.FinishedLastMinute))
+        {
+            recent.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+            recent.Parameters.Add(new NpgsqlParameter<int> { TypedValue = StatisticsExactUpTo });
+            await using var reader = await recent.ExecuteReaderAsync(cancellationToken);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                finished[TaskStates.FromStored(reader.GetString(0))] = reader.GetInt64(1);
+            }
+        }
+
+        return new QueueStatistics(name, depth, estimated, age, await GetQueuePausedAtAsync(name, cancellationToken)) { FinishedLastMinute = finished };
     }
 
     /// <summary>
