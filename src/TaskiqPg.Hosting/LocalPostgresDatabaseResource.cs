@@ -1,3 +1,4 @@
+using Aspire.Hosting;
 using System.Data.Common;
 
 namespace Aspire.Hosting.ApplicationModel;
@@ -11,6 +12,13 @@ public sealed class LocalPostgresDatabaseResource(string name, string databaseNa
 
     /// <summary>The database name.</summary>
     public string DatabaseName { get; } = databaseName;
+
+    /// <summary>The database as a <c>postgresql://</c> URI (for non-.NET clients).</summary>
+    public ReferenceExpression UriExpression => ReferenceExpression.Create($"{Parent.UriExpression}/{DatabaseName}");
+
+    /// <summary>The server's connection properties with <c>Database</c> added and the URI naming the database.</summary>
+    public IEnumerable<KeyValuePair<string, ReferenceExpression>> GetConnectionProperties()
+        => Parent.CombineProperties([new("Database", ReferenceExpression.Create($"{DatabaseName}")), new("Uri", UriExpression)]);
 
     /// <inheritdoc />
     public ReferenceExpression ConnectionStringExpression

@@ -42,5 +42,28 @@ public sealed class LocalPostgresServerResource : ExecutableResource, IResourceW
     public ReferenceExpression ConnectionStringExpression => ReferenceExpression.Create(
         $"Host={PrimaryEndpoint.Property(EndpointProperty.Host)};Port={PrimaryEndpoint.Property(EndpointProperty.Port)};Username={UserName};Password={PasswordParameter}");
 
+    /// <summary>The host name clients connect to.</summary>
+    public ReferenceExpression Host => ReferenceExpression.Create($"{PrimaryEndpoint.Property(EndpointProperty.Host)}");
+
+    /// <summary>The port clients connect to.</summary>
+    public ReferenceExpression Port => ReferenceExpression.Create($"{PrimaryEndpoint.Property(EndpointProperty.Port)}");
+
+    /// <summary>The server as a <c>postgresql://</c> URI (for non-.NET clients), the password URL-encoded.</summary>
+    public ReferenceExpression UriExpression => ReferenceExpression.Create(
+        $"postgresql://{UserName}:{PasswordParameter:uri}@{PrimaryEndpoint.Property(EndpointProperty.Host)}:{PrimaryEndpoint.Property(EndpointProperty.Port)}");
+
+    /// <summary>
+    /// The connection properties non-.NET services get as environment variables (<c>{NAME}_HOST</c>, <c>_PORT</c>,
+    /// <c>_USERNAME</c>, <c>_PASSWORD</c>, <c>_URI</c>), as <c>PostgresServerResource</c> exposes them.
+    /// </summary>
+    public IEnumerable<KeyValuePair<string, ReferenceExpression>> GetConnectionProperties()
+    {
+        yield return new("Host", Host);
+        yield return new("Port", Port);
+        yield return new("Username", ReferenceExpression.Create($"{UserName}"));
+        yield return new("Password", ReferenceExpression.Create($"{PasswordParameter}"));
+        yield return new("Uri", UriExpression);
+    }
+
     internal void AddDatabase(string name, string databaseName) => _databases.TryAdd(name, databaseName);
 }

@@ -23,6 +23,9 @@ public sealed class TaskiqQueueResource : Resource, IResourceWithConnectionStrin
     /// <summary>The database's connection string: services that reference this resource connect to it.</summary>
     public ReferenceExpression ConnectionStringExpression => Database.ConnectionStringExpression;
 
+    /// <summary>The database's connection properties (host, port, user name, password, database, URI).</summary>
+    public IEnumerable<KeyValuePair<string, ReferenceExpression>> GetConnectionProperties() => Database.GetConnectionProperties();
+
     /// <summary>Live state, refreshed by the host's monitor.</summary>
     internal TaskiqQueueMonitor? Monitor { get; set; }
 }

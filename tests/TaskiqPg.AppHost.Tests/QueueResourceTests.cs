@@ -157,6 +157,44 @@ public sealed class QueueResourceTests(AppHostFixture fixture) : IClassFixture<A
         }
     }
 
+    [Fact]
+    public async Task The_local_database_exposes_connection_properties_a_non_dotnet_client_can_use()
+    {
+        var model = fixture.App.Services.GetRequiredService<DistributedApplicationModel>();
+        var db = model.Resources.OfType<IResourceWithConnectionString>().Single(r => r.Name == "db");
+        var properties = new Dictionary<string, string>();
+        foreach (var (name, expression) in db.GetConnectionProperties())
+        {
+            properties[name] = (await expression.GetValueAsync(CancellationToken.None))!;
+        }
+
+        Assert.Equal(["Database", "Host", "Password", "Port", "Uri", "Username"], properties.Keys.Order());
+        // The queue resource forwards them.
+        var queue = model.Resources.OfType<TaskiqQueueResource>().Single();
+        Assert.Equal(properties.Keys.Order(), queue.GetConnectionProperties().Select(p => p.Key).Order());
+
+        // psql (libpq, not .NET) connects with the individual properties, passed in its environment (never on argv).
+        var psql = new System.Diagnostics.ProcessStartInfo(Directory.GetFiles("/usr/lib/postgresql", "psql", SearchOption.AllDirectories).First())
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true,
+        };
+        psql.ArgumentList.Add("-tAc");
+        psql.ArgumentList.Add("SELECT current_database() || ' ' || current_user");
+        (psql.Environment["PGHOST"], psql.Environment["PGPORT"], psql.Environment["PGUSER"], psql.Environment["PGPASSWORD"], psql.Environment["PGDATABASE"])
+            = (properties["Host"], properties["Port"], properties["Username"], properties["Password"], properties["Database"]);
+        using var process = System.Diagnostics.Process.Start(psql)!;
+        var output = await process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.True(process.ExitCode == 0, await process.StandardError.ReadToEndAsync());
+        Assert.Equal($"{properties["Database"]} {properties["Username"]}", output.Trim());
+
+        // The URI carries the same parts.
+        var uri = new Uri(properties["Uri"]);
+        Assert.Equal(("postgresql", properties["Host"], int.Parse(properties["Port"]), "/" + properties["Database"]),
+            (uri.Scheme, uri.Host, uri.Port, uri.AbsolutePath));
+        Assert.Equal($"{properties["Username"]}:{Uri.EscapeDataString(properties["Password"])}", uri.UserInfo);
+    }
+
     [Theory]
     [InlineData("", "[]", "0", "validation")] // a required input: Aspire's own argument validation refuses it
     [InlineData("add", "{\"a\": 1}", "0", "JSON array")]
