@@ -24,7 +24,11 @@ public static class TaskiqPostgresHostingExtensions
         string serverName, string databaseName, TaskiqPostgresMode mode = TaskiqPostgresMode.Auto)
     {
         ArgumentNullException.ThrowIfNull(builder);
-        mode = ResolveMode(builder.Configuration, mode);
+        // Publishing describes the deployment: always the real PostgreSQL resource (a container resource in the manifest),
+        // never the local server of the machine that happens to publish, and no probe of its container runtime.
+        mode = builder.ExecutionContext.IsPublishMode && ResolveConfigured(builder.Configuration, mode) != TaskiqPostgresMode.External
+            ? TaskiqPostgresMode.Container
+            : ResolveMode(builder.Configuration, mode);
         return mode switch
         {
             TaskiqPostgresMode.Container => builder.AddPostgres(serverName).AddDatabase(databaseName),
@@ -35,16 +39,17 @@ public static class TaskiqPostgresHostingExtensions
         };
     }
 
+    /// <summary>The requested mode, or the configured one when <see cref="TaskiqPostgresMode.Auto"/> was requested.</summary>
+    private static TaskiqPostgresMode ResolveConfigured(IConfiguration configuration, TaskiqPostgresMode requested)
+        => requested == TaskiqPostgresMode.Auto && configuration[ModeConfigurationKey] is { Length: > 0 } configured
+            ? Enum.TryParse<TaskiqPostgresMode>(configured, ignoreCase: true, out var parsed)
+                ? parsed
+                : throw new InvalidOperationException($"'{ModeConfigurationKey}' is '{configured}'; use auto, container, local or external.")
+            : requested;
+
     internal static TaskiqPostgresMode ResolveMode(IConfiguration configuration, TaskiqPostgresMode requested)
     {
-        if (requested == TaskiqPostgresMode.Auto && configuration[ModeConfigurationKey] is { Length: > 0 } configured)
-        {
-            requested = Enum.TryParse<TaskiqPostgresMode>(configured, ignoreCase: true, out var parsed)
-                ? parsed
-                : throw new InvalidOperationException(
-                    $"'{ModeConfigurationKey}' is '{configured}'; use auto, container, local or external.");
-        }
-
+        requested = ResolveConfigured(configuration, requested);
         if (requested != TaskiqPostgresMode.Auto)
         {
             return requested;
