@@ -107,43 +107,30 @@ public static class TaskiqQueueBuilderExtensions
         ResourceCommandState When(Func<QueueView, bool> any)
             => monitor.DatabaseReachable && monitor.Views.Any(any) ? ResourceCommandState.Enabled : ResourceCommandState.Disabled;
 
-        queue.WithCommand(Commands.Pause, "Pause queue", c => RunAsync(c, monitor, async (broker, _, targets, ct) =>
+        queue.WithCommand(Commands.Pause, "Pause queue", c => RunAsync(c, queues, monitor, async (broker, _, targets, ct) =>
             {
-                foreach (var q in targets)
-                {
-                    await broker.PauseQueueAsync(q, ct);
-                }
-
-                return $"Paused {string.Join(", ", targets)}: no worker claims from it until it is resumed; kicks are still accepted.";
+                await EachAsync(targets, async q => { await broker.PauseQueueAsync(q, ct); return 0; });
+                return ($"Paused {string.Join(", ", targets)}: no worker claims from it until it is resumed; kicks are still accepted.", null);
             }),
             new CommandOptions
             {
                 Description = "Stop every worker of every process from claiming tasks of the queue (persisted; kicks are still accepted).",
                 IconName = "Pause", Arguments = [QueueInput()], UpdateState = _ => When(v => v.Statistics.PausedAt is null),
             });
-        queue.WithCommand(Commands.Resume, "Resume queue", c => RunAsync(c, monitor, async (broker, _, targets, ct) =>
+        queue.WithCommand(Commands.Resume, "Resume queue", c => RunAsync(c, queues, monitor, async (broker, _, targets, ct) =>
             {
-                foreach (var q in targets)
-                {
-                    await broker.ResumeQueueAsync(q, ct);
-                }
-
-                return $"Resumed {string.Join(", ", targets)}.";
+                await EachAsync(targets, async q => { await broker.ResumeQueueAsync(q, ct); return 0; });
+                return ($"Resumed {string.Join(", ", targets)}.", null);
             }),
             new CommandOptions
             {
                 Description = "Let workers claim from the paused queue again (they are woken at once).",
                 IconName = "Play", Arguments = [QueueInput()], UpdateState = _ => When(v => v.Statistics.PausedAt is not null),
             });
-        queue.WithCommand(Commands.RetryDeadLetters, "Retry dead letters", c => RunAsync(c, monitor, async (broker, _, targets, ct) =>
+        queue.WithCommand(Commands.RetryDeadLetters, "Retry dead letters", c => RunAsync(c, queues, monitor, async (broker, _, targets, ct) =>
             {
-                long total = 0;
-                foreach (var q in targets)
-                {
-                    total += await broker.RetryDiscardedAsync(new TaskFilter { Queue = q }, resetAttempts: true, ct);
-                }
-
-                return $"{total} dead letter(s) back to available, attempts reset.";
+                var total = await EachAsync(targets, q => broker.RetryDiscardedAsync(new TaskFilter { Queue = q }, resetAttempts: true, ct));
+                return ($"{total} dead letter(s) back to available, attempts reset.", null);
             }),
             new CommandOptions
             {
@@ -151,15 +138,10 @@ public static class TaskiqQueueBuilderExtensions
                 IconName = "ArrowClockwise", ConfirmationMessage = "Retry every dead letter of this queue?", Arguments = [QueueInput()],
                 UpdateState = _ => When(v => v.Statistics.Counts[TaskState.Discarded] > 0),
             });
-        queue.WithCommand(Commands.PurgeDeadLetters, "Purge dead letters", c => RunAsync(c, monitor, async (broker, _, targets, ct) =>
+        queue.WithCommand(Commands.PurgeDeadLetters, "Purge dead letters", c => RunAsync(c, queues, monitor, async (broker, _, targets, ct) =>
             {
-                long total = 0;
-                foreach (var q in targets)
-                {
-                    total += await broker.DeleteDiscardedAsync(new TaskFilter { Queue = q }, ct);
-                }
-
-                return $"{total} dead letter(s) deleted.";
+                var total = await EachAsync(targets, q => broker.DeleteDiscardedAsync(new TaskFilter { Queue = q }, ct));
+                return ($"{total} dead letter(s) deleted.", null);
             }),
             new CommandOptions
             {
@@ -167,7 +149,7 @@ public static class TaskiqQueueBuilderExtensions
                 IconName = "Delete", ConfirmationMessage = "Delete every dead letter of this queue? This cannot be undone.", Arguments = [QueueInput()],
                 UpdateState = _ => When(v => v.Statistics.Counts[TaskState.Discarded] > 0),
             });
-        queue.WithCommand(Commands.CancelQueued, "Cancel all queued", c => RunAsync(c, monitor, async (_, client, targets, ct) =>
+        queue.WithCommand(Commands.CancelQueued, "Cancel all queued", c => RunAsync(c, queues, monitor, async (_, client, targets, ct) =>
             {
                 long cancelled = 0, requested = 0;
                 foreach (var q in targets)
@@ -176,7 +158,7 @@ public static class TaskiqQueueBuilderExtensions
                     (cancelled, requested) = (cancelled + result.Cancelled, requested + result.Requested);
                 }
 
-                return $"{cancelled} queued task(s) cancelled; {requested} running task(s) asked to stop.";
+                return ($"{cancelled} queued task(s) cancelled; {requested} running task(s) asked to stop.", null);
             }),
             new CommandOptions
             {
@@ -185,7 +167,7 @@ public static class TaskiqQueueBuilderExtensions
                 UpdateState = _ => When(v => v.Statistics.Counts[TaskState.Available] + v.Statistics.Counts[TaskState.Scheduled]
                     + v.Statistics.Counts[TaskState.Retryable] + v.Statistics.Counts[TaskState.Running] > 0),
             });
-        queue.WithCommand(Commands.Kick, "Kick a task", c => RunAsync(c, monitor, async (broker, _, targets, ct) =>
+        queue.WithCommand(Commands.Kick, "Kick a task", c => RunAsync(c, queues, monitor, async (broker, _, targets, ct) =>
             {
                 var arguments = c.Arguments;
                 var taskName = arguments.GetString("task")?.Trim();
@@ -215,8 +197,8 @@ public static class TaskiqQueueBuilderExtensions
                     : TimeSpan.Zero;
                 var message = TaskMessage.Create(taskName, args.Cast<object?>());
                 var kicked = await broker.KickAsync(message, new KickOptions { Queue = targets[0], Delay = delay > TimeSpan.Zero ? delay : null }, ct);
-                return $"Kicked {taskName} to {targets[0]}: task id {kicked.TaskId}";
-            }, single: true, data: message => message[(message.LastIndexOf(' ') + 1)..]), // the result data: the task id
+                return ($"Kicked {taskName} to {targets[0]}: task id {kicked.TaskId}", kicked.TaskId); // the result data: the task id
+            }, single: true),
             new CommandOptions
             {
                 Description = "Kick a task by name with JSON arguments, optionally delayed.",
@@ -234,16 +216,14 @@ public static class TaskiqQueueBuilderExtensions
     }
 
     /// <summary>Runs one command against the monitor's connection: a clear failure for bad input or a database error, never a secret.</summary>
-    private static async Task<ExecuteCommandResult> RunAsync(ExecuteCommandContext context, TaskiqQueueMonitor monitor,
-        Func<PostgresBroker, TaskiqClient, IReadOnlyList<string>, CancellationToken, Task<string>> action, bool single = false,
-        Func<string, string?>? data = null)
+    private static async Task<ExecuteCommandResult> RunAsync(ExecuteCommandContext context, IReadOnlyList<string> queues, TaskiqQueueMonitor monitor,
+        Func<PostgresBroker, TaskiqClient, IReadOnlyList<string>, CancellationToken, Task<(string Message, string? Data)>> action, bool single = false)
     {
         if (monitor.Broker is not { } broker || monitor.Client is not { } client)
         {
             return CommandResults.Failure("The queue is not ready yet (its database is starting or its schema is being migrated).");
         }
 
-        var queues = context.Resource().Queues;
         var chosen = context.Arguments.GetString("queue") is { Length: > 0 } q ? q : null;
         if (chosen is not null && !queues.Contains(chosen))
         {
@@ -253,12 +233,10 @@ public static class TaskiqQueueBuilderExtensions
         IReadOnlyList<string> targets = chosen is not null ? [chosen] : single ? [queues[0]] : queues;
         try
         {
-            var message = await action(broker, client, targets, context.CancellationToken);
+            var (message, data) = await action(broker, client, targets, context.CancellationToken);
             var notifications = context.Services.GetRequiredService<ResourceNotificationService>();
             await monitor.RefreshNowAsync(notifications, context.Logger, context.CancellationToken);
-            return data?.Invoke(message) is { } value
-                ? CommandResults.Success(message, value, CommandResultFormat.Text)
-                : CommandResults.Success(message);
+            return data is not null ? CommandResults.Success(message, data, CommandResultFormat.Text) : CommandResults.Success(message);
         }
         catch (ArgumentException ex)
         {
@@ -270,9 +248,17 @@ public static class TaskiqQueueBuilderExtensions
         }
     }
 
-    private static TaskiqQueueResource Resource(this ExecuteCommandContext context)
-        => context.Services.GetRequiredService<DistributedApplicationModel>().Resources.OfType<TaskiqQueueResource>()
-            .First(r => r.Name == context.ResourceName || context.ResourceName.StartsWith(r.Name + "-", StringComparison.Ordinal));
+    /// <summary>Runs <paramref name="step"/> for each queue in turn; the sum of what they return.</summary>
+    private static async Task<long> EachAsync(IReadOnlyList<string> queues, Func<string, Task<long>> step)
+    {
+        long total = 0;
+        foreach (var queue in queues)
+        {
+            total += await step(queue);
+        }
+
+        return total;
+    }
 }
 
 /// <summary>Healthy once the schema is migrated and the last refresh reached the database: no query per probe.</summary>
