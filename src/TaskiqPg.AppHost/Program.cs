@@ -1,6 +1,7 @@
 // TaskiqPg's AppHost: PostgreSQL (a container where a container runtime answers, else the locally installed server),
 // the "db" database, the "tasks" queue resource on it (the host migrates TaskiqPg's schema once, then shows the queue's
-// live figures and commands in the dashboard), two worker replicas, the scheduler and the producer api.
+// live figures and commands in the dashboard), two worker replicas, the scheduler and the producer api (which serves the
+// task browser, linked from its resource as "Task browser").
 // Configuration: TaskiqPg:PostgresMode (auto | container | local | external), TaskiqPg:LocalDataDirectory,
 // TaskiqPg:LeaseDuration (passed to the services).
 var builder = DistributedApplication.CreateBuilder(args);
@@ -26,6 +27,7 @@ IResourceBuilder<ProjectResource> AddService(string name, string role)
 
 AddService("worker", "worker").WithReplicas(2);
 AddService("scheduler", "scheduler");
-AddService("api", "api");
+AddService("api", "api")
+    .WithUrlForEndpoint("http", _ => new ResourceUrlAnnotation { Url = "/taskiq/", DisplayText = "Task browser" });
 
 builder.Build().Run();

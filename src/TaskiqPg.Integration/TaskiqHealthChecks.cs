@@ -2,7 +2,7 @@ using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 namespace TaskiqPg;
 
-/// <summary>Healthy while the broker's LISTEN connection is up (only meaningful where a worker runs).</summary>
+/// <summary>Healthy while the broker's LISTEN connection is up (only meaningful where a worker runs). Readiness.</summary>
 internal sealed class TaskiqListenerHealthCheck(PostgresBroker broker, bool hasWorker) : IHealthCheck
 {
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
@@ -13,8 +13,23 @@ internal sealed class TaskiqListenerHealthCheck(PostgresBroker broker, bool hasW
                 : HealthCheckResult.Unhealthy($"The LISTEN connection on channel '{broker.Options.Channel}' is down; reconnecting."));
 }
 
-/// <summary>Healthy while the worker's claim loop runs and has turned recently.</summary>
-internal sealed class TaskiqWorkerHealthCheck(TaskiqWorker? worker, TimeSpan pollInterval) : IHealthCheck
+/// <summary>
+/// How long a loop may go without turning before liveness fails. A turn that meets a dead database waits for the
+/// connection timeout and a backoff, so the bound is generous: liveness must fail only for a loop that is stuck, never
+/// for an outage (restarting the process would not bring the database back).
+/// </summary>
+internal static class LoopLiveness
+{
+    public static readonly TimeSpan MinimumSilence = TimeSpan.FromMinutes(2);
+
+    public static TimeSpan Limit(TimeSpan interval) => TimeSpan.FromTicks(Math.Max(interval.Ticks * 3, MinimumSilence.Ticks));
+}
+
+/// <summary>
+/// Liveness of the worker (tag <c>live</c>): only process-local facts (the claim loop runs and turns, the lease-renewal
+/// thread runs). A database outage leaves it Healthy; <see cref="TaskiqWorkerReadinessCheck"/> reports that.
+/// </summary>
+internal sealed class TaskiqWorkerLivenessCheck(TaskiqWorker? worker, TimeSpan pollInterval) : IHealthCheck
 {
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
@@ -28,19 +43,50 @@ internal sealed class TaskiqWorkerHealthCheck(TaskiqWorker? worker, TimeSpan pol
             return Task.FromResult(HealthCheckResult.Unhealthy($"The worker loop has stopped ({finished.Status}).", finished.Exception));
         }
 
-        // The loop turns at least every poll interval; a retry backoff is at most a few seconds.
-        var silent = DateTime.UtcNow - worker.LastLoopActivity;
-        var limit = TimeSpan.FromTicks(Math.Max(pollInterval.Ticks * 3, TimeSpan.FromSeconds(30).Ticks));
-        if (worker.LastLoopActivity == default)
+        if (!worker.IsRenewalThreadAlive)
         {
-            return Task.FromResult(DateTime.UtcNow - worker.CreatedAt <= limit
-                ? HealthCheckResult.Healthy("The worker is starting.")
-                : HealthCheckResult.Unhealthy($"The worker has not started its loop after {(DateTime.UtcNow - worker.CreatedAt).TotalSeconds:0} s (is the database reachable and migrated?)."));
+            return Task.FromResult(HealthCheckResult.Unhealthy($"Worker {worker.WorkerId}'s lease-renewal thread has ended."));
         }
 
-        if (silent > limit)
+        if (worker.LastLoopActivity == default)
         {
-            return Task.FromResult(HealthCheckResult.Unhealthy($"Worker {worker.WorkerId}'s loop has not turned for {silent.TotalSeconds:0} s."));
+            // Starting: the start waits for the database (readiness says so), which is no reason to restart.
+            return Task.FromResult(HealthCheckResult.Healthy("The worker is starting."));
+        }
+
+        var silent = DateTime.UtcNow - worker.LastLoopActivity;
+        return Task.FromResult(silent > LoopLiveness.Limit(pollInterval)
+            ? HealthCheckResult.Unhealthy($"Worker {worker.WorkerId}'s claim loop has not turned for {silent.TotalSeconds:0} s.")
+            : HealthCheckResult.Healthy($"Worker {worker.WorkerId}'s loops are turning."));
+    }
+}
+
+/// <summary>Readiness of the worker: it has started, it can claim, and the outcomes of finished tasks are written.</summary>
+internal sealed class TaskiqWorkerReadinessCheck(TaskiqWorker? worker) : IHealthCheck
+{
+    private static readonly TimeSpan StartGrace = TimeSpan.FromSeconds(30);
+
+    /// <summary>A failure this short (one deadlock, one dropped connection) is Degraded; a longer one is Unhealthy.</summary>
+    internal static readonly TimeSpan FailureGrace = TimeSpan.FromSeconds(5);
+
+    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    {
+        if (worker is null)
+        {
+            return Task.FromResult(HealthCheckResult.Healthy("No worker runs in this app."));
+        }
+
+        if (worker.ExecuteTask is { IsCompleted: true } finished)
+        {
+            return Task.FromResult(HealthCheckResult.Unhealthy($"The worker loop has stopped ({finished.Status}).", finished.Exception));
+        }
+
+        if (worker.LastLoopActivity == default)
+        {
+            var waiting = DateTime.UtcNow - worker.CreatedAt;
+            return Task.FromResult(waiting <= StartGrace
+                ? HealthCheckResult.Degraded("The worker is starting.")
+                : HealthCheckResult.Unhealthy($"The worker has not started its loop after {waiting.TotalSeconds:0} s (is the database reachable and migrated?)."));
         }
 
         // Outcomes that cannot be written: past a lease, their tasks may be rescued and run again elsewhere.
@@ -51,12 +97,46 @@ internal sealed class TaskiqWorkerHealthCheck(TaskiqWorker? worker, TimeSpan pol
             return Task.FromResult(failing > worker.LeaseDuration ? HealthCheckResult.Unhealthy(message) : HealthCheckResult.Degraded(message));
         }
 
+        if (worker.ClaimsFailingSince is { } claimsFailing)
+        {
+            var failing = DateTime.UtcNow - claimsFailing;
+            var message = $"Worker {worker.WorkerId} cannot claim tasks for {failing.TotalSeconds:0.#} s (is the database reachable?).";
+            return Task.FromResult(failing > FailureGrace ? HealthCheckResult.Unhealthy(message) : HealthCheckResult.Degraded(message));
+        }
+
         return Task.FromResult(HealthCheckResult.Healthy($"Worker {worker.WorkerId}: {worker.ActiveTasks} task(s) in flight."));
     }
 }
 
-/// <summary>Healthy while the scheduler loop runs and has looked at the schedules recently.</summary>
-internal sealed class TaskiqSchedulerHealthCheck(TaskiqScheduler? scheduler) : IHealthCheck
+/// <summary>Liveness of the scheduler (tag <c>live</c>): its loop runs and turns. A database outage leaves it Healthy.</summary>
+internal sealed class TaskiqSchedulerLivenessCheck(TaskiqScheduler? scheduler) : IHealthCheck
+{
+    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    {
+        if (scheduler is null)
+        {
+            return Task.FromResult(HealthCheckResult.Healthy("No scheduler runs in this app."));
+        }
+
+        if (scheduler.ExecuteTask is { IsCompleted: true } finished)
+        {
+            return Task.FromResult(HealthCheckResult.Unhealthy($"The scheduler loop has stopped ({finished.Status}).", finished.Exception));
+        }
+
+        if (scheduler.LastLoopActivity == default)
+        {
+            return Task.FromResult(HealthCheckResult.Healthy("The scheduler is starting."));
+        }
+
+        var silent = DateTime.UtcNow - scheduler.LastLoopActivity;
+        return Task.FromResult(silent > LoopLiveness.Limit(scheduler.RefreshInterval)
+            ? HealthCheckResult.Unhealthy($"The scheduler loop has not turned for {silent.TotalSeconds:0} s.")
+            : HealthCheckResult.Healthy("The scheduler loop is turning."));
+    }
+}
+
+/// <summary>Readiness of the scheduler: it has started and looked at its schedules recently, and they fire.</summary>
+internal sealed class TaskiqSchedulerReadinessCheck(TaskiqScheduler? scheduler) : IHealthCheck
 {
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
@@ -71,15 +151,23 @@ internal sealed class TaskiqSchedulerHealthCheck(TaskiqScheduler? scheduler) : I
         }
 
         // The loop ticks at least every refresh interval; a database outage stops the ticks (lag grows).
-        var lag = DateTime.UtcNow - scheduler.LastTick;
         var limit = TimeSpan.FromTicks(Math.Max(scheduler.RefreshInterval.Ticks * 3, TimeSpan.FromSeconds(15).Ticks));
         if (scheduler.LastTick == default)
         {
-            return Task.FromResult(DateTime.UtcNow - scheduler.CreatedAt <= limit
-                ? HealthCheckResult.Healthy("The scheduler is starting.")
-                : HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules after {(DateTime.UtcNow - scheduler.CreatedAt).TotalSeconds:0} s (is the database reachable and migrated?)."));
+            var waiting = DateTime.UtcNow - scheduler.CreatedAt;
+            return Task.FromResult(waiting <= limit
+                ? HealthCheckResult.Degraded("The scheduler is starting.")
+                : HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules after {waiting.TotalSeconds:0} s (is the database reachable and migrated?)."));
         }
 
+        if (scheduler.TicksFailingSince is { } since)
+        {
+            var failing = DateTime.UtcNow - since;
+            var message = $"The scheduler cannot read its schedules for {failing.TotalSeconds:0.#} s (is the database reachable?).";
+            return Task.FromResult(failing > TaskiqWorkerReadinessCheck.FailureGrace ? HealthCheckResult.Unhealthy(message) : HealthCheckResult.Degraded(message));
+        }
+
+        var lag = DateTime.UtcNow - scheduler.LastTick;
         if (lag > limit)
         {
             return Task.FromResult(HealthCheckResult.Unhealthy($"The scheduler has not looked at its schedules for {lag.TotalSeconds:0} s."));

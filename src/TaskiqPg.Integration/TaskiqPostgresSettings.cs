@@ -30,6 +30,82 @@ public sealed class TaskiqPostgresSettings
     /// <summary>Idle poll interval of the worker. Default 1 s.</summary>
     public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>Most tasks claimed ahead of free handler slots. <c>null</c> (default): equal to <see cref="MaxConcurrentTasks"/>.</summary>
+    public int? PrefetchCount { get; set; }
+
+    /// <summary>Most tasks claimed by one statement. <c>null</c> (default): 100.</summary>
+    public int? ClaimBatchSize { get; set; }
+
+    /// <summary>When tasks are acknowledged. <c>null</c> (default): <see cref="TaskiqPg.AckMode.WhenSaved"/>.</summary>
+    public AckMode? AckMode { get; set; }
+
+    /// <summary>Handler timeout when neither the task's <c>timeout</c> label nor its registration sets one. <c>null</c> (default): none.</summary>
+    public TimeSpan? DefaultTaskTimeout { get; set; }
+
+    /// <summary>On stop, how long running tasks may finish before their tokens are cancelled. <c>null</c> (default): 30 s.</summary>
+    public TimeSpan? ShutdownTimeout { get; set; }
+
+    /// <summary>How often the worker writes its heartbeat. <c>null</c> (default): 2 s.</summary>
+    public TimeSpan? HeartbeatInterval { get; set; }
+
+    /// <summary>How often the worker deletes finished rows past their retention. <c>null</c> (default): 30 s.</summary>
+    public TimeSpan? PruneInterval { get; set; }
+
+    /// <summary>
+    /// The queues the worker claims from (the first first under <see cref="TaskiqPg.QueueOrder.Strict"/>). <c>null</c>
+    /// (default): <see cref="Queue"/> alone. Kicks still go to <see cref="Queue"/> unless a kick names another.
+    /// </summary>
+    public string[]? Queues { get; set; }
+
+    /// <summary>How the worker shares free slots among <see cref="Queues"/>. <c>null</c> (default): <see cref="TaskiqPg.QueueOrder.Strict"/>.</summary>
+    public QueueOrder? QueueOrder { get; set; }
+
+    /// <summary>Weights of <see cref="Queues"/> under <see cref="TaskiqPg.QueueOrder.Weighted"/> (a queue not listed weighs 1).</summary>
+    public Dictionary<string, int>? QueueWeights { get; set; }
+
+    /// <summary>Attempts a task gets when its kick sets none (first run included). <c>null</c> (default): 3.</summary>
+    public int? DefaultMaxAttempts { get; set; }
+
+    /// <summary>First retry delay (doubled per attempt, with jitter). <c>null</c> (default): 1 s.</summary>
+    public TimeSpan? RetryBaseDelay { get; set; }
+
+    /// <summary>Longest retry delay. <c>null</c> (default): 1 h.</summary>
+    public TimeSpan? RetryMaxDelay { get; set; }
+
+    /// <summary>
+    /// How long a completed task's row is kept. <c>null</c> (default): 24 h; <c>00:00:00</c> deletes it at the ack;
+    /// <c>-00:00:00.001</c> (<see cref="Timeout.InfiniteTimeSpan"/>) keeps it.
+    /// </summary>
+    public TimeSpan? CompletedRetention { get; set; }
+
+    /// <summary>How long a cancelled task's row is kept. <c>null</c> (default): 24 h; <c>-00:00:00.001</c> keeps it.</summary>
+    public TimeSpan? CancelledRetention { get; set; }
+
+    /// <summary>How long a dead-lettered task's row is kept. <c>null</c> (default): 7 days; <c>-00:00:00.001</c> keeps it.</summary>
+    public TimeSpan? DiscardedRetention { get; set; }
+
+    /// <summary>Largest message a kick accepts, in bytes. <c>null</c> (default): 1 MiB.</summary>
+    public int? MaxMessageBytes { get; set; }
+
+    /// <summary>Keep a result after it was read (false deletes it once read). <c>null</c> (default): true.</summary>
+    public bool? KeepResults { get; set; }
+
+    /// <summary>How long a result lives. <c>null</c> (default): 1 day; <c>-00:00:00.001</c> (<see cref="Timeout.InfiniteTimeSpan"/>) keeps results forever.</summary>
+    public TimeSpan? ResultTtl { get; set; }
+
+    /// <summary>Store the stack trace of failed tasks. <c>null</c> (default): true.</summary>
+    public bool? StoreStackTraces { get; set; }
+
+    /// <summary>How often the scheduler (when added) rereads its schedules. <c>null</c> (default): 5 s.</summary>
+    public TimeSpan? SchedulerRefreshInterval { get; set; }
+
+    /// <summary>
+    /// Trace the database statements of TaskiqPg's own background loops (polls, claims, settles, renewals, rescues,
+    /// pruning, scheduler ticks). Default false: each would be a root trace, burying the traces of tasks; statements
+    /// inside a task's handler and inside a kick are traced either way.
+    /// </summary>
+    public bool TraceBackgroundWork { get; set; }
+
     /// <summary>Turns off the health checks (database, listener, worker loop). Default false.</summary>
     public bool DisableHealthChecks { get; set; }
 

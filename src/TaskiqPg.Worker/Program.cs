@@ -1,7 +1,7 @@
 using TaskiqPg.Worker;
 
 // One project, three roles (chosen by TaskiqPg:Role or --TaskiqPg:Role): "worker" runs the tasks, "scheduler" fires
-// the schedules, "api" kicks tasks and manages schedules over HTTP. Each exposes /health and /alive, which the AppHost
+// the schedules, "api" kicks tasks and manages schedules over HTTP and serves the task browser at /taskiq. Each exposes /health and /alive, which the AppHost
 // reads to show their health in the dashboard.
 var builder = WebApplication.CreateBuilder(args);
 var role = builder.Configuration["TaskiqPg:Role"] ?? "worker";
@@ -28,6 +28,8 @@ app.MapDefaultEndpoints();
 if (role == "api")
 {
     app.MapProducerApi();
+    // The task browser; a real app protects it: .RequireAuthorization("ops"), or read-only with o => o.ReadOnly = true.
+    app.MapTaskiqDashboard("/taskiq", o => o.Title = "TaskiqPg sample");
 }
 
 app.MapGet("/", () => $"TaskiqPg sample service, role '{role}'.");

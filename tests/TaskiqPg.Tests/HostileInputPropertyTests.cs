@@ -118,7 +118,7 @@ public sealed class HostileInputPropertyTests(DatabaseFixture db) : IClassFixtur
             return "done";
         }), broker: new PostgresBrokerOptions { LeaseDuration = TimeSpan.FromSeconds(1) }, dataSource: proxied);
         var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(100) });
-        var check = new TaskiqWorkerHealthCheck(worker, TimeSpan.FromMilliseconds(100));
+        var check = new TaskiqWorkerReadinessCheck(worker);
         var message = TaskMessage.Create("gated");
         await harness.Broker.KickAsync(message);
         await running.Task.WaitAsync(Bound);

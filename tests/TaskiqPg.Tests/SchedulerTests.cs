@@ -228,7 +228,7 @@ public sealed class SchedulerTests(DatabaseFixture db) : IClassFixture<DatabaseF
         var scheduler = await rig.StartSchedulerAsync();
         await Eventually.TrueAsync(async () => (await rig.Source.GetFiresAsync(good)).Count >= 2, Bound, "the good schedule fires");
         await Eventually.TrueAsync(() => scheduler.FailedSchedules == 1, Bound, "the tick reports the schedule it could not fire");
-        var health = await new TaskiqSchedulerHealthCheck(scheduler).CheckHealthAsync(new Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckContext());
+        var health = await new TaskiqSchedulerReadinessCheck(scheduler).CheckHealthAsync(new Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckContext());
         Assert.Equal(Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Degraded, health.Status);
         var zoned = Assert.Single(await rig.Source.ListSchedulesAsync(), s => s.Id == elsewhere);
         Assert.True(zoned.Enabled);

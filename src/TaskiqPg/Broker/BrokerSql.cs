@@ -437,6 +437,47 @@ internal sealed class BrokerSql
         // $1 queue
         Paused = $"SELECT paused_at FROM {queues} WHERE name = $1";
 
+        // $1 limit. Queue names without scanning the table: a skip scan (one index probe per queue) over each partial
+        // index that leads with the queue (available, scheduled/retryable, finished), plus the queues table (paused once)
+        // and the workers' queues (running tasks).
+        static string SkipScan(string t, string predicate) =>
+            $"""
+             (WITH RECURSIVE q(queue) AS (
+                 (SELECT m.queue FROM {t} AS m WHERE {predicate} ORDER BY m.queue LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT m.queue FROM {t} AS m WHERE {predicate} AND m.queue > q.queue ORDER BY m.queue LIMIT 1)
+                 FROM q WHERE q.queue IS NOT NULL
+             ) SELECT queue FROM q WHERE queue IS NOT NULL)
+             """;
+        ListQueues =
+            $"""
+             SELECT queue FROM (
+                 {SkipScan(t, "m.status = 'pending'")}
+                 UNION {SkipScan(t, "m.status IN ('scheduled', 'retryable')")}
+                 UNION {SkipScan(t, "m.status IN ('completed', 'cancelled', 'discarded')")}
+                 UNION SELECT name FROM {queues}
+                 UNION SELECT unnest(queues) FROM {workers}
+             ) AS all_queues ORDER BY queue LIMIT $1
+             """;
+
+        // $1 task id, $2 channel: the newest row of a task id, if scheduled or retryable, available now (no attempt used).
+        RunNow =
+            $"""
+             WITH now_due AS (
+                 UPDATE {t} AS m SET status = 'pending', run_at = now()
+                 WHERE m.id = (SELECT id FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1) AND m.status IN ('scheduled', 'retryable')
+                 RETURNING m.queue
+             )
+             SELECT (SELECT count(*) FROM now_due), (SELECT pg_notify($2, queue) FROM now_due LIMIT 1)
+             """;
+
+        // $1 task id: the newest row of a task id, if finished (completed, cancelled or discarded), deleted.
+        DeleteFinished =
+            $"""
+             DELETE FROM {t} WHERE id = (SELECT id FROM {t} WHERE task_id = $1 ORDER BY id DESC LIMIT 1)
+               AND status IN ('completed', 'cancelled', 'discarded')
+             """;
+
         // $1 task id, $2 reset attempts, $3 channel: the newest row of a task id, if discarded, back to available.
         RetryOne =
             $"""
@@ -708,7 +749,13 @@ internal sealed class BrokerSql
 
     public string Paused { get; }
 
+    public string ListQueues { get; }
+
     public string RetryOne { get; }
+
+    public string RunNow { get; }
+
+    public string DeleteFinished { get; }
 
     public string RetryDiscarded { get; }
 

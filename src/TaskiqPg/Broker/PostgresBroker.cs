@@ -997,6 +997,68 @@ public sealed class PostgresBroker : IAsyncDisposable
     }
 
     /// <summary>
+    /// The queues of this broker's table: those holding tasks that are available, scheduled, retryable or finished, those
+    /// paused at some time, and those of registered workers (running tasks), in name order. One index probe per queue,
+    /// so it stays cheap on a table of millions of rows.
+    /// </summary>
+    /// <param name="maxCount">Most queue names returned (1 to 10,000).</param>
+    /// <param name="cancellationToken">Cancels the statement.</param>
+    /// <returns>Queue names, ordered.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxCount"/> is out of range.</exception>
+    public async Task<IReadOnlyList<string>> ListQueuesAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxCount, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxCount, 10_000);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.ListQueues);
+        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = maxCount });
+        var names = new List<string>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            names.Add(reader.GetString(0));
+        }
+
+        return names;
+    }
+
+    /// <summary>
+    /// Makes a <see cref="TaskState.Scheduled"/> or <see cref="TaskState.Retryable"/> task available at once (its delay or
+    /// backoff skipped; no attempt is used) and wakes the queue's workers.
+    /// </summary>
+    /// <param name="taskId">The task's id.</param>
+    /// <param name="cancellationToken">Cancels the statement.</param>
+    /// <returns>True when the task was waiting and is available now; false when it was in another state or not found.</returns>
+    /// <exception cref="ArgumentException"><paramref name="taskId"/> is null or empty.</exception>
+    public async Task<bool> RunNowAsync(string taskId, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskId);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.RunNow);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+        return (long)(await command.ExecuteScalarAsync(cancellationToken))! > 0;
+    }
+
+    /// <summary>
+    /// Deletes a finished task's row (completed, cancelled or discarded) before its retention ends. Unfinished tasks are
+    /// left alone: cancel them first (<see cref="CancelAsync"/>), so that nothing waiting for them is left hanging. The
+    /// stored result, if any, stays in the result backend until it expires.
+    /// </summary>
+    /// <param name="taskId">The task's id.</param>
+    /// <param name="cancellationToken">Cancels the statement.</param>
+    /// <returns>True when a finished row was deleted; false when the task is unfinished or not found.</returns>
+    /// <exception cref="ArgumentException"><paramref name="taskId"/> is null or empty.</exception>
+    public async Task<bool> DeleteFinishedTaskAsync(string taskId, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(taskId);
+        await StartAsync(cancellationToken);
+        await using var command = DataSource.CreateCommand(_sql.DeleteFinished);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
+        return await command.ExecuteNonQueryAsync(cancellationToken) > 0;
+    }
+
+    /// <summary>
     /// Puts every discarded task of a queue that matches <paramref name="filter"/> (queue, task name) back, available at
     /// once, in batches of 5,000, oldest dead letters first. See <see cref="RetryDiscardedAsync(string, bool, CancellationToken)"/>.
     /// </summary>

@@ -18,6 +18,15 @@ public static class TaskiqDiagnostics
     /// <summary>Value of <c>messaging.system</c> on every span and measurement.</summary>
     public const string MessagingSystem = "taskiq";
 
+    /// <summary>
+    /// True while the calling code runs in one of TaskiqPg's own background loops (claims, settles, lease renewals,
+    /// rescues, pruning, LISTEN, scheduler ticks); false inside a task's handler and in any code that is not TaskiqPg's.
+    /// A tracing processor uses it to keep the loops' database statements from becoming root traces (the Aspire
+    /// integration adds one unless <c>TraceBackgroundWork</c> is set); a span started here under a parent (a scheduler's
+    /// kick) belongs to that parent's trace and should be kept.
+    /// </summary>
+    public static bool IsBackgroundWork => Internal.BackgroundWork.IsMarked;
+
     private static readonly Lock DepthLock = new();
     private static readonly List<Func<IEnumerable<Measurement<long>>>> DepthSources = [];
 

@@ -61,6 +61,7 @@ internal sealed class CoalescingNotifier : IAsyncDisposable
 
     private async Task SendAsync()
     {
+        BackgroundWork.Enter(); // the wake-up after a committed kick is not part of the kick's trace
         do
         {
             try

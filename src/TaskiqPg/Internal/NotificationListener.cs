@@ -55,6 +55,7 @@ internal sealed class NotificationListener : IAsyncDisposable
 
     private async Task RunAsync(CancellationToken stop)
     {
+        BackgroundWork.Enter();
         var backoff = TimeSpan.FromMilliseconds(100);
         while (!stop.IsCancellationRequested)
         {

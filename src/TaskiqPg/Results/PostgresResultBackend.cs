@@ -338,6 +338,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
 
     private async Task PruneLoopAsync(TimeSpan interval, CancellationToken stop)
     {
+        BackgroundWork.Enter();
         using var timer = new PeriodicTimer(interval);
         try
         {

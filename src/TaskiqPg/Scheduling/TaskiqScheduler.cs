@@ -21,6 +21,8 @@ public sealed class TaskiqScheduler : BackgroundService
     private readonly ILogger _logger;
     private readonly WakeSignal _wake = new();
     private long _lastTickTicks;
+    private long _lastLoopTicks;
+    private long _ticksFailingSinceTicks; // 0 while ticks succeed
     private long _fires;
     private int _failedSchedules;
     private int _failedTicks; // consecutive ticks with failed schedules (the loop's own state)
@@ -41,6 +43,13 @@ public sealed class TaskiqScheduler : BackgroundService
     /// <summary>When the loop last looked at the schedules (UTC); for liveness checks.</summary>
     public DateTime LastTick => new(Interlocked.Read(ref _lastTickTicks), DateTimeKind.Utc);
 
+    /// <summary>When the loop last turned (UTC), whether its tick succeeded or failed; for liveness checks.</summary>
+    public DateTime LastLoopActivity => new(Interlocked.Read(ref _lastLoopTicks), DateTimeKind.Utc);
+
+    /// <summary>Since when (UTC) ticks have failed (e.g. the database is unreachable) without a success in between; null while they succeed.</summary>
+    public DateTime? TicksFailingSince
+        => Interlocked.Read(ref _ticksFailingSinceTicks) is var ticks and > 0 ? new DateTime(ticks, DateTimeKind.Utc) : null;
+
     /// <summary>Instants this scheduler fired (others' fires of the same instants are not counted).</summary>
     public long Fires => Interlocked.Read(ref _fires);
 
@@ -53,6 +62,7 @@ public sealed class TaskiqScheduler : BackgroundService
     /// <inheritdoc />
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        BackgroundWork.Enter();
         await Task.Yield();
         var failures = 0;
         while (!stoppingToken.IsCancellationRequested)
@@ -83,10 +93,12 @@ public sealed class TaskiqScheduler : BackgroundService
         while (!stoppingToken.IsCancellationRequested)
         {
             TimeSpan sleep;
+            Interlocked.Exchange(ref _lastLoopTicks, DateTime.UtcNow.Ticks);
             try
             {
                 sleep = await TickAsync(stoppingToken);
                 failures = 0;
+                Interlocked.Exchange(ref _ticksFailingSinceTicks, 0);
                 if (DateTime.UtcNow - lastPrune > PruneEvery)
                 {
                     await _source.PruneFiresAsync(_options.FiresRetention, stoppingToken);
@@ -99,6 +111,7 @@ public sealed class TaskiqScheduler : BackgroundService
             }
             catch (Exception ex)
             {
+                Interlocked.CompareExchange(ref _ticksFailingSinceTicks, DateTime.UtcNow.Ticks, 0);
                 Log.SchedulerFailed(_logger, ex, "tick");
                 sleep = Retry.Backoff(++failures);
             }

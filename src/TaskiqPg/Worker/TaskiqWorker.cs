@@ -60,6 +60,8 @@ public sealed class TaskiqWorker : BackgroundService
     private int _active;
     private volatile bool _stopping;
     private long _lastLoopTicks;
+    private long _claimsFailingSinceTicks; // 0 while claims succeed
+    private Task? _renewer; // the renewal thread, while the worker runs
 
     /// <summary>Creates a worker. <paramref name="services"/> resolves handlers and their dependencies (a scope per task).</summary>
     public TaskiqWorker(PostgresBroker broker, TaskRegistry registry, PostgresResultBackend? resultBackend = null,
@@ -102,6 +104,16 @@ public sealed class TaskiqWorker : BackgroundService
     /// <summary>When the claim loop last completed an iteration (UTC); for liveness checks.</summary>
     public DateTime LastLoopActivity => new(Interlocked.Read(ref _lastLoopTicks), DateTimeKind.Utc);
 
+    /// <summary>Since when (UTC) claims have failed (e.g. the database is unreachable) without a success in between; null while they succeed.</summary>
+    public DateTime? ClaimsFailingSince
+        => Interlocked.Read(ref _claimsFailingSinceTicks) is var ticks and > 0 ? new DateTime(ticks, DateTimeKind.Utc) : null;
+
+    /// <summary>
+    /// False when the lease-renewal thread has ended while the worker still runs (it never should: held leases would
+    /// lapse); true otherwise, including before start and after stop.
+    /// </summary>
+    public bool IsRenewalThreadAlive => ExecuteTask is not { IsCompleted: false } || _renewer is not { IsCompleted: true };
+
     /// <summary>Outcomes (results, acks, failures) of finished tasks not yet written to the database.</summary>
     public int UnreportedCompletions => Volatile.Read(ref _unreported);
 
@@ -118,6 +130,7 @@ public sealed class TaskiqWorker : BackgroundService
     /// <inheritdoc />
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        BackgroundWork.Enter(); // every loop below (and the renewal thread) inherits it; handlers leave it
         await Task.Yield(); // let the host finish starting
         await RetryAsync(async ct =>
         {
@@ -139,7 +152,7 @@ public sealed class TaskiqWorker : BackgroundService
 
         var background = new CancellationTokenSource(); // never disposed: the renewal thread may still read it
         var flusher = Task.Run(() => FlushLoopAsync(background.Token), CancellationToken.None);
-        var renewer = StartRenewalThread(background.Token);
+        var renewer = _renewer = StartRenewalThread(background.Token);
         var rescuer = Task.Run(() => RescueLoopAsync(background.Token), CancellationToken.None);
         var sampler = Task.Run(() => SampleDepthLoopAsync(background.Token), CancellationToken.None);
         var pruner = Task.Run(() => PruneLoopAsync(background.Token), CancellationToken.None);
@@ -261,6 +274,7 @@ public sealed class TaskiqWorker : BackgroundService
                 }
 
                 failures = 0;
+                Interlocked.Exchange(ref _claimsFailingSinceTicks, 0);
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
@@ -270,6 +284,7 @@ public sealed class TaskiqWorker : BackgroundService
             catch (Exception ex)
             {
                 Volatile.Write(ref _claimInFlight, 0);
+                Interlocked.CompareExchange(ref _claimsFailingSinceTicks, DateTime.UtcNow.Ticks, 0);
                 // Transient or not, the loop keeps going: a claim that fails is retried with backoff.
                 Log.LoopFailed(_logger, ex, WorkerId, "claim");
                 await Retry.DelayAsync(Retry.Backoff(++failures), stoppingToken);
@@ -618,6 +633,7 @@ public sealed class TaskiqWorker : BackgroundService
     private async Task<Completion> InvokeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
         CancellationTokenSource cancellation, Held held, Stopwatch started)
     {
+        BackgroundWork.Leave(); // the handler's own statements are traced (inside the consumer span when it is sampled)
         using var activity = MessagingTags.StartProcess(task.Queue, message, task.Attempt);
         var completion = await InvokeInScopeAsync(task, message, descriptor, timeout, cancellation, held, started);
         TaskiqDiagnostics.Duration.Record(started.Elapsed.TotalSeconds, QueueTag(task.Queue), new KeyValuePair<string, object?>(MessagingTags.TaskName, message.TaskName));
