@@ -5,7 +5,8 @@ namespace TaskiqPg;
 
 /// <summary>
 /// The outcome of one task in taskiq's JSON shape:
-/// <c>{"is_err", "return_value", "execution_time", "labels", "error": {"type", "message"}}</c>.
+/// <c>{"is_err", "return_value", "execution_time", "labels", "error"}</c>, the error in both TaskiqPg's and Python
+/// taskiq's shape (see <see cref="TaskError"/>).
 /// The stack trace is stored next to it (see <see cref="StackTrace"/>), never inside the JSON.
 /// </summary>
 public sealed class TaskResult
