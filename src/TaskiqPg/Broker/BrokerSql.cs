@@ -41,6 +41,7 @@ internal sealed class BrokerSql
                  created_at   timestamptz NOT NULL DEFAULT now()
              ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01,
                      autovacuum_vacuum_cost_delay = 0, fillfactor = 90);
+             {AdoptPythonTable(t, regclass)}
              CREATE INDEX IF NOT EXISTS {claimIndex} ON {t} (queue, priority DESC, run_at, id) WHERE status = 'pending';
              CREATE INDEX IF NOT EXISTS {leaseIndex} ON {t} (locked_until) WHERE status = 'processing';
              CREATE INDEX IF NOT EXISTS {taskIdIndex} ON {t} (task_id);
@@ -666,6 +667,46 @@ internal sealed class BrokerSql
     internal static string FailuresUnnest(int ids, int claims, int errors, int retry, int first)
         => $"unnest(${ids}::bigint[], ${claims}::integer[], ${errors}::text[], ${retry}::boolean[], ${first}::float8[], ${first + 1}::integer[], " +
            $"${first + 2}::float8[], ${first + 3}::float8[]) AS f(id, claim, error, retry, snooze, max_attempts, base_delay, max_delay)";
+
+    /// <summary>
+    /// The part of the first migration that adopts a messages table Python's taskiq-postgres created first
+    /// (<c>id serial, task_id varchar, task_name varchar, message text, labels jsonb, status text, created_at</c>): it adds
+    /// TaskiqPg's columns with their defaults (its rows become available tasks of the default queue), widens <c>id</c>
+    /// to bigint and the varchar columns to text, and keeps every row. On a table TaskiqPg just created it changes nothing.
+    /// </summary>
+    private static string AdoptPythonTable(string t, string regclass) =>
+        $"""
+         ALTER TABLE {t}
+             ADD COLUMN IF NOT EXISTS queue        text        NOT NULL DEFAULT 'default',
+             ADD COLUMN IF NOT EXISTS priority     integer     NOT NULL DEFAULT 0,
+             ADD COLUMN IF NOT EXISTS run_at       timestamptz NOT NULL DEFAULT now(),
+             ADD COLUMN IF NOT EXISTS attempts     integer     NOT NULL DEFAULT 0,
+             ADD COLUMN IF NOT EXISTS max_attempts integer     NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+             ADD COLUMN IF NOT EXISTS locked_until timestamptz,
+             ADD COLUMN IF NOT EXISTS locked_by    text,
+             ADD COLUMN IF NOT EXISTS last_error   text;
+         DO $adopt$
+         DECLARE seq text;
+         BEGIN
+             IF (SELECT atttypid FROM pg_attribute WHERE attrelid = {regclass} AND attname = 'id') = 'integer'::regtype THEN
+                 EXECUTE format('ALTER TABLE %s ALTER COLUMN id TYPE bigint', {regclass});
+                 seq := pg_get_serial_sequence({regclass}::text, 'id');
+                 IF seq IS NOT NULL THEN
+                     EXECUTE format('ALTER SEQUENCE %s AS bigint', seq);
+                 END IF;
+             END IF;
+             IF (SELECT atttypid FROM pg_attribute WHERE attrelid = {regclass} AND attname = 'task_id') <> 'text'::regtype THEN
+                 EXECUTE format('ALTER TABLE %s ALTER COLUMN task_id TYPE text, ALTER COLUMN task_name TYPE text', {regclass});
+             END IF;
+             IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {regclass} AND attname = 'created_at' AND NOT attnotnull) THEN
+                 EXECUTE format('UPDATE %s SET created_at = now() WHERE created_at IS NULL', {regclass});
+                 EXECUTE format('ALTER TABLE %s ALTER COLUMN created_at SET NOT NULL', {regclass});
+                 EXECUTE format('ALTER TABLE %s ALTER COLUMN labels SET DEFAULT jsonb_build_object()', {regclass});
+                 EXECUTE format('ALTER TABLE %s SET (autovacuum_vacuum_scale_factor = 0.01, '
+                     'autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0, fillfactor = 90)', {regclass});
+             END IF;
+         END $adopt$;
+         """;
 
     public IReadOnlyList<MigrationStep> Migrations { get; }
 

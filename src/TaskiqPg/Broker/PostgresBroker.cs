@@ -1621,6 +1621,12 @@ public sealed class PostgresBroker : IAsyncDisposable
         {
             _cancelSubscribers.Invoke();
         }
+        else if (payload.Length > 0 && payload.All(char.IsAsciiDigit))
+        {
+            // Python's taskiq-postgres notifies the new row's id (a queue name never starts with a digit): its row has
+            // the table's default queue, but waking every subscriber is cheap and needs no look-up.
+            WakeSubscribers();
+        }
     }
 
     /// <summary>The listener (re)connected: notifications may have been missed, so every subscriber looks.</summary>

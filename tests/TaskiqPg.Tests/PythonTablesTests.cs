@@ -1,0 +1,149 @@
+using Npgsql;
+
+namespace TaskiqPg.Tests;
+
+/// <summary>
+/// The messages table shared with Python's taskiq-postgres: TaskiqPg adopts a table Python created first (its exact
+/// DDL, with rows in it), and Python's own statements (insert, NOTIFY with the row id, claim by id, delete) work on a
+/// table either side created. No Python runs here: its statements are copied from taskiq-postgres.
+/// </summary>
+public sealed class PythonTablesTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
+
+    // taskiq-postgres (asyncpg driver) CREATE_MESSAGE_TABLE_QUERY, INSERT_MESSAGE_QUERY, CLAIM_MESSAGE_QUERY, DELETE_MESSAGE_QUERY.
+    private const string PythonCreateTable = """
+        CREATE TABLE IF NOT EXISTS {0} (
+            id SERIAL PRIMARY KEY,
+            task_id VARCHAR NOT NULL,
+            task_name VARCHAR NOT NULL,
+            message TEXT NOT NULL,
+            labels JSONB NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+        );
+        """;
+
+    private const string PythonInsert = "INSERT INTO {0} (task_id, task_name, message, labels) VALUES ($1, $2, $3, $4) RETURNING id";
+    private const string PythonClaim = "UPDATE {0} SET status = 'processing' WHERE id = $1 AND status = 'pending' RETURNING id, message";
+
+    // A message as taskiq 0.12 serializes it (json.dumps separators and escapes).
+    private static string PythonMessage(string taskId, int a, int b) =>
+        $$$"""{"task_id": "{{{taskId}}}", "task_name": "add", "labels": {"note": "caf\u00e9"}, "labels_types": {"note": 3}, "args": [{{{a}}}, {{{b}}}], "kwargs": {}}""";
+
+    private static async Task<long> PythonKickAsync(NpgsqlDataSource dataSource, string table, string taskId, int a, int b, bool notify)
+    {
+        await using var insert = dataSource.CreateCommand(string.Format(PythonInsert, table));
+        insert.Parameters.AddWithValue(taskId);
+        insert.Parameters.AddWithValue("add");
+        insert.Parameters.AddWithValue(PythonMessage(taskId, a, b));
+        insert.Parameters.Add(new NpgsqlParameter { Value = """{"note": "café"}""", NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Jsonb });
+        var id = Convert.ToInt64(await insert.ExecuteScalarAsync());
+        if (notify)
+        {
+            await using var wake = dataSource.CreateCommand("SELECT pg_notify('taskiq', $1)");
+            wake.Parameters.AddWithValue(id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            await wake.ExecuteNonQueryAsync();
+        }
+
+        return id;
+    }
+
+    private static async Task<string?> ScalarAsync(NpgsqlDataSource dataSource, string sql, params object[] values)
+    {
+        await using var command = dataSource.CreateCommand(sql);
+        foreach (var value in values)
+        {
+            command.Parameters.AddWithValue(value);
+        }
+
+        return (await command.ExecuteScalarAsync())?.ToString();
+    }
+
+    [Fact]
+    public async Task A_table_created_by_taskiq_postgres_is_adopted_with_its_rows_and_Python_kicks_keep_working()
+    {
+        var schema = "py" + Guid.NewGuid().ToString("N")[..8];
+        var table = $"\"{schema}\".taskiq_messages";
+        var dataSource = db.CreateDataSource();
+        await ScalarAsync(dataSource, $"CREATE SCHEMA {schema}");
+        await ScalarAsync(dataSource, string.Format(PythonCreateTable, table));
+        var before = new[] { await PythonKickAsync(dataSource, table, "py-1", 1, 2, notify: false), await PythonKickAsync(dataSource, table, "py-2", 3, 4, notify: false) };
+        var claimedByPython = await PythonKickAsync(dataSource, table, "py-running", 5, 6, notify: false);
+        Assert.Equal(claimedByPython.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            await ScalarAsync(dataSource, string.Format(PythonClaim, table), (int)claimedByPython));
+
+        var brokerOptions = new PostgresBrokerOptions { Schema = schema, LeaseDuration = TimeSpan.FromSeconds(1), WorkerStaleAfter = TimeSpan.FromSeconds(3) };
+        await using var broker = new PostgresBroker(dataSource, brokerOptions);
+        await using var results = new PostgresResultBackend(dataSource, new PostgresResultBackendOptions { Schema = schema });
+        await broker.StartAsync(); // migrations adopt the table
+        await results.StartAsync();
+
+        Assert.Equal("bigint", await ScalarAsync(dataSource, "SELECT data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'taskiq_messages' AND column_name = 'id'", schema));
+        Assert.Equal("text", await ScalarAsync(dataSource, "SELECT data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'taskiq_messages' AND column_name = 'task_id'", schema));
+        Assert.Equal(TaskState.Available, (await broker.GetTaskAsync("py-1"))!.State); // kept, and available
+
+        // A worker that never polls: the Python kick below reaches it by the NOTIFY with the row id alone.
+        var registry = new TaskRegistry().Add("add", (int a, int b) => a + b);
+        using var worker = new TaskiqWorker(broker, registry, results, new TaskiqWorkerOptions
+        {
+            PollInterval = TimeSpan.FromMinutes(5), RescueInterval = TimeSpan.FromMilliseconds(200), HeartbeatInterval = TimeSpan.FromMilliseconds(500),
+        });
+        await worker.StartAsync(CancellationToken.None);
+        Assert.Equal(3, (await results.WaitForResultAsync("py-1", Bound)).GetReturnValue<int>());
+        Assert.Equal(7, (await results.WaitForResultAsync("py-2", Bound)).GetReturnValue<int>());
+        await Eventually.TrueAsync(() => worker.LastLoopActivity != default, Bound, "the worker waits for work");
+
+        var afterStart = await PythonKickAsync(dataSource, table, "py-3", 10, 20, notify: true);
+        Assert.True(afterStart > before.Max());
+        Assert.Equal(30, (await results.WaitForResultAsync("py-3", TimeSpan.FromSeconds(20))).GetReturnValue<int>());
+
+        // The row a Python worker claimed has no lease: TaskiqPg's rescue leaves it to that worker.
+        Assert.Empty(await broker.RescueExpiredLeasesAsync());
+        Assert.Equal(TaskState.Running, (await broker.GetTaskAsync("py-running"))!.State);
+        await worker.StopAsync(CancellationToken.None);
+    }
+
+    [Fact]
+    public async Task A_NOTIFY_carrying_a_row_id_as_taskiq_postgres_sends_it_wakes_the_workers()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db);
+        var wakes = 0;
+        using var subscription = harness.Broker.Subscribe(() => Interlocked.Increment(ref wakes));
+        await Eventually.TrueAsync(() => harness.Broker.IsListening && Volatile.Read(ref wakes) > 0, Bound, "the listener is up (its connect wakes once)");
+        var before = Volatile.Read(ref wakes);
+
+        await ScalarAsync(harness.DataSource, "SELECT pg_notify('taskiq', 'another_queue')"); // not ours: no wake
+        await ScalarAsync(harness.DataSource, "SELECT pg_notify('taskiq', '4711')");
+        await Eventually.TrueAsync(() => Volatile.Read(ref wakes) > before, Bound, "the row-id payload wakes the subscriber");
+        Assert.Equal(before + 1, Volatile.Read(ref wakes)); // notifications arrive in order: the other queue's woke nothing
+    }
+
+    [Fact]
+    public async Task Pythons_insert_claim_and_delete_work_on_a_table_TaskiqPg_created_and_never_take_a_task_TaskiqPg_claimed()
+    {
+        // Its own schema, so the Python rows land in the column default's queue ('default') of a table no other test uses.
+        var dataSource = db.CreateDataSource();
+        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Schema = "pyours" + Guid.NewGuid().ToString("N")[..6] });
+        await broker.StartAsync();
+        var harness = new { DataSource = dataSource, Broker = broker, Client = new TaskiqClient(broker) };
+        var table = $"\"{broker.Options.Schema}\".taskiq_messages";
+
+        // A Python producer's row: every TaskiqPg column takes its default (queue 'default', available now).
+        var id = await PythonKickAsync(harness.DataSource, table, "py-kick", 2, 3, notify: false);
+        var kicked = (await harness.Broker.GetTaskAsync("py-kick"))!;
+        Assert.Equal(("default", TaskState.Available, 0), (kicked.Queue, kicked.State, kicked.Attempts));
+
+        // A Python worker claims TaskiqPg's row by id and deletes it as its ack.
+        var ours = await harness.Client.KickAsync("add", [1, 1]);
+        var ourId = long.Parse((await ScalarAsync(harness.DataSource, $"SELECT id FROM {table} WHERE task_id = $1", ours.TaskId))!, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains(ours.TaskId, await ScalarAsync(harness.DataSource, string.Format(PythonClaim, table).Replace("RETURNING id, message", "RETURNING message", StringComparison.Ordinal), (int)ourId));
+        var claimed = await harness.Broker.ClaimAsync("w", 10);
+        Assert.Equal(["py-kick"], claimed.Select(t => t.TaskId)); // the Python-claimed row is skipped, the Python-kicked one taken
+        await ScalarAsync(harness.DataSource, $"DELETE FROM {table} WHERE id = $1", (int)ourId);
+        Assert.Null(await harness.Broker.GetTaskAsync(ours.TaskId));
+
+        // The other way round: the row TaskiqPg claimed is not claimable by Python's status check.
+        Assert.Null(await ScalarAsync(harness.DataSource, string.Format(PythonClaim, table), (int)id));
+    }
+}
