@@ -174,11 +174,12 @@ public sealed class ResultBackendTests(DatabaseFixture db) : IClassFixture<Datab
         command.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = taskId });
         await using var reader = await command.ExecuteReaderAsync();
         Assert.True(await reader.ReadAsync());
-        using var json = JsonDocument.Parse(reader.GetString(0));
+        var stored = System.Text.Encoding.UTF8.GetString(reader.GetFieldValue<byte[]>(0)); // UTF-8 JSON bytes, as taskiq's JSONSerializer reads them
+        using var json = JsonDocument.Parse(stored);
         Assert.Equal(["is_err", "return_value", "execution_time", "labels", "error"], json.RootElement.EnumerateObject().Select(p => p.Name));
         Assert.Equal("ValueError", json.RootElement.GetProperty("error").GetProperty("type").GetString());
         Assert.Equal(JsonValueKind.Null, json.RootElement.GetProperty("return_value").ValueKind);
-        Assert.DoesNotContain("Somewhere", reader.GetString(0));
+        Assert.DoesNotContain("Somewhere", stored);
         Assert.Equal("at Somewhere()", reader.GetString(1));
     }
 

@@ -230,8 +230,8 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.GetProgress);
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = taskId });
-        return await command.ExecuteScalarAsync(cancellationToken) is string json
-            ? JsonSerializer.Deserialize<T>(json, serializerOptions ?? TaskiqSerializer.DefaultOptions)
+        return await command.ExecuteScalarAsync(cancellationToken) is byte[] json
+            ? JsonSerializer.Deserialize<T>(StoredJson(json, "progress"), serializerOptions ?? TaskiqSerializer.DefaultOptions)
             : default;
     }
 
@@ -286,7 +286,7 @@ public sealed class PostgresResultBackend : IAsyncDisposable
                 return null;
             }
 
-            json = reader.GetString(0);
+            json = StoredJson(reader.GetFieldValue<byte[]>(0), "result");
             stackTrace = reader.IsDBNull(1) ? null : reader.GetString(1);
         }
 
@@ -301,6 +301,25 @@ public sealed class PostgresResultBackend : IAsyncDisposable
 
         return result;
     }
+
+    /// <summary>
+    /// The stored bytes as JSON text. They are UTF-8 JSON when TaskiqPg or Python's taskiq with its JSONSerializer wrote
+    /// them; anything else (Python's default pickle serializer) is refused with what to change.
+    /// </summary>
+    private static string StoredJson(byte[] bytes, string what)
+    {
+        try
+        {
+            return StrictUtf8.GetString(bytes);
+        }
+        catch (DecoderFallbackException)
+        {
+            throw new JsonException($"The stored {what} is not UTF-8 JSON ({bytes.Length} bytes starting 0x{Convert.ToHexString(bytes, 0, Math.Min(bytes.Length, 4))}). " +
+                                    "A Python taskiq producer sharing this table must use taskiq's JSONSerializer (its default is pickle).");
+        }
+    }
+
+    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     private NpgsqlBatchCommand CreateChunkCommand(List<KeyValuePair<string, TaskResult>> chunk)
     {

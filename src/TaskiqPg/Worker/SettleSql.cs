@@ -30,7 +30,7 @@ internal sealed class SettleSql
                  RETURNING m.id, m.claims, m.status
              ), stored AS (
                  INSERT INTO {r} AS r (task_id, result, stack_trace, created_at, expires_at)
-                 SELECT s.task_id, s.result, s.stack_trace, now(), now() + $15
+                 SELECT s.task_id, convert_to(s.result, 'UTF8'), s.stack_trace, now(), now() + $15
                  FROM unnest($10::bigint[], $11::integer[], $12::text[], $13::text[], $14::text[]) AS s(row_id, claim, task_id, result, stack_trace)
                  WHERE (s.row_id, s.claim) IN (SELECT id, claims FROM acked UNION ALL SELECT id, claims FROM failed)
                  ON CONFLICT (task_id) DO UPDATE
