@@ -134,10 +134,12 @@ async Task<BenchReport> MeasureAsync()
     await backlogBroker.DisposeAsync();
     await Scalar<object>("VACUUM ANALYZE taskiq_messages"); // the next phases start from a settled table, as before 2b/2c existed
 
-    // 3. Single kicks (KickAsync, one task per call) from 8 and from 16 concurrent producers.
+    // 3. Single kicks (KickAsync, one task per call) from 8 and from 16 concurrent producers; and from 8 with
+    // NotifyTaskIds (a NOTIFY with the row id in every kick's statement, for Python taskiq-postgres workers).
     var single = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "single" });
+    await using var singleWithIds = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "single_ids", NotifyTaskIds = true });
     var kicked = 0.0;
-    foreach (var producers in new[] { 8, 16 })
+    foreach (var (producers, kicker) in new[] { (8, single), (16, single), (8, singleWithIds) })
     {
         var count = 0L;
         using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(arguments.SingleKickSeconds));
@@ -146,11 +148,18 @@ async Task<BenchReport> MeasureAsync()
         {
             while (!stop.IsCancellationRequested)
             {
-                await single.KickAsync(TaskMessage.Create("noop"));
+                await kicker.KickAsync(TaskMessage.Create("noop"));
                 Interlocked.Increment(ref count);
             }
         }));
         var rate = count / watch.Elapsed.TotalSeconds;
+        if (kicker == singleWithIds)
+        {
+            report.Add("single kick (8 concurrent producers, NotifyTaskIds: a NOTIFY per row)", rate, "tasks/s");
+            report.Add("single kick NotifyTaskIds / default (8 producers)", rate / kicked, "ratio");
+            continue;
+        }
+
         kicked = producers == 8 ? rate : kicked;
         report.Add($"single kick ({producers} concurrent producers)", rate, "tasks/s");
     }

@@ -204,6 +204,7 @@ public static class AspireTaskiqPostgresExtensions
         o.Broker.CancelledRetention = s.CancelledRetention ?? o.Broker.CancelledRetention;
         o.Broker.DiscardedRetention = s.DiscardedRetention ?? o.Broker.DiscardedRetention;
         o.Broker.MaxMessageBytes = s.MaxMessageBytes ?? o.Broker.MaxMessageBytes;
+        o.Broker.NotifyTaskIds |= s.NotifyTaskIds;
         o.Results.KeepResults = s.KeepResults ?? o.Results.KeepResults;
         o.Results.StoreStackTraces = s.StoreStackTraces ?? o.Results.StoreStackTraces;
         if (s.ResultTtl is { } ttl)

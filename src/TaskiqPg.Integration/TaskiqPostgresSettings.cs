@@ -100,6 +100,12 @@ public sealed class TaskiqPostgresSettings
     public TimeSpan? SchedulerRefreshInterval { get; set; }
 
     /// <summary>
+    /// Python taskiq-postgres compatibility: every kick also sends a NOTIFY with its row id, which Python workers need
+    /// (they claim only notified ids). It costs each kick a commit-time lock. Default false.
+    /// </summary>
+    public bool NotifyTaskIds { get; set; }
+
+    /// <summary>
     /// Trace the database statements of TaskiqPg's own background loops (polls, claims, settles, renewals, rescues,
     /// pruning, scheduler ticks). Default false: each would be a root trace, burying the traces of tasks; statements
     /// inside a task's handler and inside a kick are traced either way.

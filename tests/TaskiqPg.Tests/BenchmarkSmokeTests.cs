@@ -26,7 +26,7 @@ public sealed class BenchmarkSmokeTests(PostgresServerFixture server)
                      {
                          "bulk kick (KickManyAsync, 5k per call)", "burn-down (1 worker process, results stored)",
                          "worker process peak RSS during burn-down", "single kick (8 concurrent producers)",
-                         "single kick (16 concurrent producers)", "steady: completed (1 worker process)", "kick → task start p50",
+                         "single kick (16 concurrent producers)", "single kick (8 concurrent producers, NotifyTaskIds: a NOTIFY per row)", "steady: completed (1 worker process)", "kick → task start p50",
                          "kick → WaitForResultAsync returns p99", "raw limit: claim+delete 100 rows per statement, 4 connections",
                          "burn-down ratio TaskiqPg / Hangfire.PostgreSql",
                      })

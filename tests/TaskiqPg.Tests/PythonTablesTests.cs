@@ -147,3 +147,66 @@ public sealed class PythonTablesTests(DatabaseFixture db) : IClassFixture<Databa
         Assert.Null(await ScalarAsync(harness.DataSource, string.Format(PythonClaim, table), (int)id));
     }
 }
+
+/// <summary><see cref="PostgresBrokerOptions.NotifyTaskIds"/>: the NOTIFY payloads a Python taskiq-postgres worker claims by.</summary>
+public sealed class NotifyTaskIdsTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(20);
+
+    [Fact]
+    public async Task Every_kick_notifies_its_row_id_on_commit_and_a_Python_claim_by_that_id_gets_the_message()
+    {
+        var channel = "ids_" + Guid.NewGuid().ToString("N")[..8];
+        await using var harness = await QueueHarness.CreateAsync(db, broker: new PostgresBrokerOptions { NotifyTaskIds = true, Channel = channel });
+        var payloads = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        await using var listener = harness.DataSource.CreateConnection();
+        await listener.OpenAsync();
+        listener.Notification += (_, e) => payloads.Enqueue(e.Payload);
+        await using (var listen = new NpgsqlCommand($"LISTEN \"{channel}\"", listener))
+        {
+            await listen.ExecuteNonQueryAsync();
+        }
+
+        async Task<string[]> ReceiveAsync(int count)
+        {
+            var received = new List<string>();
+            var deadline = DateTime.UtcNow + Bound;
+            while (received.Count < count)
+            {
+                Assert.True(DateTime.UtcNow < deadline, $"only {received.Count} of {count} notifications arrived");
+                await listener.WaitAsync(TimeSpan.FromMilliseconds(200));
+                while (payloads.TryDequeue(out var p))
+                {
+                    received.Add(p);
+                }
+            }
+
+            return [.. received];
+        }
+
+        var single = await harness.Broker.KickAsync(TaskMessage.Create("one"));
+        Assert.Equal([single.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)], await ReceiveAsync(1));
+
+        var many = Enumerable.Range(0, 3).Select(_ => TaskMessage.Create("many")).ToArray();
+        await harness.Broker.KickManyAsync(many);
+        var ids = await ReceiveAsync(3);
+        foreach (var id in ids)
+        {
+            // Python's CLAIM_MESSAGE_QUERY with the notified id.
+            await using var claim = harness.DataSource.CreateCommand(
+                $"UPDATE \"{harness.Broker.Options.Schema}\".taskiq_messages SET status = 'processing' WHERE id = $1 AND status = 'pending' RETURNING message");
+            claim.Parameters.AddWithValue(long.Parse(id, System.Globalization.CultureInfo.InvariantCulture));
+            var message = TaskMessage.FromJson((string)(await claim.ExecuteScalarAsync())!);
+            Assert.Contains(message.TaskId, many.Select(m => m.TaskId));
+        }
+
+        // Inside the caller's transaction: nothing until the commit.
+        await using var connection = await harness.DataSource.OpenConnectionAsync();
+        await using var transaction = await connection.BeginTransactionAsync();
+        var inTransaction = await harness.Broker.KickAsync(TaskMessage.Create("tx"), connection, transaction);
+        await listener.WaitAsync(TimeSpan.FromMilliseconds(300));
+        Assert.Empty(payloads);
+        await transaction.CommitAsync();
+        Assert.Equal([inTransaction.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)], await ReceiveAsync(1));
+    }
+}

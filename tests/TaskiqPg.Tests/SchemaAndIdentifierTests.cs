@@ -69,7 +69,7 @@ public sealed class SchemaAndIdentifierTests(DatabaseFixture db) : IClassFixture
             rows.Add((reader.GetString(0), reader.GetInt32(1)));
         }
 
-        Assert.Equal([("taskiq_messages", new BrokerSql(new PostgresBrokerOptions()).Migrations.Count), ("taskiq_results", 1)], rows);
+        Assert.Equal([("taskiq_messages", new BrokerSql(new PostgresBrokerOptions()).Migrations.Count), ("taskiq_results", new ResultSql(new PostgresResultBackendOptions()).Migrations.Count)], rows);
         await using var indexes = dataSource.CreateCommand(
             "SELECT string_agg(indexdef, ' | ') FROM pg_indexes WHERE schemaname = $1 AND tablename = 'taskiq_messages' AND indexdef LIKE '%(task_id)%'");
         indexes.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = schema });

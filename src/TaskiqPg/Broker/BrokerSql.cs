@@ -165,6 +165,7 @@ internal sealed class BrokerSql
             $"ON CONFLICT (unique_key) WHERE {UniquePredicate} DO NOTHING";
         KickUnique = insertUnique + " RETURNING id";
         KickUniqueAndNotify = $"WITH ins AS ({insertUnique} RETURNING id) SELECT id, pg_notify($13, $5) FROM ins";
+        KickUniqueAndNotifyId = $"WITH ins AS ({insertUnique} RETURNING id) SELECT id, pg_notify($13, id::text) FROM ins";
 
         // $1 key, $2 period seconds: the task that holds a unique key.
         FindUnique = $"SELECT id, task_id FROM {t} WHERE unique_key = {KeyWithPeriod("$1", "$2")} AND {UniquePredicate} LIMIT 1";
@@ -187,6 +188,11 @@ internal sealed class BrokerSql
              SELECT count(*) FROM ins
              """;
         KickAndNotify = $"WITH ins AS ({string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t)} RETURNING id) SELECT id, pg_notify($10, $5) FROM ins";
+        // NotifyTaskIds: the payload is the row id, as taskiq-postgres sends it.
+        KickAndNotifyId = $"WITH ins AS ({string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t)} RETURNING id) SELECT id, pg_notify($10, id::text) FROM ins";
+
+        // $1 channel, $2 task ids just inserted in this transaction (their newest rows): one NOTIFY per row id.
+        NotifyIds = $"SELECT count(pg_notify($1, m.id::text)) FROM {t} AS m WHERE m.task_id = ANY($2) AND m.id = (SELECT max(id) FROM {t} WHERE task_id = m.task_id)";
 
         // Binary COPY (no per-row statement, no array decoding); run_at left to its default now() when not given.
         KickManyCopy = $"COPY {t} (task_id, task_name, message, labels, queue, priority, max_attempts, run_at, status) FROM STDIN (FORMAT BINARY)";
@@ -789,6 +795,12 @@ internal sealed class BrokerSql
     public string SetPaused { get; }
 
     public string Paused { get; }
+
+    public string KickAndNotifyId { get; }
+
+    public string KickUniqueAndNotifyId { get; }
+
+    public string NotifyIds { get; }
 
     public string ListQueues { get; }
 

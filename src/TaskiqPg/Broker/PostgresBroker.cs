@@ -99,7 +99,7 @@ public sealed class PostgresBroker : IAsyncDisposable
         await StartAsync(cancellationToken);
         await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
         var result = await KickCoreAsync(connection, null, message, options, pooledConnection: true, cancellationToken);
-        if (!result.Duplicate)
+        if (!result.Duplicate && !Options.NotifyTaskIds) // with NotifyTaskIds the statement notified its row
         {
             NotifierOf(options?.Queue).Signal();
         }
@@ -1267,9 +1267,11 @@ public sealed class PostgresBroker : IAsyncDisposable
                 await using var command = new NpgsqlCommand(null, connection, transaction);
                 // On a pooled connection of ours: insert only, prepared, and the notifier wakes workers after the commit. In
                 // the caller's connection: the NOTIFY rides in the statement, so it is delivered exactly when the caller commits.
-                command.CommandText = unique is null
-                    ? pooledConnection ? _sql.Kick : _sql.KickAndNotify
-                    : pooledConnection ? _sql.KickUnique : _sql.KickUniqueAndNotify;
+                command.CommandText = Options.NotifyTaskIds
+                    ? unique is null ? _sql.KickAndNotifyId : _sql.KickUniqueAndNotifyId
+                    : unique is null
+                        ? pooledConnection ? _sql.Kick : _sql.KickAndNotify
+                        : pooledConnection ? _sql.KickUnique : _sql.KickUniqueAndNotify;
                 command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
                 command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
                 command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
@@ -1288,12 +1290,12 @@ public sealed class PostgresBroker : IAsyncDisposable
                     command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = unique.StatesMask() });
                 }
 
-                if (!pooledConnection)
+                if (!pooledConnection || Options.NotifyTaskIds)
                 {
                     command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
                 }
 
-                if (pooledConnection)
+                if (pooledConnection && !Options.NotifyTaskIds)
                 {
                     await command.PrepareIfSupportedAsync(CanPrepare, cancellationToken);
                 }
@@ -1435,10 +1437,18 @@ public sealed class PostgresBroker : IAsyncDisposable
                 inserted = rows.Length;
             }
 
-            await using (var notify = new NpgsqlCommand(BrokerSql.Notify, connection, transaction ?? own))
+            await using (var notify = new NpgsqlCommand(Options.NotifyTaskIds ? _sql.NotifyIds : BrokerSql.Notify, connection, transaction ?? own))
             {
                 notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                if (Options.NotifyTaskIds)
+                {
+                    notify.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = rows.Select(r => r.Message.TaskId).ToArray() });
+                }
+                else
+                {
+                    notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                }
+
                 await notify.ExecuteNonQueryAsync(cancellationToken);
             }
 

@@ -27,6 +27,15 @@ public sealed record PostgresBrokerOptions
     /// <summary>NOTIFY channel that wakes workers. Default <c>taskiq</c>.</summary>
     public string Channel { get; set; } = "taskiq";
 
+    /// <summary>
+    /// Compatibility with Python's taskiq-postgres workers, which claim only the row whose id a NOTIFY names (they never
+    /// poll): every kick also sends <c>NOTIFY {Channel}, '&lt;row id&gt;'</c>, inside its insert statement (one per
+    /// task; a bulk kick notifies each row in its transaction). TaskiqPg workers are woken by these too. It costs every
+    /// kick the commit-time NOTIFY lock that the default coalesced wake-up avoids (see the README's Performance
+    /// section). Default false.
+    /// </summary>
+    public bool NotifyTaskIds { get; set; }
+
     /// <summary>Queue this broker kicks to and claims from (several queues can share one table). Default <c>default</c>.</summary>
     public string Queue { get; set; } = "default";
 
