@@ -265,7 +265,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
         await using var command = DataSource.CreateCommand(_sql.Upsert);
         command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = id });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = definition.TaskName });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = StoredSchedule.From(definition, SerializerOptions).ToJson() });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = StoredSchedule.From(definition, SerializerOptions).ToStoredJson() });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = source });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
         await command.ExecuteNonQueryAsync(cancellationToken);
