@@ -23,6 +23,12 @@ internal static class LoopLiveness
     public static readonly TimeSpan MinimumSilence = TimeSpan.FromMinutes(2);
 
     public static TimeSpan Limit(TimeSpan interval) => TimeSpan.FromTicks(Math.Max(interval.Ticks * 3, MinimumSilence.Ticks));
+
+    /// <summary>Unhealthy, with the reason, when the service's loop has ended; null while it runs (or has not started).</summary>
+    public static HealthCheckResult? Stopped(Microsoft.Extensions.Hosting.BackgroundService service, string what)
+        => service.ExecuteTask is { IsCompleted: true } finished
+            ? HealthCheckResult.Unhealthy($"The {what} loop has stopped ({finished.Status}).", finished.Exception)
+            : null;
 }
 
 /// <summary>
@@ -38,9 +44,9 @@ internal sealed class TaskiqWorkerLivenessCheck(TaskiqWorker? worker, TimeSpan p
             return Task.FromResult(HealthCheckResult.Healthy("No worker runs in this app."));
         }
 
-        if (worker.ExecuteTask is { IsCompleted: true } finished)
+        if (LoopLiveness.Stopped(worker, "worker") is { } stopped)
         {
-            return Task.FromResult(HealthCheckResult.Unhealthy($"The worker loop has stopped ({finished.Status}).", finished.Exception));
+            return Task.FromResult(stopped);
         }
 
         if (!worker.IsRenewalThreadAlive)
@@ -76,9 +82,9 @@ internal sealed class TaskiqWorkerReadinessCheck(TaskiqWorker? worker) : IHealth
             return Task.FromResult(HealthCheckResult.Healthy("No worker runs in this app."));
         }
 
-        if (worker.ExecuteTask is { IsCompleted: true } finished)
+        if (LoopLiveness.Stopped(worker, "worker") is { } stopped)
         {
-            return Task.FromResult(HealthCheckResult.Unhealthy($"The worker loop has stopped ({finished.Status}).", finished.Exception));
+            return Task.FromResult(stopped);
         }
 
         if (worker.LastLoopActivity == default)
@@ -118,9 +124,9 @@ internal sealed class TaskiqSchedulerLivenessCheck(TaskiqScheduler? scheduler) :
             return Task.FromResult(HealthCheckResult.Healthy("No scheduler runs in this app."));
         }
 
-        if (scheduler.ExecuteTask is { IsCompleted: true } finished)
+        if (LoopLiveness.Stopped(scheduler, "scheduler") is { } stopped)
         {
-            return Task.FromResult(HealthCheckResult.Unhealthy($"The scheduler loop has stopped ({finished.Status}).", finished.Exception));
+            return Task.FromResult(stopped);
         }
 
         if (scheduler.LastLoopActivity == default)
@@ -145,9 +151,9 @@ internal sealed class TaskiqSchedulerReadinessCheck(TaskiqScheduler? scheduler) 
             return Task.FromResult(HealthCheckResult.Healthy("No scheduler runs in this app."));
         }
 
-        if (scheduler.ExecuteTask is { IsCompleted: true } finished)
+        if (LoopLiveness.Stopped(scheduler, "scheduler") is { } stopped)
         {
-            return Task.FromResult(HealthCheckResult.Unhealthy($"The scheduler loop has stopped ({finished.Status}).", finished.Exception));
+            return Task.FromResult(stopped);
         }
 
         // The loop ticks at least every refresh interval; a database outage stops the ticks (lag grows).
