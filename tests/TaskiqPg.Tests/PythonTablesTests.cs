@@ -28,16 +28,21 @@ public sealed class PythonTablesTests(DatabaseFixture db) : IClassFixture<Databa
     private const string PythonClaim = "UPDATE {0} SET status = 'processing' WHERE id = $1 AND status = 'pending' RETURNING id, message";
 
     // A message as taskiq 0.12 serializes it (json.dumps separators and escapes).
-    private static string PythonMessage(string taskId, int a, int b) =>
-        $$$"""{"task_id": "{{{taskId}}}", "task_name": "add", "labels": {"note": "caf\u00e9"}, "labels_types": {"note": 3}, "args": [{{{a}}}, {{{b}}}], "kwargs": {}}""";
+    private static string PythonMessage(string taskId, int a, int b, string labels, string labelsTypes) =>
+        $$$"""{"task_id": "{{{taskId}}}", "task_name": "add", "labels": {{{labels}}}, "labels_types": {{{labelsTypes}}}, "args": [{{{a}}}, {{{b}}}], "kwargs": {}}""";
 
-    private static async Task<long> PythonKickAsync(NpgsqlDataSource dataSource, string table, string taskId, int a, int b, bool notify)
+    /// <summary>
+    /// A kick as taskiq-postgres's broker makes it: its insert (the row's labels are <c>json.dumps(message.labels)</c>,
+    /// as <paramref name="labels"/> gives them) and, when <paramref name="notify"/>, its NOTIFY with the row id.
+    /// </summary>
+    internal static async Task<long> PythonKickAsync(NpgsqlDataSource dataSource, string table, string taskId, int a, int b, bool notify,
+        string labels = """{"note": "caf\u00e9"}""", string labelsTypes = """{"note": 3}""")
     {
         await using var insert = dataSource.CreateCommand(string.Format(PythonInsert, table));
         insert.Parameters.AddWithValue(taskId);
         insert.Parameters.AddWithValue("add");
-        insert.Parameters.AddWithValue(PythonMessage(taskId, a, b));
-        insert.Parameters.Add(new NpgsqlParameter { Value = """{"note": "café"}""", NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Jsonb });
+        insert.Parameters.AddWithValue(PythonMessage(taskId, a, b, labels, labelsTypes));
+        insert.Parameters.Add(new NpgsqlParameter { Value = labels, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Jsonb });
         var id = Convert.ToInt64(await insert.ExecuteScalarAsync());
         if (notify)
         {
@@ -49,7 +54,7 @@ public sealed class PythonTablesTests(DatabaseFixture db) : IClassFixture<Databa
         return id;
     }
 
-    private static async Task<string?> ScalarAsync(NpgsqlDataSource dataSource, string sql, params object[] values)
+    internal static async Task<string?> ScalarAsync(NpgsqlDataSource dataSource, string sql, params object[] values)
     {
         await using var command = dataSource.CreateCommand(sql);
         foreach (var value in values)
@@ -208,5 +213,18 @@ public sealed class NotifyTaskIdsTests(DatabaseFixture db) : IClassFixture<Datab
         Assert.Empty(payloads);
         await transaction.CommitAsync();
         Assert.Equal([inTransaction.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)], await ReceiveAsync(1));
+
+        // A delayed task is notified at its kick (a Python worker cannot claim it yet) and again when a worker promotes
+        // it, due: then a Python worker can.
+        harness.Registry.Add("later", () => 1);
+        var delayed = await harness.Broker.KickAsync(TaskMessage.Create("later"), new KickOptions { Delay = TimeSpan.FromSeconds(1) });
+        var delayedId = delayed.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal([delayedId], await ReceiveAsync(1));
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(200) });
+        var afterStart = new List<string>();
+        while (!afterStart.Contains(delayedId))
+        {
+            afterStart.AddRange(await ReceiveAsync(1)); // fails at its bound when the promotion notifies no id
+        }
     }
 }

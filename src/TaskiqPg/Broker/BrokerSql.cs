@@ -146,6 +146,10 @@ internal sealed class BrokerSql
             // 13: each task's history: one entry per ended attempt (worker, start, end, outcome, error). Constant default:
             // no rewrite.
             $"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS attempted_at timestamptz, ADD COLUMN IF NOT EXISTS history jsonb NOT NULL DEFAULT '[]'::jsonb",
+
+            // 14: taskiq's labels on rows another producer (Python's taskiq-postgres) inserted with only
+            // (task_id, task_name, message, labels): see TaskiqLabelsTrigger.
+            TaskiqLabelsTrigger(t, schema, PgIdentifier.Quote(SchemaMigrator.IndexName(options.MessagesTable, "labels"), "function")),
         ];
 
         // $1 task_id, $2 task_name, $3 message, $4 labels, $5 queue, $6 priority, $7 run_at, $8 delay, $9 max_attempts, $10 channel
@@ -360,6 +364,7 @@ internal sealed class BrokerSql
         // drop it from the index condition, which then scans every future row of the queue (seen: 288 pages for 40,000
         // rows). ORDER BY run_at (the index's order after queue and state): without it, misjudging how many rows are due,
         // the planner chose a sequential scan of the whole table for a LIMIT (seen: 163 ms behind 300,000 future rows).
+        // With NotifyTaskIds each promoted row's id is notified too: a Python worker claims only ids it is told of.
         Promote =
             $"""
              WITH scheduled AS (
@@ -369,7 +374,7 @@ internal sealed class BrokerSql
              ), promoted AS (
                  UPDATE {t} AS m SET status = 'pending'
                  WHERE m.id IN (SELECT id FROM scheduled UNION ALL SELECT id FROM retryable)
-                 RETURNING m.queue
+                 RETURNING m.queue{(options.NotifyTaskIds ? ", pg_notify($3, m.id::text)" : "")}
              )
              SELECT q.queue, q.n, pg_notify($3, q.queue) FROM (SELECT queue, count(*) AS n FROM promoted GROUP BY queue) AS q
              """;
@@ -713,6 +718,77 @@ internal sealed class BrokerSql
              END IF;
          END $adopt$;
          """;
+
+    /// <summary>
+    /// A row trigger that reads taskiq's scheduling labels into TaskiqPg's columns, for producers that write only the
+    /// labels (taskiq-postgres inserts <c>task_id, task_name, message, labels</c>): <c>priority</c> (an integer; only
+    /// over the default 0), <c>max_retries</c> (taskiq counts every attempt: 3 means three in all) and
+    /// <c>retry_on_error</c> (anything but true means one attempt), and <c>delay</c> (seconds, integer or decimal,
+    /// JSON number or string; only on a row due now that was never attempted: it becomes scheduled at the database's
+    /// now() + delay). A label that does not parse discards the row with the reason in <c>last_error</c>: it is
+    /// visible and retryable as a dead letter, never run at the wrong time.
+    /// It runs AFTER the insert and updates the row (still invisible to others: same transaction): a BEFORE row
+    /// trigger, even one whose WHEN clause never matches, turns off COPY's multi-row inserts and slows every bulk kick;
+    /// this one costs a row without these labels only the WHEN clause's key test.
+    /// </summary>
+    private static string TaskiqLabelsTrigger(string t, string schema, string function) =>
+        $$"""
+          CREATE OR REPLACE FUNCTION {{schema}}.{{function}}() RETURNS trigger LANGUAGE plpgsql AS $labels$
+          DECLARE
+              v text;
+              seconds numeric;
+              why text;
+              new_priority integer := NEW.priority;
+              new_max_attempts integer := NEW.max_attempts;
+              new_run_at timestamptz := NEW.run_at;
+              new_status text := NEW.status;
+          BEGIN
+              v := NEW.labels ->> 'priority';
+              IF v IS NOT NULL AND NEW.priority = 0 THEN
+                  IF v ~ '^\s*[+-]?[0-9]{1,9}\s*$' THEN
+                      new_priority := v::integer;
+                  ELSE
+                      why := format('the priority label %s is not an integer', NEW.labels -> 'priority');
+                  END IF;
+              END IF;
+              v := NEW.labels ->> 'max_retries';
+              IF why IS NULL AND v IS NOT NULL THEN
+                  IF v ~ '^\s*[+-]?[0-9]{1,9}\s*$' THEN
+                      new_max_attempts := greatest(1, v::integer);
+                  ELSE
+                      why := format('the max_retries label %s is not an integer', NEW.labels -> 'max_retries');
+                  END IF;
+              END IF;
+              IF why IS NULL AND NEW.labels ? 'retry_on_error' AND lower(NEW.labels ->> 'retry_on_error') IS DISTINCT FROM 'true' THEN
+                  new_max_attempts := 1;
+              END IF;
+              v := NEW.labels ->> 'delay';
+              IF why IS NULL AND v IS NOT NULL AND NEW.status = 'pending' AND NEW.attempts = 0 AND NEW.run_at <= now() THEN
+                  IF v !~ '^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$' THEN
+                      why := format('the delay label %s is not a number of seconds', NEW.labels -> 'delay');
+                  ELSE
+                      seconds := v::numeric;
+                      IF seconds > 3153600000 THEN
+                          why := format('the delay label %s is more than 100 years', NEW.labels -> 'delay');
+                      ELSIF seconds > 0 THEN
+                          new_run_at := now() + make_interval(secs => seconds::float8);
+                          new_status := 'scheduled';
+                      END IF;
+                  END IF;
+              END IF;
+              IF why IS NOT NULL THEN
+                  UPDATE {{t}} SET status = 'discarded', finished_at = now(), last_error = why WHERE id = NEW.id;
+              ELSIF (new_priority, new_max_attempts, new_run_at, new_status) IS DISTINCT FROM (NEW.priority, NEW.max_attempts, NEW.run_at, NEW.status) THEN
+                  UPDATE {{t}} SET priority = new_priority, max_attempts = new_max_attempts, run_at = new_run_at, status = new_status
+                  WHERE id = NEW.id;
+              END IF;
+              RETURN NULL;
+          END $labels$;
+          DROP TRIGGER IF EXISTS {{function}} ON {{t}};
+          CREATE TRIGGER {{function}} AFTER INSERT ON {{t}} FOR EACH ROW
+              WHEN (NEW.labels ?| ARRAY['delay', 'priority', 'retry_on_error', 'max_retries'])
+              EXECUTE FUNCTION {{schema}}.{{function}}();
+          """;
 
     public IReadOnlyList<MigrationStep> Migrations { get; }
 

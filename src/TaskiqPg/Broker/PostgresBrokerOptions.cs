@@ -30,7 +30,8 @@ public sealed record PostgresBrokerOptions
     /// <summary>
     /// Compatibility with Python's taskiq-postgres workers, which claim only the row whose id a NOTIFY names (they never
     /// poll): every kick also sends <c>NOTIFY {Channel}, '&lt;row id&gt;'</c>, inside its insert statement (one per
-    /// task; a bulk kick notifies each row in its transaction). TaskiqPg workers are woken by these too. It costs every
+    /// task; a bulk kick notifies each row in its transaction), and a worker's promotion of due scheduled and retryable
+    /// rows notifies each promoted row's id. TaskiqPg workers are woken by these too. It costs every
     /// kick the commit-time NOTIFY lock that the default coalesced wake-up avoids (see the README's Performance
     /// section). Default false.
     /// </summary>
