@@ -116,6 +116,48 @@ public sealed class PythonSchedulesTests(DatabaseFixture db) : IClassFixture<Dat
         Assert.True((await source.ListSchedulesAsync()).Single().Enabled); // never disabled for its shape
     }
 
+    [Fact]
+    public async Task A_schedules_table_created_by_taskiq_postgres_is_adopted_with_its_rows()
+    {
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("tick", () => "ticked"));
+        var table = "py" + Guid.NewGuid().ToString("N")[..8];
+        var id = Guid.NewGuid();
+        // taskiq-postgres CREATE_SCHEDULES_TABLE_QUERY and a row its source wrote (pydantic 1: interval in seconds).
+        await using (var create = harness.DataSource.CreateCommand(
+            $"""
+             CREATE TABLE IF NOT EXISTS "{table}" (
+                 id UUID PRIMARY KEY,
+                 task_name VARCHAR(100) NOT NULL,
+                 schedule JSONB NOT NULL,
+                 created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+                 updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+             );
+             """))
+        {
+            await create.ExecuteNonQueryAsync();
+        }
+
+        await using (var insert = harness.DataSource.CreateCommand($"INSERT INTO \"{table}\" (id, task_name, schedule) VALUES ($1, 'tick', $2::jsonb)"))
+        {
+            insert.Parameters.AddWithValue(id);
+            insert.Parameters.AddWithValue("""{"labels": {}, "args": [], "kwargs": {}, "cron": null, "cron_offset": null, "time": null, "interval": 1}""");
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        await using var source = new PostgresScheduleSource(harness.DataSource, new PostgresScheduleSourceOptions { SchedulesTable = table, FiresTable = table + "_fires" });
+        await source.StartAsync();
+
+        var listed = Assert.Single(await source.ListSchedulesAsync());
+        Assert.Equal((id, TimeSpan.FromSeconds(1), true, false), (listed.Id, listed.Definition.Interval, listed.Enabled, listed.IsStatic));
+        var longName = new string('t', 150); // TaskiqPg's names are not bounded by Python's varchar(100)
+        Assert.NotEqual(Guid.Empty, await source.AddScheduleAsync(new ScheduleDefinition { TaskName = longName, Interval = TimeSpan.FromHours(1) }));
+
+        using var scheduler = new TaskiqScheduler(source, harness.Broker, new TaskiqSchedulerOptions { RefreshInterval = TimeSpan.FromMilliseconds(200) });
+        await scheduler.StartAsync(CancellationToken.None);
+        await Eventually.TrueAsync(async () => (await source.GetFiresAsync(id)).Count >= 1, TimeSpan.FromSeconds(20), "the adopted schedule fires");
+        await scheduler.StopAsync(CancellationToken.None);
+    }
+
     private sealed class DefinitionComparer : IEqualityComparer<ScheduleDefinition>
     {
         public bool Equals(ScheduleDefinition? x, ScheduleDefinition? y)

@@ -226,5 +226,8 @@ public sealed class NotifyTaskIdsTests(DatabaseFixture db) : IClassFixture<Datab
         {
             afterStart.AddRange(await ReceiveAsync(1)); // fails at its bound when the promotion notifies no id
         }
+
+        // Only ids: a Python worker logs an error for any other payload (the queue name a promotion sends by default).
+        Assert.All(afterStart, p => Assert.True(long.TryParse(p, out _), $"payload '{p}'"));
     }
 }

@@ -364,7 +364,8 @@ internal sealed class BrokerSql
         // drop it from the index condition, which then scans every future row of the queue (seen: 288 pages for 40,000
         // rows). ORDER BY run_at (the index's order after queue and state): without it, misjudging how many rows are due,
         // the planner chose a sequential scan of the whole table for a LIMIT (seen: 163 ms behind 300,000 future rows).
-        // With NotifyTaskIds each promoted row's id is notified too: a Python worker claims only ids it is told of.
+        // With NotifyTaskIds each promoted row's id is notified instead of the queue: a Python worker claims only ids it
+        // is told of (and logs an error for a payload that is not one); an id wakes every TaskiqPg worker.
         Promote =
             $"""
              WITH scheduled AS (
@@ -376,7 +377,7 @@ internal sealed class BrokerSql
                  WHERE m.id IN (SELECT id FROM scheduled UNION ALL SELECT id FROM retryable)
                  RETURNING m.queue{(options.NotifyTaskIds ? ", pg_notify($3, m.id::text)" : "")}
              )
-             SELECT q.queue, q.n, pg_notify($3, q.queue) FROM (SELECT queue, count(*) AS n FROM promoted GROUP BY queue) AS q
+             SELECT q.queue, q.n, {(options.NotifyTaskIds ? "NULL::void" : "pg_notify($3, q.queue)")} FROM (SELECT queue, count(*) AS n FROM promoted GROUP BY queue) AS q
              """;
 
         // $1 queues: how long until the next scheduled or retryable row of these queues is due (null: none), on the

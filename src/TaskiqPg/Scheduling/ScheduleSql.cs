@@ -25,6 +25,7 @@ internal sealed class ScheduleSql
                  created_at      timestamptz NOT NULL DEFAULT now(),
                  updated_at      timestamptz NOT NULL DEFAULT now()
              );
+             {AdoptPythonTable(s)}
              CREATE TABLE IF NOT EXISTS {f} (
                  schedule_id uuid        NOT NULL,
                  fire_at     timestamptz NOT NULL,
@@ -128,4 +129,24 @@ internal sealed class ScheduleSql
     public string PruneDone { get; }
 
     public string Fires { get; }
+
+    /// <summary>
+    /// The part of the first migration that adopts a schedules table Python's taskiq-postgres created first
+    /// (<c>id uuid, task_name varchar(100), schedule jsonb, created_at, updated_at</c>, both nullable): it adds
+    /// TaskiqPg's columns with their defaults (Python's rows become enabled runtime schedules), widens the task name to
+    /// text and makes the times NOT NULL. On a table TaskiqPg just created it changes nothing.
+    /// </summary>
+    private static string AdoptPythonTable(string s) =>
+        $"""
+         ALTER TABLE {s}
+             ADD COLUMN IF NOT EXISTS source          text    NOT NULL DEFAULT 'runtime' CHECK (source IN ('static', 'runtime')),
+             ADD COLUMN IF NOT EXISTS enabled         boolean NOT NULL DEFAULT true,
+             ADD COLUMN IF NOT EXISTS done            boolean NOT NULL DEFAULT false,
+             ADD COLUMN IF NOT EXISTS disabled_reason text,
+             ADD COLUMN IF NOT EXISTS last_fire_at    timestamptz,
+             ALTER COLUMN task_name TYPE text;
+         UPDATE {s} SET created_at = coalesce(created_at, now()), updated_at = coalesce(updated_at, now())
+         WHERE created_at IS NULL OR updated_at IS NULL;
+         ALTER TABLE {s} ALTER COLUMN created_at SET NOT NULL, ALTER COLUMN updated_at SET NOT NULL;
+         """;
 }
