@@ -1,7 +1,7 @@
 namespace TaskiqPg;
 
 /// <summary>A task claimed by a worker under a lease.</summary>
-public sealed record ClaimedTask
+internal sealed record ClaimedTask
 {
     /// <summary>Row id in the messages table.</summary>
     public required long Id { get; init; }

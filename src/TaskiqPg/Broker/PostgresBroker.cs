@@ -147,7 +147,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// <summary>Claims up to <paramref name="maxCount"/> due tasks for <paramref name="workerId"/>, highest priority first,
     /// leasing each for <see cref="PostgresBrokerOptions.LeaseDuration"/> (database clock). Scheduled and retryable tasks
     /// that have come due are made available first.</summary>
-    public async Task<IReadOnlyList<ClaimedTask>> ClaimAsync(string workerId, int maxCount, CancellationToken cancellationToken = default)
+    internal async Task<IReadOnlyList<ClaimedTask>> ClaimAsync(string workerId, int maxCount, CancellationToken cancellationToken = default)
         => (await ClaimWithNextDueAsync(workerId, maxCount, cancellationToken)).Claimed;
 
     /// <summary>How long until the next scheduled or retryable task of this broker's queue is due (null: none).</summary>
@@ -285,7 +285,7 @@ public sealed class PostgresBroker : IAsyncDisposable
 
     /// <summary>Completes claims (deletes their rows) if each lease is still this worker's.</summary>
     /// <returns>The row ids that were completed; a missing id means the lease was lost (e.g. rescued and rerun).</returns>
-    public Task<IReadOnlySet<long>> AckAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
+    internal Task<IReadOnlySet<long>> AckAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
         => LeaseCommandAsync(_sql.Ack, workerId, leases, withLease: false, cancellationToken);
 
     /// <summary>
@@ -293,7 +293,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// the row becomes completed (or is deleted without a completed retention) only if the caller commits.
     /// </summary>
     /// <returns>False when the lease is no longer <paramref name="workerId"/>'s: the caller must roll back.</returns>
-    public async Task<bool> CompleteInTransactionAsync(string workerId, LeaseRef lease, NpgsqlConnection connection, NpgsqlTransaction? transaction,
+    internal async Task<bool> CompleteInTransactionAsync(string workerId, LeaseRef lease, NpgsqlConnection connection, NpgsqlTransaction? transaction,
         CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(connection);
@@ -337,7 +337,7 @@ public sealed class PostgresBroker : IAsyncDisposable
 
     /// <summary>Extends the leases that are still this worker's.</summary>
     /// <returns>The row ids renewed; a missing id means that lease was lost.</returns>
-    public Task<IReadOnlySet<long>> RenewLeasesAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
+    internal Task<IReadOnlySet<long>> RenewLeasesAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
         => LeaseCommandAsync(_sql.Renew, workerId, leases, withLease: true, cancellationToken);
 
     /// <summary>
@@ -414,7 +414,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     }
 
     /// <summary>Returns claimed but unstarted tasks to the queue at once, without using up an attempt.</summary>
-    public Task<IReadOnlySet<long>> ReleaseAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
+    internal Task<IReadOnlySet<long>> ReleaseAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, CancellationToken cancellationToken = default)
         => LeaseCommandAsync(_sql.Release, workerId, leases, withLease: false, cancellationToken);
 
     /// <summary>
@@ -423,7 +423,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// The reason is kept in <c>last_error</c>.
     /// </summary>
     /// <returns>For each row whose lease was still ours, its new state.</returns>
-    public async Task<IReadOnlyDictionary<long, TaskState>> FailAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
+    internal async Task<IReadOnlyDictionary<long, TaskState>> FailAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
         CancellationToken cancellationToken = default)
     {
         if (failures.Count == 0)
@@ -537,7 +537,7 @@ public sealed class PostgresBroker : IAsyncDisposable
     /// <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>, to available, or discards them when their
     /// attempts are used up. A claim that was never seen to start (no renewal recorded its start) gets its attempt back. Any worker may call this; rows are locked with SKIP LOCKED so callers never collide.
     /// </summary>
-    public async Task<IReadOnlyList<RescuedTask>> RescueExpiredLeasesAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
+    internal async Task<IReadOnlyList<RescuedTask>> RescueExpiredLeasesAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
         await using var command = DataSource.CreateCommand(_sql.Rescue);

@@ -4,7 +4,7 @@ namespace TaskiqPg;
 /// <param name="TaskId">The task id.</param>
 /// <param name="TaskName">The task name.</param>
 /// <param name="DeadLettered">True when its attempts were exhausted.</param>
-public sealed record RescuedTask(string TaskId, string TaskName, bool DeadLettered)
+internal sealed record RescuedTask(string TaskId, string TaskName, bool DeadLettered)
 {
     /// <summary>True when a cancel had been requested: the task ends cancelled instead of running again.</summary>
     public bool Cancelled { get; init; }

@@ -4,7 +4,7 @@ namespace TaskiqPg;
 /// <param name="Lease">The claim.</param>
 /// <param name="Error">Reason kept in <c>last_error</c>.</param>
 /// <param name="Retry">False dead-letters at once (poison input); true retries while attempts remain.</param>
-public readonly record struct TaskFailure(LeaseRef Lease, string Error, bool Retry)
+internal readonly record struct TaskFailure(LeaseRef Lease, string Error, bool Retry)
 {
     /// <summary>Not a failure: the task goes back, due after this delay, its attempt not counted (<see cref="TaskContext.Snooze"/>).</summary>
     public TimeSpan? SnoozeFor { get; init; }

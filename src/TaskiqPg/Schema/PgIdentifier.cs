@@ -4,7 +4,7 @@ using System.Text.RegularExpressions;
 namespace TaskiqPg;
 
 /// <summary>The one place where schema, table and channel names are checked and quoted for SQL.</summary>
-public static partial class PgIdentifier
+internal static partial class PgIdentifier
 {
     /// <summary>PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1).</summary>
     public const int MaxBytes = 63;
