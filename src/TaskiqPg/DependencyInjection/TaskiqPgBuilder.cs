@@ -34,6 +34,8 @@ public sealed class TaskiqPgBuilder
         => ServiceKey is null ? services.GetRequiredService<T>() : services.GetRequiredKeyedService<T>(ServiceKey);
 
     /// <summary>Registers a delegate task (see <see cref="TaskRegistry.Add"/>).</summary>
+    [System.Diagnostics.CodeAnalysis.RequiresUnreferencedCode("A delegate task's parameters are read with reflection-based JSON by their types (see TaskRegistry.Add).")]
+    [System.Diagnostics.CodeAnalysis.RequiresDynamicCode("A delegate task's call is compiled at registration.")]
     public TaskiqPgBuilder AddTask(string name, Delegate handler, TimeSpan? timeout = null)
     {
         Registrations.Add(r => r.Add(name, handler, timeout));

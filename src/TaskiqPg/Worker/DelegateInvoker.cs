@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Linq.Expressions;
 using System.Reflection;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
@@ -8,39 +10,69 @@ namespace TaskiqPg;
 /// Runs a plain delegate as a task. Parameters are bound in order: <see cref="CancellationToken"/>, <see cref="TaskContext"/>
 /// and <see cref="IServiceProvider"/> by type; types registered in DI from the task's scope; every other parameter from
 /// the next positional argument, else the keyword argument of its name, else its default value.
+/// The delegate's signature is read once, at registration, and its call compiled into a typed invocation (no
+/// <see cref="Delegate.DynamicInvoke"/>, no reflection per run); arguments are read with System.Text.Json by their
+/// runtime types, which needs the types' metadata (hence the trimming and AOT annotations).
 /// </summary>
 internal sealed class DelegateInvoker
 {
-    private readonly Delegate _handler;
     private readonly string _taskName;
     private readonly ParameterInfo[] _parameters;
     private readonly Type _resultType;
+    private readonly Func<object?[], object?> _invoke;
     private readonly Func<object, ValueTask<object?>> _await;
 
+    [RequiresUnreferencedCode("A delegate task's parameters are bound and read with reflection-based JSON.")]
+    [RequiresDynamicCode("A delegate task's call is compiled at registration.")]
     public DelegateInvoker(string taskName, Delegate handler)
     {
-        _handler = handler;
         _taskName = taskName;
-        _parameters = handler.Method.GetParameters();
-        (_resultType, _await) = Awaiter(handler.Method.ReturnType);
+        var invoke = handler.GetType().GetMethod("Invoke")!;
+        // The target method's parameters carry the names and defaults (a Func's Invoke has arg1, arg2, ...); the
+        // delegate's Invoke has the types the call takes. They differ only for a delegate closed over its first argument.
+        var declared = handler.Method.GetParameters();
+        var called = invoke.GetParameters();
+        _parameters = declared.Length == called.Length ? declared : called;
+        _invoke = CompileCall(handler, called);
+        (_resultType, _await) = Awaiter(invoke.ReturnType);
     }
 
     public async ValueTask<(object? Value, Type Type)> InvokeAsync(TaskContext context, CancellationToken cancellationToken)
     {
-        var arguments = Bind(context, cancellationToken);
-        object? returned;
-        try
-        {
-            returned = _handler.DynamicInvoke(arguments);
-        }
-        catch (TargetInvocationException ex) when (ex.InnerException is not null)
-        {
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ex.InnerException).Throw();
-            throw;
-        }
-
+        var returned = _invoke(Bind(context, cancellationToken));
         var value = returned is null ? null : await _await(returned);
         return (value, _resultType);
+    }
+
+    /// <summary><c>args =&gt; (object)handler((T0)args[0], (T1)args[1], ...)</c>, compiled once.</summary>
+    [RequiresDynamicCode("Compiles the call.")]
+    private static Func<object?[], object?> CompileCall(Delegate handler, ParameterInfo[] parameters)
+    {
+        var args = Expression.Parameter(typeof(object?[]), "args");
+        var call = Expression.Invoke(Expression.Constant(handler, handler.GetType()),
+            parameters.Select((p, i) => Expression.Convert(Expression.ArrayIndex(args, Expression.Constant(i)), p.ParameterType)));
+        Expression body = call.Type == typeof(void)
+            ? Expression.Block(call, Expression.Constant(null, typeof(object)))
+            : Expression.Convert(call, typeof(object));
+        return Expression.Lambda<Func<object?[], object?>>(body, args).Compile();
+    }
+
+    /// <summary><c>task =&gt; (object)((Task&lt;T&gt;)task).Result</c>, compiled once (the task has completed).</summary>
+    [RequiresDynamicCode("Compiles the accessor.")]
+    private static Func<object, object?> CompileResult(Type taskType)
+    {
+        var task = Expression.Parameter(typeof(object), "task");
+        var result = Expression.Property(Expression.Convert(task, taskType), nameof(Task<object>.Result));
+        return Expression.Lambda<Func<object, object?>>(Expression.Convert(result, typeof(object)), task).Compile();
+    }
+
+    /// <summary><c>valueTask =&gt; ((ValueTask&lt;T&gt;)valueTask).AsTask()</c>, compiled once.</summary>
+    [RequiresDynamicCode("Compiles the accessor.")]
+    private static Func<object, Task> CompileAsTask(Type valueTaskType)
+    {
+        var value = Expression.Parameter(typeof(object), "valueTask");
+        var asTask = Expression.Call(Expression.Convert(value, valueTaskType), valueTaskType.GetMethod(nameof(ValueTask<object>.AsTask))!);
+        return Expression.Lambda<Func<object, Task>>(Expression.Convert(asTask, typeof(Task)), value).Compile();
     }
 
     private object?[] Bind(TaskContext context, CancellationToken cancellationToken)
@@ -91,6 +123,8 @@ internal sealed class DelegateInvoker
         return arguments;
     }
 
+    [UnconditionalSuppressMessage("Trimming", "IL2026", Justification = "The constructor carries the requirement: no invoker exists without it.")]
+    [UnconditionalSuppressMessage("AOT", "IL3050", Justification = "The constructor carries the requirement: no invoker exists without it.")]
     private object? Convert(JsonElement value, ParameterInfo parameter, JsonSerializerOptions options)
     {
         try
@@ -104,6 +138,7 @@ internal sealed class DelegateInvoker
         }
     }
 
+    [RequiresDynamicCode("Compiles the result accessors.")]
     private static (Type ResultType, Func<object, ValueTask<object?>> Await) Awaiter(Type returnType)
     {
         if (returnType == typeof(void))
@@ -123,19 +158,19 @@ internal sealed class DelegateInvoker
 
         if (returnType.IsGenericType && returnType.GetGenericTypeDefinition() == typeof(Task<>))
         {
-            var result = returnType.GetProperty(nameof(Task<object>.Result))!;
-            return (returnType.GetGenericArguments()[0], async r => { await (Task)r; return result.GetValue(r); });
+            var result = CompileResult(returnType);
+            return (returnType.GetGenericArguments()[0], async r => { await (Task)r; return result(r); });
         }
 
         if (returnType.IsGenericType && returnType.GetGenericTypeDefinition() == typeof(ValueTask<>))
         {
-            var asTask = returnType.GetMethod(nameof(ValueTask<object>.AsTask))!;
-            var result = asTask.ReturnType.GetProperty(nameof(Task<object>.Result))!;
+            var asTask = CompileAsTask(returnType);
+            var result = CompileResult(typeof(Task<>).MakeGenericType(returnType.GetGenericArguments()[0]));
             return (returnType.GetGenericArguments()[0], async r =>
             {
-                var task = (Task)asTask.Invoke(r, null)!;
+                var task = asTask(r);
                 await task;
-                return result.GetValue(task);
+                return result(task);
             });
         }
 

@@ -29,6 +29,8 @@ public sealed class TaskRegistry
     /// <param name="handler">The delegate.</param>
     /// <param name="timeout">Handler timeout (the task's <c>timeout</c> label wins).</param>
     /// <param name="retry">Retry policy of this task on this worker (wins over the kick's and the broker's).</param>
+    [System.Diagnostics.CodeAnalysis.RequiresUnreferencedCode("A delegate task's parameters are read with reflection-based JSON by their types; trimming may remove what they need. Use AddHandler with a source-generated JsonSerializerContext in TaskiqPgOptions.SerializerOptions when trimming.")]
+    [System.Diagnostics.CodeAnalysis.RequiresDynamicCode("A delegate task's call is compiled at registration.")]
     public TaskRegistry Add(string name, Delegate handler, TimeSpan? timeout = null, TaskRetryPolicy? retry = null)
     {
         ArgumentNullException.ThrowIfNull(handler);
