@@ -6,8 +6,8 @@
 // TaskiqPg:LeaseDuration (passed to the services).
 var builder = DistributedApplication.CreateBuilder(args);
 
-var db = builder.AddTaskiqPostgres("postgres", "db");
-var tasks = db.AddTaskiq("tasks");
+var db = builder.AddTaskiqPgDatabase("postgres", "db");
+var tasks = db.AddTaskiqPgQueue("tasks");
 
 IResourceBuilder<ProjectResource> AddService(string name, string role)
 {

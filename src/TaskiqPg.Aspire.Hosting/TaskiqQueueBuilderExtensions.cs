@@ -8,8 +8,8 @@ using TaskiqPg;
 namespace Aspire.Hosting;
 
 /// <summary>
-/// The queue as an Aspire resource. AppHost: <c>var tasks = db.AddTaskiq("tasks");</c> and
-/// <c>.WithReference(tasks).WaitFor(tasks)</c> on each service; service: <c>builder.AddTaskiqPostgres("tasks")</c>.
+/// The queue as an Aspire resource. AppHost: <c>var tasks = db.AddTaskiqPgQueue("tasks");</c> and
+/// <c>.WithReference(tasks).WaitFor(tasks)</c> on each service; service: <c>builder.AddTaskiqPgClient("tasks")</c>.
 /// </summary>
 public static class TaskiqQueueBuilderExtensions
 {
@@ -40,12 +40,12 @@ public static class TaskiqQueueBuilderExtensions
     /// ready (dependants that <c>WaitFor</c> this resource start after it), shows each queue's live figures (tasks by
     /// state, oldest due task, completed and dead-lettered in the last minute, live workers) and offers commands.
     /// </summary>
-    /// <param name="database">The database (e.g. from <c>AddTaskiqPostgres</c>).</param>
+    /// <param name="database">The database (e.g. from <c>AddTaskiqPgDatabase</c>).</param>
     /// <param name="name">The resource name; also the connection name services use.</param>
     /// <param name="queues">The queues shown and steered (default: <c>default</c>); the first is the services' default queue.</param>
     /// <param name="configure">Adjusts table names, the refresh interval and the Degraded threshold.</param>
     /// <exception cref="ArgumentException">A queue name is not a valid identifier, or is listed twice.</exception>
-    public static IResourceBuilder<TaskiqQueueResource> AddTaskiq(this IResourceBuilder<IResourceWithConnectionString> database, string name,
+    public static IResourceBuilder<TaskiqQueueResource> AddTaskiqPgQueue(this IResourceBuilder<IResourceWithConnectionString> database, string name,
         IReadOnlyList<string>? queues = null, Func<TaskiqQueueOptions, TaskiqQueueOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(database);

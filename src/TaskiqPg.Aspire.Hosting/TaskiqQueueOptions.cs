@@ -2,7 +2,7 @@ using TaskiqPg;
 
 namespace Aspire.Hosting;
 
-/// <summary>Settings of a TaskiqPg queue resource (<see cref="TaskiqQueueBuilderExtensions.AddTaskiq"/>).</summary>
+/// <summary>Settings of a TaskiqPg queue resource (<see cref="TaskiqQueueBuilderExtensions.AddTaskiqPgQueue"/>).</summary>
 public sealed record TaskiqQueueOptions
 {
     /// <summary>Table names and schema of the queue (its <c>Queue</c> is replaced by the resource's first queue). Default: the defaults.</summary>

@@ -13,7 +13,7 @@ public sealed class TaskiqDashboardOptions
     public string Title { get; set; } = "TaskiqPg";
 
     /// <summary>
-    /// Service key of a keyed registration (<c>AddKeyedTaskiqPg</c>, <c>AddKeyedTaskiqPostgres</c>) whose queue this
+    /// Service key of a keyed registration (<c>AddKeyedTaskiqPg</c>, <c>AddKeyedTaskiqPgClient</c>) whose queue this
     /// browser shows. <c>null</c> (default): the unkeyed registration.
     /// </summary>
     public string? ServiceKey { get; set; }

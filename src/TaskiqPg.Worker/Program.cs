@@ -8,7 +8,7 @@ var role = builder.Configuration["TaskiqPg:Role"] ?? "worker";
 
 builder.AddServiceDefaults();
 builder.Services.AddHttpClient("samples");
-var taskiq = builder.AddTaskiqPostgres("tasks").AddSampleTasks();
+var taskiq = builder.AddTaskiqPgClient("tasks").AddSampleTasks();
 switch (role)
 {
     case "worker":

@@ -101,7 +101,7 @@ public sealed class PackageConsumerTests
             using TaskiqPg;
 
             var builder = WebApplication.CreateBuilder(args);
-            builder.AddTaskiqPostgres("tasks").AddTask("add", (int a, int b) => a + b).AddWorker();
+            builder.AddTaskiqPgClient("tasks").AddTask("add", (int a, int b) => a + b).AddWorker();
             var app = builder.Build();
             app.MapGet("/add", async (int a, int b, TaskiqClient client) =>
                 await (await client.KickAsync<int>("add", [a, b])).WaitForResultAsync(TimeSpan.FromSeconds(30)));
@@ -121,7 +121,7 @@ public sealed class PackageConsumerTests
             """);
         Write(work, "AppHost/Program.cs", """
             var builder = DistributedApplication.CreateBuilder(args);
-            var tasks = builder.AddTaskiqPostgres("postgres", "db").AddTaskiq("tasks");
+            var tasks = builder.AddTaskiqPgDatabase("postgres", "db").AddTaskiqPgQueue("tasks");
             builder.AddProject<Projects.Service>("service", launchProfileName: null).WithHttpEndpoint().WithReference(tasks).WaitFor(tasks);
             builder.Build().Run();
             """);

@@ -11,7 +11,7 @@ using OpenTelemetry.Trace;
 
 namespace TaskiqPg.Tests;
 
-/// <summary>Aspire-style conformance of <c>AddTaskiqPostgres</c>: settings, one data source, switches, keyed registrations, schema.</summary>
+/// <summary>Aspire-style conformance of <c>AddTaskiqPgClient</c>: settings, one data source, switches, keyed registrations, schema.</summary>
 public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
 {
     private HostApplicationBuilder NewBuilder(params (string Key, string? Value)[] config)
@@ -22,13 +22,13 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     }
 
     [Fact]
-    public void Settings_class_is_sealed() => Assert.True(typeof(TaskiqPostgresSettings).IsSealed);
+    public void Settings_class_is_sealed() => Assert.True(typeof(TaskiqPgSettings).IsSealed);
 
     [Fact]
     public void Broker_result_backend_schedule_source_and_client_share_the_one_data_source_that_Aspire_Npgsql_registered()
     {
         var builder = NewBuilder();
-        builder.AddTaskiqPostgres("db").AddTask("x", () => 1).AddWorker();
+        builder.AddTaskiqPgClient("db").AddTask("x", () => 1).AddWorker();
         using var host = builder.Build();
 
         var dataSource = host.Services.GetRequiredService<NpgsqlDataSource>();
@@ -44,7 +44,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     {
         var builder = NewBuilder();
         builder.AddNpgsqlDataSource("db");
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         using var host = builder.Build();
 
         Assert.Single(builder.Services, d => d.ServiceType == typeof(NpgsqlDataSource));
@@ -55,7 +55,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     public async Task Host_disposes_the_data_source_and_TaskiqPg_never_does()
     {
         var builder = NewBuilder(("Aspire:TaskiqPg:Queue", "dispose_test"));
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         var host = builder.Build();
         var broker = host.Services.GetRequiredService<PostgresBroker>();
         await broker.KickAsync(TaskMessage.Create("x"));
@@ -75,7 +75,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     {
         var builder = NewBuilder(("Aspire:TaskiqPg:Queue", "general"), ("Aspire:TaskiqPg:MaxConcurrentTasks", "3"),
             ("Aspire:TaskiqPg:db:Queue", "named"), ("Aspire:TaskiqPg:db:LeaseDuration", "00:00:07"));
-        builder.AddTaskiqPostgres("db", s => s.MaxConcurrentTasks = 5);
+        builder.AddTaskiqPgClient("db", s => s.MaxConcurrentTasks = 5);
         using var host = builder.Build();
 
         var options = host.Services.GetRequiredService<IOptions<TaskiqPgOptions>>().Value;
@@ -88,7 +88,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     public void ConnectionStrings_entry_wins_over_the_settings_connection_string()
     {
         var builder = NewBuilder(("Aspire:TaskiqPg:ConnectionString", "Host=wrong.invalid;Database=nope"));
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         using var host = builder.Build();
 
         Assert.Equal(new NpgsqlConnectionStringBuilder(db.ConnectionString).Database,
@@ -99,7 +99,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     public void Missing_connection_string_fails_naming_both_configuration_paths()
     {
         var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
-        builder.AddTaskiqPostgres("orders");
+        builder.AddTaskiqPgClient("orders");
         using var host = builder.Build();
 
         var error = Assert.Throws<InvalidOperationException>(() => host.Services.GetRequiredService<PostgresBroker>());
@@ -113,7 +113,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     public void DisableHealthChecks_turns_the_health_checks_off(bool disabled)
     {
         var builder = NewBuilder(("Aspire:TaskiqPg:DisableHealthChecks", disabled.ToString()));
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         using var host = builder.Build();
 
         var names = host.Services.GetRequiredService<IOptions<HealthCheckServiceOptions>>().Value.Registrations.Select(r => r.Name).ToArray();
@@ -126,8 +126,8 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     public void Registering_twice_does_not_duplicate_health_checks()
     {
         var builder = NewBuilder();
-        builder.AddTaskiqPostgres("db");
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
+        builder.AddTaskiqPgClient("db");
         using var host = builder.Build();
 
         var names = host.Services.GetRequiredService<IOptions<HealthCheckServiceOptions>>().Value.Registrations.Select(r => r.Name).ToArray();
@@ -139,8 +139,8 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     {
         var builder = NewBuilder(("ConnectionStrings:emails", db.ConnectionString), ("ConnectionStrings:reports", db.ConnectionString),
             ("Aspire:TaskiqPg:emails:Queue", "emails"), ("Aspire:TaskiqPg:reports:Queue", "reports"));
-        builder.AddKeyedTaskiqPostgres("emails").AddTask("send", () => "sent").AddWorker();
-        builder.AddKeyedTaskiqPostgres("reports").AddTask("build", () => "built").AddWorker();
+        builder.AddKeyedTaskiqPgClient("emails").AddTask("send", () => "sent").AddWorker();
+        builder.AddKeyedTaskiqPgClient("reports").AddTask("build", () => "built").AddWorker();
         using var host = builder.Build();
         await host.StartAsync();
 
@@ -169,7 +169,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     {
         var exported = new List<Activity>();
         var builder = NewBuilder(("Aspire:TaskiqPg:DisableTracing", disabled.ToString()), ("Aspire:TaskiqPg:Queue", "tracing_" + disabled));
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         builder.Services.AddOpenTelemetry().WithTracing(t => t.AddInMemoryExporter(exported));
         using var host = builder.Build();
         await host.StartAsync();
@@ -188,7 +188,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     {
         var exported = new List<Metric>();
         var builder = NewBuilder(("Aspire:TaskiqPg:DisableMetrics", disabled.ToString()), ("Aspire:TaskiqPg:Queue", "metrics_" + disabled));
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddInMemoryExporter(exported));
         using var host = builder.Build();
         await host.StartAsync();
@@ -205,7 +205,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
     {
         var schema = "nomig" + Guid.NewGuid().ToString("N")[..6];
         var builder = NewBuilder(("Aspire:TaskiqPg:DisableMigrations", "true"), ("Aspire:TaskiqPg:Schema", schema));
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         using var host = builder.Build();
 
         var error = await Assert.ThrowsAsync<PostgresException>(() => host.Services.GetRequiredService<TaskiqClient>().KickAsync("x"));
@@ -218,7 +218,7 @@ public sealed class IntegrationConformanceTests(DatabaseFixture db) : IClassFixt
         var suffix = Guid.NewGuid().ToString("N")[..6];
         var builder = NewBuilder(("Aspire:TaskiqPg:Queue", "sched_" + suffix));
         var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        builder.AddTaskiqPostgres("db", s => s.Schema = "sched_" + suffix)
+        builder.AddTaskiqPgClient("db", s => s.Schema = "sched_" + suffix)
             .AddTask("heartbeat", () => ran.TrySetResult())
             .AddSchedule(new ScheduleDefinition { TaskName = "heartbeat", Interval = TimeSpan.FromSeconds(1) })
             .AddScheduler(o => o.RefreshInterval = TimeSpan.FromMilliseconds(500))

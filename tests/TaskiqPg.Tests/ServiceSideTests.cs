@@ -39,7 +39,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
         var running = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var builder = NewBuilder(proxied, ("Aspire:TaskiqPg:Schema", schema), ("Aspire:TaskiqPg:LeaseDuration", "00:00:01"),
             ("Aspire:TaskiqPg:PollInterval", "00:00:00.100"), ("Aspire:TaskiqPg:SchedulerRefreshInterval", "00:00:00.200"));
-        builder.AddTaskiqPostgres("db")
+        builder.AddTaskiqPgClient("db")
             .AddTask("gated", async () =>
             {
                 running.TrySetResult();
@@ -91,7 +91,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
     public async Task Worker_liveness_fails_when_its_loop_has_stopped()
     {
         var builder = NewBuilder(db.ConnectionString, ("Aspire:TaskiqPg:Schema", Unique("stopped_")));
-        builder.AddTaskiqPostgres("db").AddWorker();
+        builder.AddTaskiqPgClient("db").AddWorker();
         using var host = builder.Build();
         await host.StartAsync();
         var health = host.Services.GetRequiredService<HealthCheckService>();
@@ -109,7 +109,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
         var properties = schemaDocument.RootElement.GetProperty("properties").GetProperty("Aspire").GetProperty("properties")
             .GetProperty("TaskiqPg").GetProperty("properties");
         var inSchema = properties.EnumerateObject().ToDictionary(p => p.Name, p => p.Value);
-        var inClass = typeof(TaskiqPostgresSettings).GetProperties(BindingFlags.Public | BindingFlags.Instance)
+        var inClass = typeof(TaskiqPgSettings).GetProperties(BindingFlags.Public | BindingFlags.Instance)
             .Where(p => p.CanWrite).ToDictionary(p => p.Name);
 
         Assert.Equal(inClass.Keys.Order(), inSchema.Keys.Order());
@@ -152,7 +152,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
             ("Aspire:TaskiqPg:DiscardedRetention", "-00:00:00.001"), ("Aspire:TaskiqPg:MaxMessageBytes", "4096"),
             ("Aspire:TaskiqPg:KeepResults", "false"), ("Aspire:TaskiqPg:ResultTtl", "-00:00:00.001"),
             ("Aspire:TaskiqPg:StoreStackTraces", "false"), ("Aspire:TaskiqPg:SchedulerRefreshInterval", "00:00:09"));
-        builder.AddTaskiqPostgres("db").AddWorker();
+        builder.AddTaskiqPgClient("db").AddWorker();
         using var host = builder.Build();
 
         var o = host.Services.GetRequiredService<IOptions<TaskiqPgOptions>>().Value;
@@ -189,7 +189,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
     public void Unset_settings_leave_the_components_defaults()
     {
         var builder = NewBuilder(db.ConnectionString);
-        builder.AddTaskiqPostgres("db").AddWorker();
+        builder.AddTaskiqPgClient("db").AddWorker();
         using var host = builder.Build();
 
         var o = host.Services.GetRequiredService<IOptions<TaskiqPgOptions>>().Value;
@@ -205,7 +205,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
     public void The_data_source_builder_hook_runs_on_the_registered_data_source()
     {
         var builder = NewBuilder(db.ConnectionString);
-        builder.AddTaskiqPostgres("db", configureDataSourceBuilder: b => b.ConnectionStringBuilder.ApplicationName = "hooked_app");
+        builder.AddTaskiqPgClient("db", configureDataSourceBuilder: b => b.ConnectionStringBuilder.ApplicationName = "hooked_app");
         using var host = builder.Build();
 
         Assert.Equal("hooked_app", new NpgsqlConnectionStringBuilder(host.Services.GetRequiredService<NpgsqlDataSource>().ConnectionString).ApplicationName);
@@ -215,7 +215,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
     public void The_users_Aspire_Npgsql_switches_are_not_overwritten()
     {
         var builder = NewBuilder(db.ConnectionString, ("Aspire:Npgsql:DisableHealthChecks", "true"));
-        builder.AddTaskiqPostgres("db");
+        builder.AddTaskiqPgClient("db");
         using var host = builder.Build();
 
         var names = host.Services.GetRequiredService<IOptions<HealthCheckServiceOptions>>().Value.Registrations.Select(r => r.Name).ToArray();
@@ -239,7 +239,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
         var builder = NewBuilder(connectionString, ("Aspire:TaskiqPg:Queue", queue), ("Aspire:TaskiqPg:PollInterval", "00:00:00.050"),
             ("Aspire:TaskiqPg:SchedulerRefreshInterval", "00:00:00.100"), ("Aspire:TaskiqPg:HeartbeatInterval", "00:00:00.200"),
             ("Aspire:TaskiqPg:LeaseDuration", "00:00:00.900"), ("Aspire:TaskiqPg:TraceBackgroundWork", traceBackgroundWork.ToString()));
-        builder.AddTaskiqPostgres("db")
+        builder.AddTaskiqPgClient("db")
             .AddTask("query", async (NpgsqlDataSource dataSource) =>
             {
                 await using var command = dataSource.CreateCommand("SELECT 'inside the handler'");

@@ -1,10 +1,10 @@
 namespace TaskiqPg;
 
 /// <summary>
-/// Settings of <c>AddTaskiqPostgres</c>, bound from <c>Aspire:TaskiqPg</c>, then <c>Aspire:TaskiqPg:{name}</c>, then the
+/// Settings of <c>AddTaskiqPgClient</c>, bound from <c>Aspire:TaskiqPg</c>, then <c>Aspire:TaskiqPg:{name}</c>, then the
 /// delegate. <c>ConnectionStrings:{name}</c> wins over <see cref="ConnectionString"/>.
 /// </summary>
-public sealed class TaskiqPostgresSettings
+public sealed class TaskiqPgSettings
 {
     /// <summary>Connection string of the database (normally provided by the AppHost as <c>ConnectionStrings:{name}</c>).</summary>
     public string? ConnectionString { get; set; }

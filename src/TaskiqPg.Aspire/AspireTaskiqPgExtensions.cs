@@ -9,10 +9,10 @@ using TaskiqPg;
 namespace Microsoft.Extensions.Hosting;
 
 /// <summary>
-/// Aspire client integration: <c>builder.AddTaskiqPostgres("db")</c> registers the Aspire-managed
+/// Aspire client integration: <c>builder.AddTaskiqPgClient("db")</c> registers the Aspire-managed
 /// <see cref="NpgsqlDataSource"/> (through Aspire.Npgsql) and builds broker, result backend and client on it, borrowed.
 /// </summary>
-public static class AspireTaskiqPostgresExtensions
+public static class AspireTaskiqPgExtensions
 {
     /// <summary>Configuration section of the settings; <c>{section}:{name}</c> overrides it.</summary>
     public const string DefaultConfigSectionName = "Aspire:TaskiqPg";
@@ -35,12 +35,12 @@ public static class AspireTaskiqPostgresExtensions
     /// <returns>A builder to add tasks, schedules, a worker and a scheduler.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="builder"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="connectionName"/> is null or empty.</exception>
-    public static TaskiqPgBuilder AddTaskiqPostgres(this IHostApplicationBuilder builder, string connectionName,
-        Action<TaskiqPostgresSettings>? configureSettings = null, Action<NpgsqlDataSourceBuilder>? configureDataSourceBuilder = null)
+    public static TaskiqPgBuilder AddTaskiqPgClient(this IHostApplicationBuilder builder, string connectionName,
+        Action<TaskiqPgSettings>? configureSettings = null, Action<NpgsqlDataSourceBuilder>? configureDataSourceBuilder = null)
         => Add(builder, connectionName, serviceKey: null, configureSettings, configureDataSourceBuilder);
 
     /// <summary>
-    /// Like <see cref="AddTaskiqPostgres"/>, registered under the key <paramref name="name"/> (its own data source,
+    /// Like <see cref="AddTaskiqPgClient"/>, registered under the key <paramref name="name"/> (its own data source,
     /// components, worker and health checks), e.g. for a second queue in one app.
     /// </summary>
     /// <param name="builder">The application builder.</param>
@@ -50,20 +50,20 @@ public static class AspireTaskiqPostgresExtensions
     /// <returns>A builder to add tasks, schedules, a worker and a scheduler.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="builder"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="name"/> is null or empty.</exception>
-    public static TaskiqPgBuilder AddKeyedTaskiqPostgres(this IHostApplicationBuilder builder, string name,
-        Action<TaskiqPostgresSettings>? configureSettings = null, Action<NpgsqlDataSourceBuilder>? configureDataSourceBuilder = null)
+    public static TaskiqPgBuilder AddKeyedTaskiqPgClient(this IHostApplicationBuilder builder, string name,
+        Action<TaskiqPgSettings>? configureSettings = null, Action<NpgsqlDataSourceBuilder>? configureDataSourceBuilder = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         return Add(builder, name, serviceKey: name, configureSettings, configureDataSourceBuilder);
     }
 
     private static TaskiqPgBuilder Add(IHostApplicationBuilder builder, string connectionName, string? serviceKey,
-        Action<TaskiqPostgresSettings>? configureSettings, Action<NpgsqlDataSourceBuilder>? configureDataSourceBuilder)
+        Action<TaskiqPgSettings>? configureSettings, Action<NpgsqlDataSourceBuilder>? configureDataSourceBuilder)
     {
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentException.ThrowIfNullOrEmpty(connectionName);
 
-        var settings = new TaskiqPostgresSettings();
+        var settings = new TaskiqPgSettings();
         var section = builder.Configuration.GetSection(DefaultConfigSectionName);
         section.Bind(settings);
         section.GetSection(connectionName).Bind(settings);
@@ -137,7 +137,7 @@ public static class AspireTaskiqPostgresExtensions
         return taskiq;
     }
 
-    private static void RegisterDataSource(IHostApplicationBuilder builder, string connectionName, string? serviceKey, TaskiqPostgresSettings settings,
+    private static void RegisterDataSource(IHostApplicationBuilder builder, string connectionName, string? serviceKey, TaskiqPgSettings settings,
         Action<NpgsqlDataSourceBuilder>? configureDataSourceBuilder)
     {
         var alreadyRegistered = builder.Services.Any(d => d.ServiceType == typeof(NpgsqlDataSource)
@@ -185,7 +185,7 @@ public static class AspireTaskiqPostgresExtensions
     }
 
     /// <summary>Applies the optional settings (null leaves the component's own default).</summary>
-    private static void Apply(TaskiqPostgresSettings s, TaskiqPgOptions o)
+    private static void Apply(TaskiqPgSettings s, TaskiqPgOptions o)
     {
         o.Worker.PrefetchCount = s.PrefetchCount ?? o.Worker.PrefetchCount;
         o.Worker.ClaimBatchSize = s.ClaimBatchSize ?? o.Worker.ClaimBatchSize;
@@ -217,7 +217,7 @@ public static class AspireTaskiqPostgresExtensions
 
     private static void TryAddHealthCheck(this IHostApplicationBuilder builder, HealthCheckRegistration registration)
     {
-        // Registering twice (e.g. AddTaskiqPostgres called again) must not add duplicate checks.
+        // Registering twice (e.g. AddTaskiqPgClient called again) must not add duplicate checks.
         builder.Services.AddHealthChecks();
         builder.Services.Configure<HealthCheckServiceOptions>(options =>
         {

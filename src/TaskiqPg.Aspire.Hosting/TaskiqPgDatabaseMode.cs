@@ -1,7 +1,7 @@
 namespace Aspire.Hosting;
 
 /// <summary>Where the AppHost gets PostgreSQL from.</summary>
-public enum TaskiqPostgresMode
+public enum TaskiqPgDatabaseMode
 {
     /// <summary>A container when a container runtime answers, else a local server (default).</summary>
     Auto,

@@ -6,7 +6,7 @@ using TaskiqPg;
 namespace Aspire.Hosting;
 
 /// <summary>AppHost entry points for TaskiqPg: PostgreSQL from a container, a local server or a connection string, plus the schema.</summary>
-public static class TaskiqPostgresHostingExtensions
+public static class TaskiqPgHostingExtensions
 {
     /// <summary>Configuration key that picks the mode: <c>auto</c> (default), <c>container</c>, <c>local</c> or <c>external</c>.</summary>
     public const string ModeConfigurationKey = "TaskiqPg:PostgresMode";
@@ -15,46 +15,46 @@ public static class TaskiqPostgresHostingExtensions
     public const string LocalDataDirectoryConfigurationKey = "TaskiqPg:LocalDataDirectory";
 
     /// <summary>
-    /// Adds PostgreSQL and a database for TaskiqPg. <see cref="TaskiqPostgresMode.Auto"/> (default, or the value of
+    /// Adds PostgreSQL and a database for TaskiqPg. <see cref="TaskiqPgDatabaseMode.Auto"/> (default, or the value of
     /// <see cref="ModeConfigurationKey"/>) uses a container when a container runtime answers and a local server
-    /// otherwise; <see cref="TaskiqPostgresMode.External"/> reads <c>ConnectionStrings:{databaseName}</c>.
+    /// otherwise; <see cref="TaskiqPgDatabaseMode.External"/> reads <c>ConnectionStrings:{databaseName}</c>.
     /// </summary>
     /// <returns>The database, to pass to <c>WithReference</c> and <c>WaitFor</c>.</returns>
-    public static IResourceBuilder<IResourceWithConnectionString> AddTaskiqPostgres(this IDistributedApplicationBuilder builder,
-        string serverName, string databaseName, TaskiqPostgresMode mode = TaskiqPostgresMode.Auto)
+    public static IResourceBuilder<IResourceWithConnectionString> AddTaskiqPgDatabase(this IDistributedApplicationBuilder builder,
+        string serverName, string databaseName, TaskiqPgDatabaseMode mode = TaskiqPgDatabaseMode.Auto)
     {
         ArgumentNullException.ThrowIfNull(builder);
         // Publishing describes the deployment: always the real PostgreSQL resource (a container resource in the manifest),
         // never the local server of the machine that happens to publish, and no probe of its container runtime.
-        mode = builder.ExecutionContext.IsPublishMode && ResolveConfigured(builder.Configuration, mode) != TaskiqPostgresMode.External
-            ? TaskiqPostgresMode.Container
+        mode = builder.ExecutionContext.IsPublishMode && ResolveConfigured(builder.Configuration, mode) != TaskiqPgDatabaseMode.External
+            ? TaskiqPgDatabaseMode.Container
             : ResolveMode(builder.Configuration, mode);
         return mode switch
         {
-            TaskiqPostgresMode.Container => builder.AddPostgres(serverName).AddDatabase(databaseName),
-            TaskiqPostgresMode.Local => builder.AddLocalPostgres(serverName, dataDirectory: builder.Configuration[LocalDataDirectoryConfigurationKey])
+            TaskiqPgDatabaseMode.Container => builder.AddPostgres(serverName).AddDatabase(databaseName),
+            TaskiqPgDatabaseMode.Local => builder.AddLocalPostgres(serverName, dataDirectory: builder.Configuration[LocalDataDirectoryConfigurationKey])
                 .AddDatabase(databaseName),
-            TaskiqPostgresMode.External => builder.AddConnectionString(databaseName),
+            TaskiqPgDatabaseMode.External => builder.AddConnectionString(databaseName),
             _ => throw new ArgumentOutOfRangeException(nameof(mode), mode, null),
         };
     }
 
-    /// <summary>The requested mode, or the configured one when <see cref="TaskiqPostgresMode.Auto"/> was requested.</summary>
-    private static TaskiqPostgresMode ResolveConfigured(IConfiguration configuration, TaskiqPostgresMode requested)
-        => requested == TaskiqPostgresMode.Auto && configuration[ModeConfigurationKey] is { Length: > 0 } configured
-            ? Enum.TryParse<TaskiqPostgresMode>(configured, ignoreCase: true, out var parsed)
+    /// <summary>The requested mode, or the configured one when <see cref="TaskiqPgDatabaseMode.Auto"/> was requested.</summary>
+    private static TaskiqPgDatabaseMode ResolveConfigured(IConfiguration configuration, TaskiqPgDatabaseMode requested)
+        => requested == TaskiqPgDatabaseMode.Auto && configuration[ModeConfigurationKey] is { Length: > 0 } configured
+            ? Enum.TryParse<TaskiqPgDatabaseMode>(configured, ignoreCase: true, out var parsed)
                 ? parsed
                 : throw new InvalidOperationException($"'{ModeConfigurationKey}' is '{configured}'; use auto, container, local or external.")
             : requested;
 
-    internal static TaskiqPostgresMode ResolveMode(IConfiguration configuration, TaskiqPostgresMode requested)
+    internal static TaskiqPgDatabaseMode ResolveMode(IConfiguration configuration, TaskiqPgDatabaseMode requested)
     {
         requested = ResolveConfigured(configuration, requested);
-        if (requested != TaskiqPostgresMode.Auto)
+        if (requested != TaskiqPgDatabaseMode.Auto)
         {
             return requested;
         }
 
-        return ContainerRuntimeProbe.IsHealthy(TimeSpan.FromSeconds(10)) ? TaskiqPostgresMode.Container : TaskiqPostgresMode.Local;
+        return ContainerRuntimeProbe.IsHealthy(TimeSpan.FromSeconds(10)) ? TaskiqPgDatabaseMode.Container : TaskiqPgDatabaseMode.Local;
     }
 }
