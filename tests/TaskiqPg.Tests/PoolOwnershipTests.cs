@@ -2,7 +2,7 @@ using Npgsql;
 
 namespace TaskiqPg.Tests;
 
-/// <summary>The seed's contract: a borrowed pool is never disposed; an owned one is; one pool serves every component.</summary>
+/// <summary>The pool contract: a borrowed pool is never disposed; an owned one is; one pool serves every component.</summary>
 public sealed class PoolOwnershipTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(15);

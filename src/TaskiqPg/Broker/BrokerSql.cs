@@ -47,8 +47,8 @@ internal sealed class BrokerSql
              CREATE INDEX IF NOT EXISTS {taskIdIndex} ON {t} (task_id);
              """,
 
-            // 2: task ids are random text looked up by equality only; a hash index costs a kick about a quarter less
-            // than the b-tree (measured: 200k-row insert 1.25 s → 0.94 s).
+            // 2: task ids are random text looked up by equality only; a hash index costs a kick less than the b-tree
+            // (see docs/ARCHITECTURE.md, "Measured").
             $"""
              DROP INDEX IF EXISTS {PgIdentifier.Quote(options.Schema, nameof(options.Schema))}.{taskIdIndex};
              CREATE INDEX IF NOT EXISTS {taskIdHashIndex} ON {t} USING hash (task_id);
@@ -361,9 +361,9 @@ internal sealed class BrokerSql
         // $1 queue, $2 limit (per state), $3 channel: scheduled and retryable rows that are due become available; the queue's
         // other workers are woken. Reads only due rows of the due index, so a million future rows cost nothing. One select
         // per state, each with its own literal: `status IN (both)` is implied by the index predicate, and the planner may
-        // drop it from the index condition, which then scans every future row of the queue (seen: 288 pages for 40,000
-        // rows). ORDER BY run_at (the index's order after queue and state): without it, misjudging how many rows are due,
-        // the planner chose a sequential scan of the whole table for a LIMIT (seen: 163 ms behind 300,000 future rows).
+        // drop it from the index condition, which then scans every future row of the queue. ORDER BY run_at (the index's
+        // order after queue and state): without it, misjudging how many rows are due, the planner chose a sequential scan
+        // of the whole table for a LIMIT. (Both plans are in docs/ARCHITECTURE.md, "Measured".)
         // With NotifyTaskIds each promoted row's id is notified instead of the queue: a Python worker claims only ids it
         // is told of (and logs an error for a payload that is not one); an id wakes every TaskiqPg worker.
         Promote =

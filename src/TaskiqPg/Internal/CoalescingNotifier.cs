@@ -10,7 +10,7 @@ namespace TaskiqPg.Internal;
 /// <remarks>
 /// Why not <c>pg_notify</c> inside each kick's own transaction: PostgreSQL serializes the commits of notifying
 /// transactions on one global lock held across the commit's WAL flush, which halves the single-kick rate of
-/// concurrent producers (measured: 9.0k/s without, 4.4–5.2k/s with, 8 producers, 2 cores). The notification is only a
+/// concurrent producers (see docs/ARCHITECTURE.md, "Measured"). The notification is only a
 /// wake-up hint: the rows are committed before it is sent, and workers also poll, so a notification lost with the
 /// producer process (crash before it was sent) delays a task by at most the worker's poll interval, never loses it.
 /// </remarks>

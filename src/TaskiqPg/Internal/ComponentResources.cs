@@ -3,8 +3,8 @@ using Npgsql;
 namespace TaskiqPg.Internal;
 
 /// <summary>
-/// What broker, result backend and schedule source each hold: the data source (disposed only when owned — the
-/// seed's pool contract), a LISTEN connection and a start gate. Disposing releases exactly what the component owns.
+/// What broker, result backend and schedule source each hold: the data source (disposed only when owned: a borrowed
+/// pool stays the caller's), a LISTEN connection and a start gate. Disposing releases exactly what the component owns.
 /// </summary>
 internal sealed class ComponentResources : IAsyncDisposable
 {

@@ -9,7 +9,8 @@ namespace TaskiqPg.Internal;
 /// <remarks>
 /// Only statements whose generic plan is as good as a custom one. The array statements (claim, ack, fail, renew,
 /// result upserts over <c>unnest</c>) are left unprepared on purpose: after five runs PostgreSQL switches a prepared
-/// statement to a generic plan, and for those it picked plans that made the burn-down 6–10× slower (measured).
+/// statement to a generic plan, and for those it picked plans that made the burn-down several times slower (see
+/// docs/ARCHITECTURE.md, "Measured").
 /// </remarks>
 internal static class PreparedStatements
 {
