@@ -357,25 +357,8 @@ public sealed class PostgresResultBackend : IAsyncDisposable
 
     private async Task PruneLoopAsync(TimeSpan interval, CancellationToken stop)
     {
-        BackgroundWork.Enter();
-        using var timer = new PeriodicTimer(interval);
-        try
-        {
-            while (await timer.WaitForNextTickAsync(stop))
-            {
-                try
-                {
-                    await PruneExpiredAsync(stop);
-                }
-                catch (Exception ex) when (ex is NpgsqlException or TimeoutException or InvalidOperationException)
-                {
-                    Log.PruneFailed(_logger, ex);
-                }
-            }
-        }
-        catch (OperationCanceledException)
-        {
-        }
+        BackgroundWork.Enter(); // inside this async method: the marker flows to the loop, not back to the caller
+        await PeriodicLoop.RunAsync(interval, firstRoundAtOnce: false, PruneExpiredAsync, ex => Log.PruneFailed(_logger, ex), stop);
     }
 
     private void AddWaiter(string taskId, WakeSignal signal)

@@ -48,15 +48,10 @@ public sealed class TaskiqWorker : BackgroundService
     private readonly AutoResetEvent _renewNow = new(false); // a cancel request arrived: renew (and read cancel flags) at once
     private readonly TaskCompletionSource _renewalReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly int _capacity;
-    private static readonly TimeSpan DepthSampleInterval = TimeSpan.FromSeconds(5);
-
-    /// <summary>Rows per status the depth gauge counts exactly; past this it reports the planner's estimate.</summary>
-    private const int DepthExactUpTo = PostgresBroker.StatisticsExactUpTo; // the statistics API counts the same way
     private readonly string[] _queues; // the queues this worker claims from, in TaskiqWorkerOptions.Queues order
     private readonly int[] _weights; // QueueOrder.Weighted: each queue's weight
     private readonly int[] _dealt; // QueueOrder.Weighted: smooth weighted round-robin state (claim loop only)
     private readonly Dictionary<string, KeyValuePair<string, object?>> _queueTags;
-    private IReadOnlyList<(KeyValuePair<string, object?> Queue, IReadOnlyDictionary<TaskState, long> Depth)> _depth = [];
     private int _active;
     private volatile bool _stopping;
     private long _lastLoopTicks;
@@ -153,10 +148,13 @@ public sealed class TaskiqWorker : BackgroundService
         var background = new CancellationTokenSource(); // never disposed: the renewal thread may still read it
         var flusher = Task.Run(() => FlushLoopAsync(background.Token), CancellationToken.None);
         var renewer = _renewer = StartRenewalThread(background.Token);
-        var rescuer = Task.Run(() => RescueLoopAsync(background.Token), CancellationToken.None);
-        var sampler = Task.Run(() => SampleDepthLoopAsync(background.Token), CancellationToken.None);
-        var pruner = Task.Run(() => PruneLoopAsync(background.Token), CancellationToken.None);
-        using var depthRegistration = TaskiqDiagnostics.RegisterDepthSource(ObserveDepth);
+        // The maintenance services, each in its own type (and file) with its documented defaults.
+        var depth = new QueueDepthSampler(_broker, _queues, QueueTag, _logger, WorkerId);
+        var rescuer = Task.Run(() => new LeaseRescuer(_broker, _results, _options.RescueInterval ?? LeaseRescuer.DefaultInterval(_broker.Options),
+            _wake.Set, _logger, WorkerId).RunAsync(background.Token), CancellationToken.None);
+        var sampler = Task.Run(() => depth.RunAsync(background.Token), CancellationToken.None);
+        var pruner = Task.Run(() => new QueuePruner(_broker, _queues, _options.PruneInterval, _logger, WorkerId).RunAsync(background.Token), CancellationToken.None);
+        using var depthRegistration = TaskiqDiagnostics.RegisterDepthSource(depth.Observe);
         var executors = Enumerable.Range(0, _options.MaxConcurrentTasks)
             .Select(_ => Task.Run(ExecuteLoopAsync, CancellationToken.None)).ToArray();
         var released = 0;
@@ -1007,41 +1005,6 @@ public sealed class TaskiqWorker : BackgroundService
         (newStatus == TaskState.Discarded ? TaskiqDiagnostics.DeadLettered : TaskiqDiagnostics.Retried).Add(1, queueTag, nameTag);
     }
 
-    private async Task SampleDepthLoopAsync(CancellationToken stop)
-    {
-        using var timer = new PeriodicTimer(DepthSampleInterval);
-        do
-        {
-            if (!TaskiqDiagnostics.QueueDepth.Enabled)
-            {
-                continue; // nobody collects the gauge: spare the database the count
-            }
-
-            try
-            {
-                var depth = new List<(KeyValuePair<string, object?>, IReadOnlyDictionary<TaskState, long>)>(_queues.Length);
-                foreach (var queue in _queues)
-                {
-                    depth.Add((QueueTag(queue), await _broker.GetQueueDepthAsync(queue, DepthExactUpTo, stop)));
-                }
-
-                _depth = depth;
-            }
-            catch (Exception ex) when (!stop.IsCancellationRequested)
-            {
-                Log.LoopFailed(_logger, ex, WorkerId, "queue depth");
-            }
-        }
-        while (await TickAsync(timer, stop));
-    }
-
-    private IEnumerable<Measurement<long>> ObserveDepth()
-        => _depth.SelectMany(q => q.Depth.Select(kv =>
-            new Measurement<long>(kv.Value, q.Queue, new KeyValuePair<string, object?>("taskiq.state", StateTags[(int)kv.Key]))));
-
-    /// <summary>The <c>taskiq.state</c> tag values of the depth gauge: the states' names in lower case.</summary>
-    internal static readonly string[] StateTags = TaskStates.All.Select(s => s.ToString().ToLowerInvariant()).ToArray();
-
     /// <summary>
     /// Lease renewal runs on a dedicated thread with synchronous database calls over a connection of its own (outside
     /// the pool): handlers that block threads, starve the thread pool or hold every pooled connection would otherwise
@@ -1229,89 +1192,6 @@ public sealed class TaskiqWorker : BackgroundService
         }
     }
 
-    /// <summary>Rows deleted per prune statement (per finished state).</summary>
-    internal const int PruneBatchSize = 1000;
-
-    /// <summary>Prune statements per round at most: a large backlog of expired rows is worked off over rounds.</summary>
-    private const int PruneBatchesPerRound = 20;
-
-    /// <summary>Deletes finished rows past their retention, in small batches, every <see cref="TaskiqWorkerOptions.PruneInterval"/>.</summary>
-    private async Task PruneLoopAsync(CancellationToken stop)
-    {
-        using var timer = new PeriodicTimer(_options.PruneInterval);
-        while (await TickAsync(timer, stop))
-        {
-            try
-            {
-                long pruned = 0;
-                for (var i = 0; i < PruneBatchesPerRound; i++)
-                {
-                    long most = 0; // a queue with a full batch has more to prune
-                    foreach (var queue in _queues)
-                    {
-                        var deleted = await _broker.PruneFinishedAsync(queue, PruneBatchSize, stop);
-                        pruned += deleted;
-                        most = Math.Max(most, deleted);
-                    }
-
-                    if (most < PruneBatchSize)
-                    {
-                        break;
-                    }
-                }
-
-                if (pruned > 0)
-                {
-                    Log.FinishedPruned(_logger, WorkerId, pruned);
-                }
-            }
-            catch (Exception ex) when (!stop.IsCancellationRequested)
-            {
-                Log.LoopFailed(_logger, ex, WorkerId, "prune");
-            }
-        }
-    }
-
-    /// <summary>Half the lease, or half the heartbeat bound when that is shorter (a dead worker's tasks come back sooner).</summary>
-    internal static TimeSpan DefaultRescueInterval(PostgresBrokerOptions broker)
-        => broker.WorkerStaleAfter is { } stale && stale < broker.LeaseDuration ? stale / 2 : broker.LeaseDuration / 2;
-
-    private async Task RescueLoopAsync(CancellationToken stop)
-    {
-        var interval = _options.RescueInterval ?? DefaultRescueInterval(_broker.Options);
-        using var timer = new PeriodicTimer(interval);
-        do
-        {
-            try
-            {
-                var rescued = await _broker.RescueExpiredLeasesAsync(cancellationToken: stop);
-                await _broker.ForgetDeadWorkersAsync(stop);
-                if (rescued.Count > 0)
-                {
-                    var dead = rescued.Where(r => r.DeadLettered).ToArray();
-                    Log.LeasesRescued(_logger, rescued.Count, dead.Length);
-                    var cancelled = rescued.Where(r => r.Cancelled).ToArray();
-                    if ((dead.Length > 0 || cancelled.Length > 0) && _results is not null)
-                    {
-                        // Their waiters get the end: a lease lost on the last attempt, or a cancel the dead worker never finished.
-                        await _results.SetResultsAsync(dead.Select(d => new KeyValuePair<string, TaskResult>(d.TaskId,
-                                ErrorResult("LeaseExpired", "The task's lease expired on its last attempt (its worker died or hung).", null, TimeSpan.Zero, null)))
-                            .Concat(cancelled.Select(c => new KeyValuePair<string, TaskResult>(c.TaskId,
-                                ErrorResult(CancelledTaskException.ErrorType, PostgresBroker.CancelledReason, null, TimeSpan.Zero, null))))
-                            .ToArray(), stop);
-                    }
-
-                    _wake.Set();
-                }
-            }
-            catch (Exception ex) when (!stop.IsCancellationRequested)
-            {
-                Log.LoopFailed(_logger, ex, WorkerId, "rescue");
-            }
-        }
-        while (await TickAsync(timer, stop));
-    }
-
     private List<ClaimedTask> DrainPrefetched()
     {
         var pending = new List<ClaimedTask>();
@@ -1442,18 +1322,6 @@ public sealed class TaskiqWorker : BackgroundService
             Error = new TaskError(StoredText.Sanitize(type, StoredText.MaxErrorLength), StoredText.Sanitize(message, StoredText.MaxErrorLength)),
             StackTrace = stackTrace is null ? null : StoredText.Sanitize(stackTrace, StoredText.MaxStackTraceLength),
         };
-
-    private static async Task<bool> TickAsync(PeriodicTimer timer, CancellationToken stop)
-    {
-        try
-        {
-            return await timer.WaitForNextTickAsync(stop);
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
-    }
 
     /// <summary>One claim held by this worker: the handler's cancellation and whether the lease was lost.</summary>
     private sealed class Held(ClaimedTask task)
