@@ -248,7 +248,7 @@ internal sealed class BrokerSql
              UPDATE {t} AS m
              SET {FailAssignments("$6", "$7")}
              FROM {FailuresUnnest(1, 2, 3, 4, 8)}
-             WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $5 AND m.status = 'processing'
+             WHERE {LeaseHeld("f", "$5")}
              RETURNING m.id, m.status, m.claims
              """;
 
@@ -282,7 +282,7 @@ internal sealed class BrokerSql
              UPDATE {t} AS m
              SET {HandBackAssignments}
              FROM unnest($1::bigint[], $2::integer[]) AS a(id, claim)
-             WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
+             WHERE {LeaseHeld("a", "$3")}
              RETURNING m.id
              """;
 
@@ -310,7 +310,7 @@ internal sealed class BrokerSql
              UPDATE {t} AS m
              SET locked_until = now() + $4, started = m.started OR a.started
              FROM unnest($1::bigint[], $2::integer[], $5::boolean[]) AS a(id, claim, started)
-             WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'processing'
+             WHERE {LeaseHeld("a", "$3")}
              RETURNING m.id, m.claims, m.cancel_requested_at IS NOT NULL
              """;
 
@@ -637,17 +637,26 @@ internal sealed class BrokerSql
                UPDATE {table} AS m
                SET status = 'completed', finished_at = now(), locked_until = NULL, history = {HistoryAppend("'completed'", "NULL")}
                FROM {claims}
-               WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = {worker} AND m.status = 'processing'
+               WHERE {LeaseHeld("a", worker)}
                RETURNING m.id, m.claims
                """
             : $"""
                DELETE FROM {table} AS m
                USING {claims}
-               WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = {worker} AND m.status = 'processing'
+               WHERE {LeaseHeld("a", worker)}
                RETURNING m.id, m.claims
                """;
 
     private static string SqlLiteral(string plainIdentifier) => "'" + plainIdentifier + "'";
+
+    /// <summary>
+    /// The lease predicate every statement that settles, renews or gives back a claim shares: row <c>m</c> is still
+    /// the claim <paramref name="claims"/><c>.(id, claim)</c> of <paramref name="worker"/> and still running. The claim
+    /// number (not the attempt) identifies a lease: a row rescued and claimed again is another claim, so a late ack of
+    /// the first never settles the second.
+    /// </summary>
+    internal static string LeaseHeld(string claims, string worker)
+        => $"m.id = {claims}.id AND m.claims = {claims}.claim AND m.locked_by = {worker} AND m.status = 'processing'";
 
     /// <summary>
     /// The SET list of a failed attempt over rows <c>m</c> and failures <c>f(retry, error)</c>: retry after an exponential

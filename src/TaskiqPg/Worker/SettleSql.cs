@@ -26,7 +26,7 @@ internal sealed class SettleSql
                  UPDATE {t} AS m
                  SET {BrokerSql.FailAssignments("$8", "$9")}
                  FROM {BrokerSql.FailuresUnnest(3, 4, 5, 6, 17)}
-                 WHERE m.id = f.id AND m.claims = f.claim AND m.locked_by = $7 AND m.status = 'processing'
+                 WHERE {BrokerSql.LeaseHeld("f", "$7")}
                  RETURNING m.id, m.claims, m.status
              ), stored AS (
                  INSERT INTO {r} AS r (task_id, result, stack_trace, created_at, expires_at)
