@@ -13,7 +13,7 @@ namespace TaskiqPg;
 /// Built from a connection string it owns its <see cref="NpgsqlDataSource"/>; built from a data source it borrows it
 /// and never disposes it.
 /// </summary>
-public sealed class PostgresResultBackend : IAsyncDisposable
+public sealed partial class PostgresResultBackend : IAsyncDisposable
 {
     // A NOTIFY payload must stay under 8000 bytes; results are announced in chunks below that.
     private const int MaxNotifyPayloadBytes = 7000;
@@ -157,56 +157,6 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         return (bool)(await command.ExecuteScalarAsync(cancellationToken))!;
     }
 
-    /// <summary>
-    /// Waits for the task's result: woken by the NOTIFY sent when it is stored (a slow re-check guards against a lost
-    /// notification; while the LISTEN connection is down waiters re-check every 200 ms).
-    /// </summary>
-    /// <exception cref="TaskResultTimeoutException">No result within <paramref name="timeout"/>.</exception>
-    public async Task<TaskResult> WaitForResultAsync(string taskId, TimeSpan timeout, CancellationToken cancellationToken = default)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(taskId);
-        await StartAsync(cancellationToken);
-        _resources.Listener.Start();
-        var signal = new WakeSignal();
-        AddWaiter(taskId, signal);
-        try
-        {
-            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            deadline.CancelAfter(timeout);
-            try
-            {
-                // Registered before the first check, so a result stored in between still wakes us.
-                await WaitBrieflyForListenerAsync(deadline.Token);
-                while (true)
-                {
-                    var recheck = _resources.Listener.IsConnected ? Options.WaitRecheckInterval : DisconnectedRecheck;
-                    try
-                    {
-                        if (await TryGetResultAsync(taskId, deadline.Token) is { } result)
-                        {
-                            return result;
-                        }
-                    }
-                    catch (Exception ex) when (TransientErrors.IsConnectionFailure(ex))
-                    {
-                        // The database is restarting or unreachable: keep waiting until the deadline, re-checking soon.
-                        recheck = DisconnectedRecheck;
-                    }
-
-                    await signal.WaitAsync(recheck, deadline.Token);
-                }
-            }
-            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-            {
-                throw new TaskResultTimeoutException(taskId, timeout);
-            }
-        }
-        finally
-        {
-            RemoveWaiter(taskId, signal);
-        }
-    }
-
     /// <summary>Stores progress for a running task (any JSON-serializable value).</summary>
     public async Task SetProgressAsync<T>(string taskId, T progress, JsonSerializerOptions? serializerOptions = null,
         CancellationToken cancellationToken = default)
@@ -233,24 +183,6 @@ public sealed class PostgresResultBackend : IAsyncDisposable
         return await command.ExecuteScalarAsync(cancellationToken) is byte[] json
             ? JsonSerializer.Deserialize<T>(StoredJson(json, "progress"), serializerOptions ?? TaskiqSerializer.DefaultOptions)
             : default;
-    }
-
-    /// <summary>Deletes expired results in batches of <see cref="PostgresResultBackendOptions.PruneBatchSize"/>.</summary>
-    /// <returns>The number of results deleted.</returns>
-    public async Task<long> PruneExpiredAsync(CancellationToken cancellationToken = default)
-    {
-        long total = 0;
-        while (true)
-        {
-            await using var command = DataSource.CreateCommand(_sql.Prune);
-            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = Options.PruneBatchSize });
-            var deleted = await command.ExecuteNonQueryAsync(cancellationToken);
-            total += deleted;
-            if (deleted < Options.PruneBatchSize)
-            {
-                return total;
-            }
-        }
     }
 
     /// <summary>Stops the listener and pruner; disposes the data source only if this backend created it.</summary>
@@ -337,82 +269,4 @@ public sealed class PostgresResultBackend : IAsyncDisposable
 
     internal NpgsqlParameter TtlParameter()
         => new() { Value = Options.ResultTtl is { } ttl ? ttl : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Interval };
-
-    private async Task WaitBrieflyForListenerAsync(CancellationToken cancellationToken)
-    {
-        if (_resources.Listener.IsConnected)
-        {
-            return;
-        }
-
-        try
-        {
-            await _resources.Listener.Connected.WaitAsync(TimeSpan.FromSeconds(1), cancellationToken);
-        }
-        catch (TimeoutException)
-        {
-            // the database may be down: fall back to re-checking until the listener is back
-        }
-    }
-
-    private async Task PruneLoopAsync(TimeSpan interval, CancellationToken stop)
-    {
-        BackgroundWork.Enter(); // inside this async method: the marker flows to the loop, not back to the caller
-        await PeriodicLoop.RunAsync(interval, firstRoundAtOnce: false, PruneExpiredAsync, ex => Log.PruneFailed(_logger, ex), stop);
-    }
-
-    private void AddWaiter(string taskId, WakeSignal signal)
-    {
-        lock (_waiters)
-        {
-            if (!_waiters.TryGetValue(taskId, out var list))
-            {
-                _waiters[taskId] = list = [];
-            }
-
-            list.Add(signal);
-        }
-    }
-
-    private void RemoveWaiter(string taskId, WakeSignal signal)
-    {
-        lock (_waiters)
-        {
-            if (_waiters.TryGetValue(taskId, out var list) && list.Remove(signal) && list.Count == 0)
-            {
-                _waiters.Remove(taskId);
-            }
-        }
-    }
-
-    private void OnResultsStored(string payload)
-    {
-        lock (_waiters)
-        {
-            if (_waiters.Count == 0)
-            {
-                return;
-            }
-
-            foreach (var range in payload.AsSpan().Split(','))
-            {
-                var id = payload[range];
-                if (_waiters.TryGetValue(id, out var list))
-                {
-                    list.ForEach(s => s.Set());
-                }
-            }
-        }
-    }
-
-    private void WakeAllWaiters()
-    {
-        lock (_waiters)
-        {
-            foreach (var list in _waiters.Values)
-            {
-                list.ForEach(s => s.Set());
-            }
-        }
-    }
 }
