@@ -205,6 +205,7 @@ public static class AspireTaskiqPgExtensions
         o.Broker.DiscardedRetention = s.DiscardedRetention ?? o.Broker.DiscardedRetention;
         o.Broker.MaxMessageBytes = s.MaxMessageBytes ?? o.Broker.MaxMessageBytes;
         o.Broker.NotifyTaskIds |= s.NotifyTaskIds;
+        o.Broker.PrepareStatements &= !s.DisablePreparedStatements;
         o.Results.KeepResults = s.KeepResults ?? o.Results.KeepResults;
         o.Results.StoreStackTraces = s.StoreStackTraces ?? o.Results.StoreStackTraces;
         if (s.ResultTtl is { } ttl)

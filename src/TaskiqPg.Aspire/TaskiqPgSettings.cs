@@ -100,6 +100,12 @@ public sealed class TaskiqPgSettings
     public TimeSpan? SchedulerRefreshInterval { get; set; }
 
     /// <summary>
+    /// Do not prepare statements (<see cref="TaskiqPg.PostgresBrokerOptions.PrepareStatements"/> off): set it when the
+    /// connection string goes through PgBouncer in transaction mode before 1.21. Default false.
+    /// </summary>
+    public bool DisablePreparedStatements { get; set; }
+
+    /// <summary>
     /// Python taskiq-postgres compatibility: every kick also sends a NOTIFY with its row id, which Python workers need
     /// (they claim only notified ids). It costs each kick a commit-time lock. Default false.
     /// </summary>

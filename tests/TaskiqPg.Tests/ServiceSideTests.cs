@@ -151,7 +151,8 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
             ("Aspire:TaskiqPg:CompletedRetention", "00:00:00"), ("Aspire:TaskiqPg:CancelledRetention", "02:00:00"),
             ("Aspire:TaskiqPg:DiscardedRetention", "-00:00:00.001"), ("Aspire:TaskiqPg:MaxMessageBytes", "4096"),
             ("Aspire:TaskiqPg:KeepResults", "false"), ("Aspire:TaskiqPg:ResultTtl", "-00:00:00.001"),
-            ("Aspire:TaskiqPg:StoreStackTraces", "false"), ("Aspire:TaskiqPg:SchedulerRefreshInterval", "00:00:09"));
+            ("Aspire:TaskiqPg:StoreStackTraces", "false"), ("Aspire:TaskiqPg:SchedulerRefreshInterval", "00:00:09"),
+            ("Aspire:TaskiqPg:DisablePreparedStatements", "true"));
         builder.AddTaskiqPgClient("db").AddWorker();
         using var host = builder.Build();
 
@@ -173,6 +174,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
         Assert.Equal(TimeSpan.FromHours(2), o.Broker.CancelledRetention);
         Assert.Equal(Timeout.InfiniteTimeSpan, o.Broker.DiscardedRetention);
         Assert.Equal(4096, o.Broker.MaxMessageBytes);
+        Assert.False(o.Broker.PrepareStatements);
         Assert.False(o.Results.KeepResults);
         Assert.Null(o.Results.ResultTtl);
         Assert.False(o.Results.StoreStackTraces);
@@ -196,6 +198,7 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
         var defaults = new TaskiqPgOptions();
         Assert.Equal(defaults.Worker with { }, o.Worker with { });
         Assert.Equal(defaults.Broker.CompletedRetention, o.Broker.CompletedRetention);
+        Assert.True(o.Broker.PrepareStatements);
         Assert.Equal(defaults.Results.ResultTtl, o.Results.ResultTtl);
         Assert.Equal(defaults.Results.KeepResults, o.Results.KeepResults);
         Assert.Equal(defaults.Scheduler.RefreshInterval, o.Scheduler.RefreshInterval);

@@ -53,7 +53,7 @@ public sealed partial class PostgresBroker : IAsyncDisposable
         _resources = new ComponentResources(dataSource, ownsDataSource, new NotificationListener(dataSource, listenConnection, [Options.Channel],
             (_, payload) => OnNotification(payload), WakeSubscribers, _logger, "broker"));
         _notifier = new CoalescingNotifier(dataSource, Options.Channel, Options.Queue, _logger);
-        CanPrepare = PreparedStatements.AreSupported(dataSource);
+        CanPrepare = Options.PrepareStatements && PreparedStatements.AreSupported(dataSource);
     }
 
     /// <summary>The data source every query runs on.</summary>

@@ -37,6 +37,15 @@ public sealed record PostgresBrokerOptions
     /// </summary>
     public bool NotifyTaskIds { get; set; }
 
+    /// <summary>
+    /// Prepare the statements that gain from it (the single kick and the worker's combined settle statement) once per
+    /// physical connection. Turn off behind a pooler that does not keep protocol-level prepared statements across
+    /// transactions — PgBouncer in transaction mode before 1.21 (Debian 12 ships 1.18): there a prepared statement
+    /// lands on one server connection and its next use on another (<c>26000: prepared statement "_p1" does not
+    /// exist</c>). Default true. A multiplexing data source never prepares.
+    /// </summary>
+    public bool PrepareStatements { get; set; } = true;
+
     /// <summary>Queue this broker kicks to and claims from (several queues can share one table). Default <c>default</c>.</summary>
     public string Queue { get; set; } = "default";
 
