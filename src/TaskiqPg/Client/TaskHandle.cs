@@ -27,14 +27,27 @@ public class TaskHandle
     protected JsonSerializerOptions SerializerOptions { get; }
 
     /// <summary>True when a result is stored.</summary>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    /// <returns>Whether the task's result (success or failure) is stored.</returns>
+    /// <exception cref="InvalidOperationException">The client that kicked it has no result backend.</exception>
     public Task<bool> IsReadyAsync(CancellationToken cancellationToken = default) => Results.IsResultReadyAsync(TaskId, cancellationToken);
 
     /// <summary>Waits for the stored result, success or failure (see <see cref="PostgresResultBackend.WaitForResultAsync"/>).</summary>
+    /// <param name="timeout">How long to wait; null: <see cref="DefaultWaitTimeout"/>.</param>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>The stored result as taskiq writes it (<see cref="TaskResult.IsError"/> tells a failure).</returns>
     /// <exception cref="TaskResultTimeoutException">No result within the timeout (default 1 minute).</exception>
+    /// <exception cref="InvalidOperationException">The client that kicked it has no result backend.</exception>
     public Task<TaskResult> WaitForRawResultAsync(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
         => Results.WaitForResultAsync(TaskId, timeout ?? DefaultWaitTimeout, cancellationToken);
 
     /// <summary>Waits for the task and throws <see cref="TaskExecutionException"/> if it failed, <see cref="CancelledTaskException"/> if it was cancelled.</summary>
+    /// <param name="timeout">How long to wait; null: <see cref="DefaultWaitTimeout"/>.</param>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>Completes when the task succeeded.</returns>
+    /// <exception cref="TaskExecutionException">The task failed; carries the remote error.</exception>
+    /// <exception cref="CancelledTaskException">The task was cancelled.</exception>
+    /// <exception cref="TaskResultTimeoutException">No result within the timeout (default 1 minute).</exception>
     public async Task WaitForResultAsync(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
         => ThrowIfError(await WaitForRawResultAsync(timeout, cancellationToken));
 
@@ -57,6 +70,9 @@ public sealed class TaskHandle<TResult> : TaskHandle
     }
 
     /// <summary>Waits for the task and returns its result.</summary>
+    /// <param name="timeout">How long to wait; null: <see cref="TaskHandle.DefaultWaitTimeout"/>.</param>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>The task's return value, read as <typeparamref name="TResult"/>.</returns>
     /// <exception cref="TaskExecutionException">The task failed; carries the remote error.</exception>
     /// <exception cref="CancelledTaskException">The task was cancelled.</exception>
     /// <exception cref="TaskResultTimeoutException">No result within the timeout (default 1 minute).</exception>
