@@ -1,10 +1,7 @@
 using System.Text;
 using System.Text.Json;
-using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using NpgsqlTypes;
-using TaskiqPg.Internal;
 
 namespace TaskiqPg;
 

@@ -1,9 +1,3 @@
-using System.Text;
-using System.Text.Json;
-using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
-using Npgsql;
-using NpgsqlTypes;
 using TaskiqPg.Internal;
 
 namespace TaskiqPg;
