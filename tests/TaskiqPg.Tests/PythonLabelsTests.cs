@@ -162,4 +162,29 @@ public sealed class PythonLabelsTests(DatabaseFixture db) : IClassFixture<Databa
         Assert.True(Assert.Single(done.History).StartedAt >= kicked.RunAt, $"started {done.History[0].StartedAt:O}, due {kicked.RunAt:O}");
         await worker.StopAsync(CancellationToken.None);
     }
+
+    [Fact]
+    public async Task The_upgrade_to_the_labels_step_keeps_existing_rows_as_they_were_and_reads_labels_of_new_ones()
+    {
+        // A database at the previous schema version (13 messages steps) with a Python row carrying a delay label.
+        var dataSource = db.CreateDataSource();
+        var options = new PostgresBrokerOptions { Schema = "pyup" + Guid.NewGuid().ToString("N")[..8] };
+        var steps = new BrokerSql(options).Migrations;
+        await using (var create = dataSource.CreateCommand($"CREATE SCHEMA \"{options.Schema}\""))
+        {
+            await create.ExecuteNonQueryAsync();
+        }
+
+        Assert.Equal(steps.Count - 1, await SchemaMigrator.MigrateAsync(dataSource, options.Schema, options.MessagesTable, steps.Take(steps.Count - 1).ToList(), CancellationToken.None));
+        var table = $"\"{options.Schema}\".taskiq_messages";
+        await PythonTablesTests.PythonKickAsync(dataSource, table, "before-upgrade", 1, 2, notify: false, """{"delay": "600"}""", "{}");
+
+        await using var broker = new PostgresBroker(dataSource, options);
+        await broker.StartAsync(); // applies the labels step
+        var tables = (dataSource, broker, table);
+        var old = (await broker.GetTaskAsync("before-upgrade"))!;
+        Assert.Equal((TaskState.Available, TimeSpan.Zero), (old.State, old.RunAt - old.CreatedAt)); // not rescheduled by the upgrade
+        var fresh = await PythonKickAsync(tables, "after-upgrade", """{"delay": "600"}""", "{}");
+        Assert.Equal((TaskState.Scheduled, TimeSpan.FromMinutes(10)), (fresh.State, fresh.RunAt - fresh.CreatedAt));
+    }
 }
