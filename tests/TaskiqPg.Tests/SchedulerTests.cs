@@ -184,6 +184,19 @@ public sealed class SchedulerTests(DatabaseFixture db) : IClassFixture<DatabaseF
     }
 
     [Fact]
+    public async Task A_static_sync_with_one_invalid_definition_stores_none_of_them()
+    {
+        await using var rig = new Rig(db);
+        var good = new ScheduleDefinition { TaskName = "report", Cron = "0 0 * * *" };
+        var bad = new ScheduleDefinition { TaskName = "broken", Cron = "not a cron" };
+
+        var error = await Assert.ThrowsAsync<ScheduleValidationException>(() => rig.Source.SyncStaticSchedulesAsync([good, bad]));
+
+        Assert.Equal("Cron", error.ParamName);
+        Assert.Empty(await rig.Source.ListSchedulesAsync());
+    }
+
+    [Fact]
     public async Task Invalid_schedules_are_refused_at_add_with_the_field_named()
     {
         await using var rig = new Rig(db, knownTasks: ["known"]);

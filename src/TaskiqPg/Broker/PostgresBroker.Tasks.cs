@@ -16,6 +16,9 @@ public sealed partial class PostgresBroker
     /// no row (never kicked, or pruned after its retention; with <see cref="PostgresBrokerOptions.CompletedRetention"/>
     /// zero a completed task's row is deleted at once).
     /// </summary>
+    /// <param name="taskId">The task id the kick returned.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The task's newest row, or null.</returns>
     public async Task<TaskRecord?> GetTaskAsync(string taskId, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(taskId);
@@ -88,6 +91,9 @@ public sealed partial class PostgresBroker
     /// </summary>
     /// <exception cref="ArgumentException">A limit outside 1 to <see cref="TaskQuery.MaxLimit"/>, an invalid queue name, or a
     /// cursor that is not one this method returned.</exception>
+    /// <param name="query">Queue, state, optional task-name filter, page size and cursor.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>One page of tasks and the cursor of the next page (null on the last one).</returns>
     public async Task<TaskPage> ListTasksAsync(TaskQuery query, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(query);
@@ -176,6 +182,8 @@ public sealed partial class PostgresBroker
     }
 
     /// <summary>Number of tasks of this broker's queue in each state, counted exactly (reads every row counted).</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Each state that has tasks, with its count; states with none are absent.</returns>
     public async Task<IReadOnlyDictionary<TaskState, long>> GetQueueCountsAsync(CancellationToken cancellationToken = default)
         => (await CountAsync(Options.Queue, limit: null, cancellationToken)).ToDictionary(kv => kv.Key, kv => kv.Value.Count);
 
@@ -189,6 +197,8 @@ public sealed partial class PostgresBroker
     /// </summary>
     /// <param name="queue">The queue; default: this broker's.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The queue's counts per state, the age of its oldest available task and its pause time.</returns>
+    /// <exception cref="ArgumentException"><paramref name="queue"/> is not a valid queue name.</exception>
     public async Task<QueueStatistics> GetQueueStatisticsAsync(string? queue = null, CancellationToken cancellationToken = default)
     {
         var name = QueueOf(queue);
@@ -245,6 +255,8 @@ public sealed partial class PostgresBroker
     /// most <paramref name="maxCount"/> per state, oldest first. Workers call it periodically.
     /// </summary>
     /// <returns>Rows deleted.</returns>
+    /// <param name="maxCount">Most rows deleted per state in this call.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
     public Task<long> PruneFinishedAsync(int maxCount = 1000, CancellationToken cancellationToken = default)
         => PruneFinishedAsync(Options.Queue, maxCount, cancellationToken);
 
@@ -303,6 +315,9 @@ public sealed partial class PostgresBroker
     /// </summary>
     /// <remarks>Waiters of a task cancelled while queued get <see cref="CancelledTaskException"/> when the cancel goes
     /// through <see cref="TaskiqClient.CancelAsync"/>, which also stores the cancelled result.</remarks>
+    /// <param name="taskId">The task id the kick returned.</param>
+    /// <param name="cancellationToken">Cancels the call (not the task).</param>
+    /// <returns>What happened: cancelled, cancel requested from a running task's worker, already finished, or not found.</returns>
     public async Task<CancelResult> CancelAsync(string taskId, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(taskId);
@@ -335,6 +350,9 @@ public sealed partial class PostgresBroker
     /// locked whole.
     /// </summary>
     /// <exception cref="ArgumentException">The filter names a finished state (cancel applies to unfinished tasks only).</exception>
+    /// <param name="filter">Queue (default: this broker's), task name and state to match; null matches every unfinished task of the queue.</param>
+    /// <param name="cancellationToken">Cancels the call; batches already committed stay cancelled.</param>
+    /// <returns>How many queued tasks were cancelled and how many running tasks were asked to stop.</returns>
     public Task<BulkCancelResult> CancelManyAsync(TaskFilter? filter = null, CancellationToken cancellationToken = default)
         => CancelManyAsync(filter, onCancelled: null, cancellationToken);
 
@@ -413,6 +431,8 @@ public sealed partial class PostgresBroker
     /// <summary>When the queue was paused; null while it is not paused.</summary>
     /// <param name="queue">The queue; default: this broker's.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The pause time, or null.</returns>
+    /// <exception cref="ArgumentException"><paramref name="queue"/> is not a valid queue name.</exception>
     public async Task<DateTimeOffset?> GetQueuePausedAtAsync(string? queue = null, CancellationToken cancellationToken = default)
     {
         var name = QueueOf(queue);
@@ -439,6 +459,9 @@ public sealed partial class PostgresBroker
     /// Its last error stays readable until it runs again.
     /// </summary>
     /// <returns>True when the task was discarded and is available again; false when it was not discarded (or not found).</returns>
+    /// <param name="taskId">The task id the kick returned.</param>
+    /// <param name="resetAttempts">True to give the task its full attempts again; false to keep its count and allow one more.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
     public async Task<bool> RetryDiscardedAsync(string taskId, bool resetAttempts = true, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(taskId);
@@ -517,6 +540,10 @@ public sealed partial class PostgresBroker
     /// once, in batches of 5,000, oldest dead letters first. See <see cref="RetryDiscardedAsync(string, bool, CancellationToken)"/>.
     /// </summary>
     /// <returns>How many tasks are available again.</returns>
+    /// <param name="filter">Queue (default: this broker's) and task name to match; null matches every discarded task of the queue.</param>
+    /// <param name="resetAttempts">True to give each task its full attempts again; false to keep its count and allow one more.</param>
+    /// <param name="cancellationToken">Cancels the call; batches already committed stay available.</param>
+    /// <exception cref="ArgumentException">The filter names an invalid queue (its states are not used here).</exception>
     public async Task<long> RetryDiscardedAsync(TaskFilter? filter, bool resetAttempts = true, CancellationToken cancellationToken = default)
     {
         var queue = QueueOf(filter);
@@ -539,6 +566,9 @@ public sealed partial class PostgresBroker
 
     /// <summary>Deletes every discarded task of a queue that matches <paramref name="filter"/> (queue, task name), in batches of 5,000.</summary>
     /// <returns>How many rows were deleted.</returns>
+    /// <param name="filter">Queue (default: this broker's) and task name to match; null matches every discarded task of the queue.</param>
+    /// <param name="cancellationToken">Cancels the call; batches already committed stay deleted.</param>
+    /// <exception cref="ArgumentException">The filter names an invalid queue (its states are not used here).</exception>
     public async Task<long> DeleteDiscardedAsync(TaskFilter? filter = null, CancellationToken cancellationToken = default)
     {
         var queue = QueueOf(filter);
@@ -572,6 +602,8 @@ public sealed partial class PostgresBroker
     /// <summary>The workers registered in the workers table, live or stale. Each worker registers its own
     /// <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>: it is stale (taken for dead) once silent for longer, and its
     /// entry is deleted after ten times that (a day without a bound); a stopped worker deregisters itself.</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Every registered worker: its queues, host, process, start, last heartbeat, tasks in flight and whether it is stale.</returns>
     public async Task<IReadOnlyList<WorkerInfo>> GetWorkersAsync(CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);

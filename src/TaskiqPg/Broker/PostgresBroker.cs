@@ -26,6 +26,10 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     private readonly CoalescingNotifier _notifier;
 
     /// <summary>Creates a broker that owns a data source built from <paramref name="connectionString"/>.</summary>
+    /// <param name="connectionString">An Npgsql connection string.</param>
+    /// <param name="options">The broker's options; default: <see cref="PostgresBrokerOptions"/> defaults.</param>
+    /// <param name="loggerFactory">Where the broker logs; default: nowhere.</param>
+    /// <exception cref="ArgumentException">The connection string cannot be parsed, or an option is invalid (table, channel or queue name).</exception>
     public PostgresBroker(string connectionString, PostgresBrokerOptions? options = null, ILoggerFactory? loggerFactory = null)
         : this(NpgsqlDataSource.Create(connectionString), ownsDataSource: true, options, listenConnection: null, loggerFactory)
     {
@@ -35,6 +39,11 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// Creates a broker on a borrowed data source (never disposed here). <paramref name="listenConnection"/>, when given,
     /// is used for LISTEN and never closed here; otherwise the broker opens one physical connection outside the pool.
     /// </summary>
+    /// <param name="dataSource">The data source every statement runs on; the caller keeps owning it.</param>
+    /// <param name="options">The broker's options; default: <see cref="PostgresBrokerOptions"/> defaults.</param>
+    /// <param name="listenConnection">An open connection to use for LISTEN, or null to open a dedicated one.</param>
+    /// <param name="loggerFactory">Where the broker logs; default: nowhere.</param>
+    /// <exception cref="ArgumentException">An option is invalid (table, channel or queue name).</exception>
     public PostgresBroker(NpgsqlDataSource dataSource, PostgresBrokerOptions? options = null,
         NpgsqlConnection? listenConnection = null, ILoggerFactory? loggerFactory = null)
         : this(dataSource, ownsDataSource: false, options, listenConnection, loggerFactory)
@@ -79,12 +88,17 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// schema is not newer than this code in a way it cannot run against). Idempotent.
     /// </summary>
     /// <exception cref="SchemaVersionException">The database's schema is newer and not compatible with this code.</exception>
+    /// <param name="cancellationToken">Cancels the wait; the start itself goes on for other callers.</param>
+    /// <returns>Completes once the schema is ready.</returns>
     public Task StartAsync(CancellationToken cancellationToken = default)
         => _resources.Start.RunOnceAsync(ct => Options.RunMigrations
             ? MigrateAsync(ct)
             : SchemaMigrator.VerifyAsync(DataSource, Options.Schema, Options.MessagesTable, _sql.Migrations.Count, ct), cancellationToken);
 
     /// <summary>Creates or upgrades the messages table and its indexes. Safe to call from many processes at once.</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Completes once the table is at this code's schema version.</returns>
+    /// <exception cref="SchemaVersionException">The database's schema is newer and not compatible with this code.</exception>
     public Task MigrateAsync(CancellationToken cancellationToken = default)
         => SchemaMigrator.MigrateAndLogAsync(DataSource, Options.Schema, Options.MessagesTable, _sql.Migrations, _logger, cancellationToken);
 
@@ -94,6 +108,12 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// </summary>
     /// <returns>The row id and task id; for a unique kick that found its duplicate, the existing task's, with
     /// <see cref="KickResult.Duplicate"/> set.</returns>
+    /// <param name="message">The task: name, id, arguments and labels.</param>
+    /// <param name="options">Queue, delay or time, priority, attempts, uniqueness and labels; null for the defaults.</param>
+    /// <param name="cancellationToken">Cancels the call before the commit; after it the task is kicked.</param>
+    /// <exception cref="InvalidTaskMessageException">The message cannot be stored (empty name, NUL characters, non-UTC time, invalid label).</exception>
+    /// <exception cref="MessageTooLargeException">The serialized message exceeds <see cref="PostgresBrokerOptions.MaxMessageBytes"/>.</exception>
+    /// <exception cref="ArgumentException">An option is invalid (queue name, attempts below one, delay or timeout out of range).</exception>
     public async Task<KickResult> KickAsync(TaskMessage message, KickOptions? options = null, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
@@ -112,6 +132,13 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// only when the caller commits, and vanishes on rollback. The connection is never closed here.
     /// </summary>
     /// <returns>See <see cref="KickAsync(TaskMessage, KickOptions?, CancellationToken)"/>.</returns>
+    /// <param name="message">The task: name, id, arguments and labels.</param>
+    /// <param name="connection">The caller's open connection; never closed here.</param>
+    /// <param name="transaction">The caller's transaction, or null to commit at once (autocommit).</param>
+    /// <param name="options">Queue, delay or time, priority, attempts, uniqueness and labels; null for the defaults.</param>
+    /// <param name="cancellationToken">Cancels the statement.</param>
+    /// <exception cref="InvalidTaskMessageException">The message cannot be stored (empty name, NUL characters, non-UTC time, invalid label).</exception>
+    /// <exception cref="MessageTooLargeException">The serialized message exceeds <see cref="PostgresBrokerOptions.MaxMessageBytes"/>.</exception>
     public async Task<KickResult> KickAsync(TaskMessage message, NpgsqlConnection connection, NpgsqlTransaction? transaction,
         KickOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -125,6 +152,11 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// <see cref="KickOptions.Unique"/>, one INSERT that skips every duplicate (of a queued task, or within the list).
     /// </summary>
     /// <returns>The number of tasks inserted (duplicates not counted).</returns>
+    /// <param name="messages">The tasks; an empty list inserts nothing.</param>
+    /// <param name="options">Options applied to every task; null for the defaults.</param>
+    /// <param name="cancellationToken">Cancels the call before the commit (then nothing is inserted).</param>
+    /// <exception cref="InvalidTaskMessageException">A message cannot be stored; nothing is inserted.</exception>
+    /// <exception cref="MessageTooLargeException">A message exceeds <see cref="PostgresBrokerOptions.MaxMessageBytes"/>; nothing is inserted.</exception>
     public async Task<int> KickManyAsync(IReadOnlyCollection<TaskMessage> messages, KickOptions? options = null,
         CancellationToken cancellationToken = default)
     {
@@ -136,6 +168,14 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// Kicks many tasks inside the caller's connection and transaction (visible on commit, gone on rollback). With no
     /// transaction given, the tasks get one of their own on that connection (all or none).
     /// </summary>
+    /// <param name="messages">The tasks; an empty list inserts nothing.</param>
+    /// <param name="connection">The caller's open connection; never closed here.</param>
+    /// <param name="transaction">The caller's transaction, or null for one of their own on that connection.</param>
+    /// <param name="options">Options applied to every task; null for the defaults.</param>
+    /// <param name="cancellationToken">Cancels the statement.</param>
+    /// <returns>The number of tasks inserted (duplicates not counted).</returns>
+    /// <exception cref="InvalidTaskMessageException">A message cannot be stored; nothing is inserted.</exception>
+    /// <exception cref="MessageTooLargeException">A message exceeds <see cref="PostgresBrokerOptions.MaxMessageBytes"/>; nothing is inserted.</exception>
     public async Task<int> KickManyAsync(IReadOnlyCollection<TaskMessage> messages, NpgsqlConnection connection,
         NpgsqlTransaction? transaction, KickOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -171,6 +211,7 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// connection (re)connecting. Wake-ups carry no data and are cheap; callers coalesce them. Starts the listener.
     /// </summary>
     /// <returns>Dispose to unsubscribe.</returns>
+    /// <param name="onWake">Called on the listener's thread; keep it short and non-blocking.</param>
     public IDisposable Subscribe(Action onWake)
     {
         ArgumentNullException.ThrowIfNull(onWake);

@@ -11,6 +11,7 @@ public sealed partial class PostgresResultBackend
 {
     /// <summary>Deletes expired results in batches of <see cref="PostgresResultBackendOptions.PruneBatchSize"/>.</summary>
     /// <returns>The number of results deleted.</returns>
+    /// <param name="cancellationToken">Cancels the call; batches already committed stay deleted.</param>
     public async Task<long> PruneExpiredAsync(CancellationToken cancellationToken = default)
     {
         long total = 0;

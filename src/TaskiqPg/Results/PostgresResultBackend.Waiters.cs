@@ -13,6 +13,10 @@ public sealed partial class PostgresResultBackend
     /// notification; while the LISTEN connection is down waiters re-check every 200 ms).
     /// </summary>
     /// <exception cref="TaskResultTimeoutException">No result within <paramref name="timeout"/>.</exception>
+    /// <param name="taskId">The task id the kick returned.</param>
+    /// <param name="timeout">How long to wait; <see cref="Timeout.InfiniteTimeSpan"/> waits until cancelled.</param>
+    /// <param name="cancellationToken">Cancels the wait (not the task).</param>
+    /// <returns>The stored result, successful or not (see <see cref="TaskResult.IsError"/>).</returns>
     public async Task<TaskResult> WaitForResultAsync(string taskId, TimeSpan timeout, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(taskId);

@@ -27,12 +27,20 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
     private Task? _pruner;
 
     /// <summary>Creates a result backend that owns a data source built from <paramref name="connectionString"/>.</summary>
+    /// <param name="connectionString">An Npgsql connection string.</param>
+    /// <param name="options">The backend's options; default: <see cref="PostgresResultBackendOptions"/> defaults.</param>
+    /// <param name="loggerFactory">Where the backend logs; default: nowhere.</param>
+    /// <exception cref="ArgumentException">The connection string cannot be parsed, or an option is invalid (table or channel name).</exception>
     public PostgresResultBackend(string connectionString, PostgresResultBackendOptions? options = null, ILoggerFactory? loggerFactory = null)
         : this(NpgsqlDataSource.Create(connectionString), ownsDataSource: true, options, loggerFactory)
     {
     }
 
     /// <summary>Creates a result backend on a borrowed data source (never disposed here).</summary>
+    /// <param name="dataSource">The data source every statement runs on; the caller keeps owning it.</param>
+    /// <param name="options">The backend's options; default: <see cref="PostgresResultBackendOptions"/> defaults.</param>
+    /// <param name="loggerFactory">Where the backend logs; default: nowhere.</param>
+    /// <exception cref="ArgumentException">An option is invalid (table or channel name).</exception>
     public PostgresResultBackend(NpgsqlDataSource dataSource, PostgresResultBackendOptions? options = null, ILoggerFactory? loggerFactory = null)
         : this(dataSource, ownsDataSource: false, options, loggerFactory)
     {
@@ -60,6 +68,9 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
     public bool IsListening => _resources.Listener.IsConnected;
 
     /// <summary>Runs the migrations (unless disabled) and starts the pruner. Idempotent.</summary>
+    /// <param name="cancellationToken">Cancels the wait; the start itself goes on for other callers.</param>
+    /// <returns>Completes once the schema is ready.</returns>
+    /// <exception cref="SchemaVersionException">The database's schema is newer and not compatible with this code.</exception>
     public Task StartAsync(CancellationToken cancellationToken = default)
         => _resources.Start.RunOnceAsync(async ct =>
         {
@@ -79,14 +90,24 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
         }, cancellationToken);
 
     /// <summary>Creates or upgrades the results table. Safe to call from many processes at once.</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Completes once the table is at this code's schema version.</returns>
+    /// <exception cref="SchemaVersionException">The database's schema is newer and not compatible with this code.</exception>
     public Task MigrateAsync(CancellationToken cancellationToken = default)
         => SchemaMigrator.MigrateAndLogAsync(DataSource, Options.Schema, Options.ResultsTable, _sql.Migrations, _logger, cancellationToken);
 
     /// <summary>Stores one result and wakes its waiters.</summary>
+    /// <param name="taskId">The task id.</param>
+    /// <param name="result">The result; it replaces any stored one.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Completes once the result is committed.</returns>
     public Task SetResultAsync(string taskId, TaskResult result, CancellationToken cancellationToken = default)
         => SetResultsAsync([new KeyValuePair<string, TaskResult>(taskId, result)], cancellationToken);
 
     /// <summary>Stores many results in as few statements as the NOTIFY payload limit allows, and wakes their waiters.</summary>
+    /// <param name="results">Task ids and their results; each replaces any stored one.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Completes once every result is committed.</returns>
     public async Task SetResultsAsync(IReadOnlyCollection<KeyValuePair<string, TaskResult>> results, CancellationToken cancellationToken = default)
     {
         if (results.Count == 0)
@@ -145,10 +166,16 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
 
     /// <summary>The stored result of a task.</summary>
     /// <exception cref="TaskResultNotFoundException">No (unexpired) result is stored.</exception>
+    /// <param name="taskId">The task id.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The result, successful or not (see <see cref="TaskResult.IsError"/>).</returns>
     public async Task<TaskResult> GetResultAsync(string taskId, CancellationToken cancellationToken = default)
         => await TryGetResultAsync(taskId, cancellationToken) ?? throw new TaskResultNotFoundException(taskId);
 
     /// <summary>True when a result is stored for the task.</summary>
+    /// <param name="taskId">The task id.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>True when an unexpired result is stored.</returns>
     public async Task<bool> IsResultReadyAsync(string taskId, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
@@ -158,6 +185,12 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
     }
 
     /// <summary>Stores progress for a running task (any JSON-serializable value).</summary>
+    /// <typeparam name="T">The progress type.</typeparam>
+    /// <param name="taskId">The task id.</param>
+    /// <param name="progress">The progress; it replaces the previous one.</param>
+    /// <param name="serializerOptions">JSON options; default: <see cref="TaskiqSerializer.DefaultOptions"/>.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Completes once the progress is committed.</returns>
     public async Task SetProgressAsync<T>(string taskId, T progress, JsonSerializerOptions? serializerOptions = null,
         CancellationToken cancellationToken = default)
     {
@@ -174,6 +207,11 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
     }
 
     /// <summary>The last progress stored for the task, or default when none.</summary>
+    /// <typeparam name="T">The progress type.</typeparam>
+    /// <param name="taskId">The task id.</param>
+    /// <param name="serializerOptions">JSON options; default: <see cref="TaskiqSerializer.DefaultOptions"/>.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The last progress, or default when none is stored.</returns>
     public async Task<T?> GetProgressAsync<T>(string taskId, JsonSerializerOptions? serializerOptions = null,
         CancellationToken cancellationToken = default)
     {

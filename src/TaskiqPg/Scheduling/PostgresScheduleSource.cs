@@ -19,12 +19,20 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     private readonly Subscribers _subscribers = new();
 
     /// <summary>Creates a schedule source that owns a data source built from <paramref name="connectionString"/>.</summary>
+    /// <param name="connectionString">An Npgsql connection string.</param>
+    /// <param name="options">The source's options; default: <see cref="PostgresScheduleSourceOptions"/> defaults.</param>
+    /// <param name="loggerFactory">Where the source logs; default: nowhere.</param>
+    /// <exception cref="ArgumentException">The connection string cannot be parsed, or an option is invalid (table or channel name).</exception>
     public PostgresScheduleSource(string connectionString, PostgresScheduleSourceOptions? options = null, ILoggerFactory? loggerFactory = null)
         : this(NpgsqlDataSource.Create(connectionString), ownsDataSource: true, options, loggerFactory)
     {
     }
 
     /// <summary>Creates a schedule source on a borrowed data source (never disposed here).</summary>
+    /// <param name="dataSource">The data source every statement runs on; the caller keeps owning it.</param>
+    /// <param name="options">The source's options; default: <see cref="PostgresScheduleSourceOptions"/> defaults.</param>
+    /// <param name="loggerFactory">Where the source logs; default: nowhere.</param>
+    /// <exception cref="ArgumentException">An option is invalid (table or channel name).</exception>
     public PostgresScheduleSource(NpgsqlDataSource dataSource, PostgresScheduleSourceOptions? options = null, ILoggerFactory? loggerFactory = null)
         : this(dataSource, ownsDataSource: false, options, loggerFactory)
     {
@@ -51,18 +59,26 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     public JsonSerializerOptions SerializerOptions { get; init; } = TaskiqSerializer.DefaultOptions;
 
     /// <summary>Runs the migrations (unless disabled). Idempotent.</summary>
+    /// <param name="cancellationToken">Cancels the wait; the start itself goes on for other callers.</param>
+    /// <returns>Completes once the schema is ready.</returns>
+    /// <exception cref="SchemaVersionException">The database's schema is newer and not compatible with this code.</exception>
     public Task StartAsync(CancellationToken cancellationToken = default)
         => _resources.Start.RunOnceAsync(ct => Options.RunMigrations
             ? MigrateAsync(ct)
             : SchemaMigrator.VerifyAsync(DataSource, Options.Schema, Options.SchedulesTable, _sql.Migrations.Count, ct), cancellationToken);
 
     /// <summary>Creates or upgrades the schedule tables. Safe to call from many processes at once.</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Completes once the tables are at this code's schema version.</returns>
+    /// <exception cref="SchemaVersionException">The database's schema is newer and not compatible with this code.</exception>
     public Task MigrateAsync(CancellationToken cancellationToken = default)
         => SchemaMigrator.MigrateAndLogAsync(DataSource, Options.Schema, Options.SchedulesTable, _sql.Migrations, _logger, cancellationToken);
 
     /// <summary>Validates and stores a runtime schedule; schedulers pick it up at once (NOTIFY) or within their refresh interval.</summary>
     /// <returns>The new schedule's id.</returns>
     /// <exception cref="ScheduleValidationException">A field is wrong (invalid cron, unknown time zone, interval below 1 s, unknown task).</exception>
+    /// <param name="definition">The schedule: task, arguments, cron (and time zone), interval or one instant.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
     public async Task<Guid> AddScheduleAsync(ScheduleDefinition definition, CancellationToken cancellationToken = default)
     {
         Compile(definition);
@@ -72,6 +88,9 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     }
 
     /// <summary>Deletes a schedule. Returns false when there was none with that id.</summary>
+    /// <param name="id">The schedule's id.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>True when a schedule was deleted.</returns>
     public async Task<bool> DeleteScheduleAsync(Guid id, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
@@ -82,12 +101,20 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     }
 
     /// <summary>Stops a schedule from firing until <see cref="ResumeScheduleAsync"/>. Returns false when there was none.</summary>
+    /// <param name="id">The schedule's id.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>True when the schedule exists (paused now or already).</returns>
     public Task<bool> PauseScheduleAsync(Guid id, CancellationToken cancellationToken = default) => SetEnabledAsync(id, false, cancellationToken);
 
     /// <summary>Lets a paused (or disabled) schedule fire again. Returns false when there was none.</summary>
+    /// <param name="id">The schedule's id.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>True when the schedule exists (resumed now or already running).</returns>
     public Task<bool> ResumeScheduleAsync(Guid id, CancellationToken cancellationToken = default) => SetEnabledAsync(id, true, cancellationToken);
 
     /// <summary>Every stored schedule. A schedule whose stored JSON no longer parses is listed with a null-free placeholder definition.</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Each schedule with its id, definition, origin (static or runtime), state and last fire.</returns>
     public async Task<IReadOnlyList<ScheduleInfo>> ListSchedulesAsync(CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
@@ -116,6 +143,9 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     }
 
     /// <summary>The instants a schedule fired (within the fires retention) and the task id kicked for each.</summary>
+    /// <param name="id">The schedule's id.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The recorded fires, oldest first; empty for an unknown id.</returns>
     public async Task<IReadOnlyList<(DateTimeOffset FireAt, string TaskId)>> GetFiresAsync(Guid id, CancellationToken cancellationToken = default)
     {
         await StartAsync(cancellationToken);
@@ -136,12 +166,19 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     /// derived from its definition, and static schedules no longer declared are deleted. Runtime schedules are untouched.
     /// </summary>
     /// <returns>The ids of the declared schedules, in order.</returns>
+    /// <param name="definitions">Every static schedule the application declares.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <exception cref="ScheduleValidationException">A definition is wrong; every definition is checked before any is stored, so nothing is changed.</exception>
     public async Task<IReadOnlyList<Guid>> SyncStaticSchedulesAsync(IReadOnlyCollection<ScheduleDefinition> definitions, CancellationToken cancellationToken = default)
     {
+        foreach (var definition in definitions)
+        {
+            Compile(definition); // all are checked before any is stored
+        }
+
         var ids = new List<Guid>();
         foreach (var definition in definitions)
         {
-            Compile(definition);
             var id = StoredSchedule.StableId(definition.TaskName, StoredSchedule.From(definition, SerializerOptions).ToJson());
             await UpsertAsync(id, definition, "static", cancellationToken);
             ids.Add(id);
@@ -155,6 +192,8 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     }
 
     /// <summary>Calls <paramref name="onChange"/> when schedules change (NOTIFY) or the listener reconnects. Starts the listener.</summary>
+    /// <param name="onChange">Called on the listener's thread; keep it short and non-blocking.</param>
+    /// <returns>Dispose to unsubscribe.</returns>
     public IDisposable Subscribe(Action onChange)
     {
         var subscription = _subscribers.Add(onChange);

@@ -28,6 +28,10 @@ public sealed class TaskiqScheduler : BackgroundService
     private int _failedTicks; // consecutive ticks with failed schedules (the loop's own state)
 
     /// <summary>Creates a scheduler kicking fired tasks to <paramref name="broker"/> (same database as the source).</summary>
+    /// <param name="source">Where the schedules are stored.</param>
+    /// <param name="broker">Where fired tasks are kicked.</param>
+    /// <param name="options">The scheduler's options; default: <see cref="TaskiqSchedulerOptions"/> defaults.</param>
+    /// <param name="loggerFactory">Where the scheduler logs; default: nowhere.</param>
     public TaskiqScheduler(PostgresScheduleSource source, PostgresBroker broker, TaskiqSchedulerOptions? options = null, ILoggerFactory? loggerFactory = null)
     {
         _source = source ?? throw new ArgumentNullException(nameof(source));
