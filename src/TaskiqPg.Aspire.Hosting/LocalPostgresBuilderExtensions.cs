@@ -23,6 +23,7 @@ public static class LocalPostgresBuilderExtensions
     /// stay the same for a kept cluster).</param>
     /// <param name="dataDirectory">Data folder; default <c>{AppHostDirectory}/.pgdata/{name}</c>.</param>
     /// <exception cref="PostgresNotFoundException">No PostgreSQL server binaries are installed (says what to install).</exception>
+    /// <returns>The server resource, to add databases to.</returns>
     public static IResourceBuilder<LocalPostgresServerResource> AddLocalPostgres(this IDistributedApplicationBuilder builder, string name,
         IResourceBuilder<ParameterResource>? password = null, string? dataDirectory = null)
     {
@@ -68,6 +69,11 @@ public static class LocalPostgresBuilderExtensions
     }
 
     /// <summary>Adds a database, created on the server when the server is ready (an existing one is kept).</summary>
+    /// <param name="builder">The server.</param>
+    /// <param name="name">The resource name (also the connection string name).</param>
+    /// <param name="databaseName">The database's name on the server; default: <paramref name="name"/>.</param>
+    /// <returns>The database resource, to pass to <c>WithReference</c> and <c>WaitFor</c>.</returns>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is null or empty.</exception>
     public static IResourceBuilder<LocalPostgresDatabaseResource> AddDatabase(this IResourceBuilder<LocalPostgresServerResource> builder,
         string name, string? databaseName = null)
     {

@@ -4,6 +4,9 @@ using System.Data.Common;
 namespace Aspire.Hosting.ApplicationModel;
 
 /// <summary>A database on a <see cref="LocalPostgresServerResource"/>, created when the server is ready.</summary>
+/// <param name="name">The resource name.</param>
+/// <param name="databaseName">The database's name on the server.</param>
+/// <param name="parent">The server.</param>
 public sealed class LocalPostgresDatabaseResource(string name, string databaseName, LocalPostgresServerResource parent)
     : Resource(name), IResourceWithParent<LocalPostgresServerResource>, IResourceWithConnectionString
 {
@@ -17,6 +20,7 @@ public sealed class LocalPostgresDatabaseResource(string name, string databaseNa
     public ReferenceExpression UriExpression => ReferenceExpression.Create($"{Parent.UriExpression}/{DatabaseName}");
 
     /// <summary>The server's connection properties with <c>Database</c> added and the URI naming the database.</summary>
+    /// <returns>The server's properties, <c>Database</c>, and the database's URI.</returns>
     public IEnumerable<KeyValuePair<string, ReferenceExpression>> GetConnectionProperties()
         => Parent.CombineProperties([new("Database", ReferenceExpression.Create($"{DatabaseName}")), new("Uri", UriExpression)]);
 

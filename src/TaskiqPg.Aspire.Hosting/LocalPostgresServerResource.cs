@@ -13,6 +13,12 @@ public sealed class LocalPostgresServerResource : ExecutableResource, IResourceW
     private readonly Dictionary<string, string> _databases = new(StringComparer.OrdinalIgnoreCase);
 
     /// <summary>Creates the resource.</summary>
+    /// <param name="name">The resource name.</param>
+    /// <param name="command">The executable that runs the server (<c>postgres</c>, or a wrapper that drops root).</param>
+    /// <param name="workingDirectory">The process's working folder.</param>
+    /// <param name="cluster">The data folder and binaries of the server.</param>
+    /// <param name="userName">The superuser name.</param>
+    /// <param name="password">The superuser password parameter.</param>
     public LocalPostgresServerResource(string name, string command, string workingDirectory, PostgresCluster cluster,
         string userName, ParameterResource password)
         : base(name, command, workingDirectory)
@@ -56,6 +62,7 @@ public sealed class LocalPostgresServerResource : ExecutableResource, IResourceW
     /// The connection properties non-.NET services get as environment variables (<c>{NAME}_HOST</c>, <c>_PORT</c>,
     /// <c>_USERNAME</c>, <c>_PASSWORD</c>, <c>_URI</c>), as <c>PostgresServerResource</c> exposes them.
     /// </summary>
+    /// <returns>Host, port, user name, password and URI.</returns>
     public IEnumerable<KeyValuePair<string, ReferenceExpression>> GetConnectionProperties()
     {
         yield return new("Host", Host);

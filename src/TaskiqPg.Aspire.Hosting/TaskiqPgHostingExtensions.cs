@@ -20,6 +20,11 @@ public static class TaskiqPgHostingExtensions
     /// otherwise; <see cref="TaskiqPgDatabaseMode.External"/> reads <c>ConnectionStrings:{databaseName}</c>.
     /// </summary>
     /// <returns>The database, to pass to <c>WithReference</c> and <c>WaitFor</c>.</returns>
+    /// <param name="builder">The AppHost builder.</param>
+    /// <param name="serverName">The PostgreSQL server resource's name.</param>
+    /// <param name="databaseName">The database resource's name (also the database's name and the connection string name).</param>
+    /// <param name="mode">Container, local server, external connection string, or auto (container when a runtime answers).</param>
+    /// <exception cref="InvalidOperationException">The configured mode is not one of auto, container, local or external.</exception>
     public static IResourceBuilder<IResourceWithConnectionString> AddTaskiqPgDatabase(this IDistributedApplicationBuilder builder,
         string serverName, string databaseName, TaskiqPgDatabaseMode mode = TaskiqPgDatabaseMode.Auto)
     {

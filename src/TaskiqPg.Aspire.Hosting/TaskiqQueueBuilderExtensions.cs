@@ -45,6 +45,7 @@ public static class TaskiqQueueBuilderExtensions
     /// <param name="queues">The queues shown and steered (default: <c>default</c>); the first is the services' default queue.</param>
     /// <param name="configure">Adjusts table names, the refresh interval and the Degraded threshold.</param>
     /// <exception cref="ArgumentException">A queue name is not a valid identifier, or is listed twice.</exception>
+    /// <returns>The queue resource, to reference from services and wait for.</returns>
     public static IResourceBuilder<TaskiqQueueResource> AddTaskiqPgQueue(this IResourceBuilder<IResourceWithConnectionString> database, string name,
         IReadOnlyList<string>? queues = null, Func<TaskiqQueueOptions, TaskiqQueueOptions>? configure = null)
     {
@@ -83,6 +84,10 @@ public static class TaskiqQueueBuilderExtensions
     /// References the queue resource: its connection string under the resource's name, and the settings services need
     /// (<c>Aspire:TaskiqPg:{name}:Queue</c> = the first queue; migrations off, since the host migrated the schema).
     /// </summary>
+    /// <typeparam name="T">The referencing resource's type.</typeparam>
+    /// <param name="builder">The service (project or executable) that uses the queue.</param>
+    /// <param name="queue">The queue resource.</param>
+    /// <returns>The service's builder.</returns>
     public static IResourceBuilder<T> WithReference<T>(this IResourceBuilder<T> builder, IResourceBuilder<TaskiqQueueResource> queue)
         where T : IResourceWithEnvironment
     {

@@ -24,6 +24,7 @@ public sealed class TaskiqQueueResource : Resource, IResourceWithConnectionStrin
     public ReferenceExpression ConnectionStringExpression => Database.ConnectionStringExpression;
 
     /// <summary>The database's connection properties (host, port, user name, password, database, URI).</summary>
+    /// <returns>The database's properties.</returns>
     public IEnumerable<KeyValuePair<string, ReferenceExpression>> GetConnectionProperties() => Database.GetConnectionProperties();
 
     /// <summary>Live state, refreshed by the host's monitor.</summary>

@@ -44,10 +44,18 @@ public sealed class LocalPostgresServer : IAsyncDisposable
     public string Password { get; }
 
     /// <summary>A connection string for <paramref name="database"/> as the superuser.</summary>
+    /// <param name="database">The database name.</param>
+    /// <returns>An Npgsql connection string (host 127.0.0.1, this server's port, superuser and password).</returns>
     public string GetConnectionString(string database = "postgres")
         => $"Host={Host};Port={Port};Username={Username};Password={Password};Database={database}";
 
     /// <summary>Creates (if needed) and starts a server; returns once it accepts connections.</summary>
+    /// <param name="options">Data folder, port, credentials and server settings; default: a throwaway server on a free port.</param>
+    /// <param name="cancellationToken">Cancels the start (the server is stopped again).</param>
+    /// <returns>The running server; dispose it to stop it.</returns>
+    /// <exception cref="PostgresNotFoundException">No PostgreSQL server binaries are installed.</exception>
+    /// <exception cref="InvalidOperationException">initdb or the server failed (the message carries its output).</exception>
+    /// <exception cref="TimeoutException">The server did not accept connections in time.</exception>
     public static async Task<LocalPostgresServer> StartAsync(LocalPostgresServerOptions? options = null,
         CancellationToken cancellationToken = default)
     {

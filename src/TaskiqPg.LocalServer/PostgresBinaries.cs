@@ -27,6 +27,7 @@ public sealed class PostgresBinaries
     /// <c>/usr/lib/postgresql/*/bin</c> (newest first) and a few common install folders.
     /// </summary>
     /// <exception cref="PostgresNotFoundException">No folder holds all of initdb, postgres and pg_ctl.</exception>
+    /// <returns>The folder found and its programs.</returns>
     public static PostgresBinaries Find()
     {
         var looked = new List<string>();

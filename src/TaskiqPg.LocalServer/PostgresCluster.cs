@@ -15,6 +15,8 @@ public sealed class PostgresCluster
     public const string ServiceUser = "postgres";
 
     /// <summary>Creates a handle for the given data folder (nothing is touched until a method runs).</summary>
+    /// <param name="dataDirectory">The cluster's data folder.</param>
+    /// <param name="binaries">The server binaries to run.</param>
     public PostgresCluster(string dataDirectory, PostgresBinaries binaries)
     {
         DataDirectory = Path.GetFullPath(dataDirectory);
@@ -34,6 +36,11 @@ public sealed class PostgresCluster
     public bool IsInitialized => File.Exists(Path.Combine(DataDirectory, "PG_VERSION"));
 
     /// <summary>Runs initdb (scram-sha-256 auth, UTF8) unless the folder already holds a cluster.</summary>
+    /// <param name="username">The superuser name.</param>
+    /// <param name="password">The superuser password.</param>
+    /// <param name="cancellationToken">Cancels the wait for initdb.</param>
+    /// <returns>Completes once the cluster exists.</returns>
+    /// <exception cref="InvalidOperationException">initdb failed (the message carries its output).</exception>
     public async Task InitializeAsync(string username, string password, CancellationToken cancellationToken = default)
     {
         if (IsInitialized)
@@ -62,6 +69,8 @@ public sealed class PostgresCluster
     /// Stops a server left running on this folder by an earlier run (a live <c>postmaster.pid</c>), so a quick
     /// restart does not fail with "lock file already exists".
     /// </summary>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>Completes once no server runs on this folder.</returns>
     public async Task StopStaleServerAsync(CancellationToken cancellationToken = default)
     {
         var pidFile = Path.Combine(DataDirectory, "postmaster.pid");
@@ -85,6 +94,9 @@ public sealed class PostgresCluster
     /// SIGTERM (what process supervisors such as Aspire's DCP send) into PostgreSQL's fast shutdown, so a stop is
     /// prompt instead of waiting for every client to disconnect.
     /// </summary>
+    /// <param name="port">The port; null to read <c>PGPORT</c> from the environment.</param>
+    /// <param name="settings">Server settings passed as <c>-c name=value</c>.</param>
+    /// <returns>The file name and arguments to start.</returns>
     public (string FileName, IReadOnlyList<string> Arguments) ServerCommand(int? port, IReadOnlyDictionary<string, string> settings)
     {
         var args = new List<string> { "-D", DataDirectory, "-k", DataDirectory, "-c", "listen_addresses=127.0.0.1" };
@@ -106,6 +118,8 @@ public sealed class PostgresCluster
     /// Picks the data folder: <paramref name="preferred"/>, unless this process is root and the <c>postgres</c> user
     /// cannot reach it (e.g. a checkout under <c>/root</c>); then a folder under <c>/var/tmp</c> derived from it.
     /// </summary>
+    /// <param name="preferred">The folder the caller would like.</param>
+    /// <returns>The folder to use.</returns>
     public static string ResolveDataDirectory(string preferred)
     {
         var full = Path.GetFullPath(preferred);
@@ -139,12 +153,18 @@ public sealed class PostgresCluster
     }
 
     /// <summary>Stops the server on this folder with <c>pg_ctl stop -m fast</c> and waits for it to exit.</summary>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>Completes once the server has exited.</returns>
     public Task StopAsync(CancellationToken cancellationToken = default) => StopAsync("fast", cancellationToken);
 
     /// <summary>
     /// Stops the server on this folder with <c>pg_ctl stop -m <paramref name="mode"/></c> (<c>smart</c>, <c>fast</c> or
     /// <c>immediate</c>: the last one is a crash as far as clients are concerned; the next start recovers from WAL).
     /// </summary>
+    /// <param name="mode"><c>smart</c>, <c>fast</c> or <c>immediate</c>.</param>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>Completes once the server has exited.</returns>
+    /// <exception cref="ArgumentException"><paramref name="mode"/> is not one of the three.</exception>
     public async Task StopAsync(string mode, CancellationToken cancellationToken = default)
     {
         if (mode is not ("smart" or "fast" or "immediate"))
@@ -165,6 +185,9 @@ public sealed class PostgresCluster
     /// Runs <paramref name="fileName"/> as <see cref="ServiceUser"/> when this process is root. <c>setpriv</c> execs the
     /// program in place (signals reach it directly); <c>runuser</c> is the fallback where setpriv is missing.
     /// </summary>
+    /// <param name="fileName">The program.</param>
+    /// <param name="args">Its arguments.</param>
+    /// <returns>The program and arguments to start: unchanged, or wrapped to run as <see cref="ServiceUser"/>.</returns>
     public static (string FileName, IReadOnlyList<string> Arguments) Wrap(string fileName, IReadOnlyList<string> args)
     {
         if (!RunsAsServiceUser)

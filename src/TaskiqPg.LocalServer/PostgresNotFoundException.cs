@@ -4,6 +4,7 @@ namespace TaskiqPg.LocalServer;
 public sealed class PostgresNotFoundException : Exception
 {
     /// <summary>Creates the exception listing every folder that was searched.</summary>
+    /// <param name="searchedFolders">Every folder searched, in order.</param>
     public PostgresNotFoundException(IReadOnlyList<string> searchedFolders)
         : base("No PostgreSQL server binaries (initdb, postgres, pg_ctl) were found. Looked in: "
                + string.Join(", ", searchedFolders)

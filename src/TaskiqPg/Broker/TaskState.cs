@@ -63,6 +63,8 @@ public static class TaskStates
     public static IReadOnlyList<TaskState> All { get; } = Enum.GetValues<TaskState>();
 
     /// <summary>The stored value of <paramref name="state"/>.</summary>
+    /// <param name="state">The state.</param>
+    /// <returns>The text stored in the <c>state</c> column.</returns>
     public static string ToStored(TaskState state) => state switch
     {
         TaskState.Available => Available,
@@ -77,6 +79,8 @@ public static class TaskStates
 
     /// <summary>The state a stored value stands for.</summary>
     /// <exception cref="ArgumentException">The value is not one of ours.</exception>
+    /// <param name="value">The text of the <c>state</c> column.</param>
+    /// <returns>The state.</returns>
     public static TaskState FromStored(string value) => value switch
     {
         Available => TaskState.Available,
@@ -90,5 +94,7 @@ public static class TaskStates
     };
 
     /// <summary>Whether a task in <paramref name="state"/> has ended (completed, cancelled or discarded).</summary>
+    /// <param name="state">The state.</param>
+    /// <returns>True for completed, cancelled and discarded.</returns>
     public static bool IsFinished(TaskState state) => state is TaskState.Completed or TaskState.Cancelled or TaskState.Discarded;
 }

@@ -29,11 +29,18 @@ public sealed class TaskiqPgBuilder
     internal List<Action<TaskRegistry>> Registrations => _registration.Tasks;
 
     /// <summary>Resolves this registration's <typeparamref name="T"/> (keyed or not).</summary>
+    /// <typeparam name="T">A service this registration provides (broker, result backend, client, worker, ...).</typeparam>
+    /// <param name="services">The service provider.</param>
+    /// <returns>The service.</returns>
     public T Resolve<T>(IServiceProvider services)
         where T : notnull
         => ServiceKey is null ? services.GetRequiredService<T>() : services.GetRequiredKeyedService<T>(ServiceKey);
 
     /// <summary>Registers a delegate task (see <see cref="TaskRegistry.Add"/>).</summary>
+    /// <param name="name">The task name producers kick it by.</param>
+    /// <param name="handler">The delegate; its parameters are bound from the message, the context and DI.</param>
+    /// <param name="timeout">The longest one run may take; null for the worker's default.</param>
+    /// <returns>This builder.</returns>
     [System.Diagnostics.CodeAnalysis.RequiresUnreferencedCode("A delegate task's parameters are read with reflection-based JSON by their types (see TaskRegistry.Add).")]
     [System.Diagnostics.CodeAnalysis.RequiresDynamicCode("A delegate task's call is compiled at registration.")]
     public TaskiqPgBuilder AddTask(string name, Delegate handler, TimeSpan? timeout = null)
@@ -43,6 +50,12 @@ public sealed class TaskiqPgBuilder
     }
 
     /// <summary>Registers a typed handler (see <see cref="TaskRegistry.AddHandler{THandler, TArgs, TResult}"/>); it is resolved from a DI scope per run.</summary>
+    /// <typeparam name="THandler">The handler type (registered as scoped).</typeparam>
+    /// <typeparam name="TArgs">The argument type, read from the message's first argument.</typeparam>
+    /// <typeparam name="TResult">The result type, stored as the task's return value.</typeparam>
+    /// <param name="name">The task name; default: the handler's <see cref="TaskNameAttribute"/>, else its type's full name.</param>
+    /// <param name="timeout">The longest one run may take; null for the worker's default.</param>
+    /// <returns>This builder.</returns>
     public TaskiqPgBuilder AddHandler<THandler, TArgs, TResult>(string? name = null, TimeSpan? timeout = null)
         where THandler : class, ITaskHandler<TArgs, TResult>
     {
@@ -55,6 +68,8 @@ public sealed class TaskiqPgBuilder
     public bool HasScheduler => _registration.HasScheduler;
 
     /// <summary>Declares a static schedule (synced under a stable id when a scheduler starts; see <see cref="TaskiqScheduler"/>).</summary>
+    /// <param name="schedule">The schedule; it is validated when the scheduler starts.</param>
+    /// <returns>This builder.</returns>
     public TaskiqPgBuilder AddSchedule(ScheduleDefinition schedule)
     {
         ArgumentNullException.ThrowIfNull(schedule);
@@ -63,6 +78,8 @@ public sealed class TaskiqPgBuilder
     }
 
     /// <summary>Runs a <see cref="TaskiqScheduler"/> as a hosted service in this process (once per registration).</summary>
+    /// <param name="configure">Configures the scheduler's options.</param>
+    /// <returns>This builder.</returns>
     public TaskiqPgBuilder AddScheduler(Action<TaskiqSchedulerOptions>? configure = null)
     {
         if (configure is not null)
@@ -80,6 +97,8 @@ public sealed class TaskiqPgBuilder
     }
 
     /// <summary>Runs a <see cref="TaskiqWorker"/> as a hosted service in this process (once per registration).</summary>
+    /// <param name="configure">Configures the worker's options.</param>
+    /// <returns>This builder.</returns>
     public TaskiqPgBuilder AddWorker(Action<TaskiqWorkerOptions>? configure = null)
     {
         if (configure is not null)

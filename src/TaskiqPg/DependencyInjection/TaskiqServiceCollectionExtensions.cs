@@ -13,6 +13,12 @@ public static class TaskiqServiceCollectionExtensions
     /// Registers broker, result backend and <see cref="TaskiqClient"/> on one <see cref="NpgsqlDataSource"/> built from
     /// <paramref name="connectionString"/> and owned (disposed) by the container.
     /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="connectionString">An Npgsql connection string; a second call must pass the same one.</param>
+    /// <param name="configure">Configures the broker, result backend, schedule source, worker and scheduler options.</param>
+    /// <returns>A builder to add tasks, schedules, a worker and a scheduler.</returns>
+    /// <exception cref="ArgumentException"><paramref name="connectionString"/> is null or empty.</exception>
+    /// <exception cref="InvalidOperationException">An earlier call registered another connection string or a data source.</exception>
     public static TaskiqPgBuilder AddTaskiqPg(this IServiceCollection services, string connectionString,
         Action<TaskiqPgOptions>? configure = null)
     {
@@ -35,6 +41,10 @@ public static class TaskiqServiceCollectionExtensions
     /// Registers broker, result backend and <see cref="TaskiqClient"/> on a data source the application owns (for
     /// example the one <c>AddNpgsqlDataSource</c> registers). It is borrowed: never disposed by TaskiqPg.
     /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="dataSource">Returns the application's data source; called once, when the broker is first resolved.</param>
+    /// <param name="configure">Configures the broker, result backend, schedule source, worker and scheduler options.</param>
+    /// <returns>A builder to add tasks, schedules, a worker and a scheduler.</returns>
     public static TaskiqPgBuilder AddTaskiqPg(this IServiceCollection services, Func<IServiceProvider, NpgsqlDataSource> dataSource,
         Action<TaskiqPgOptions>? configure = null)
         => AddCore(services, serviceKey: null, dataSource, configure);
@@ -44,6 +54,12 @@ public static class TaskiqServiceCollectionExtensions
     /// e.g. for another queue; resolve it with <c>GetRequiredKeyedService&lt;TaskiqClient&gt;(serviceKey)</c>.
     /// The data source is borrowed.
     /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="serviceKey">The key every service of this set is registered under.</param>
+    /// <param name="dataSource">Returns the data source of this set; called once, when its broker is first resolved.</param>
+    /// <param name="configure">Configures this set's options (a named options instance under <paramref name="serviceKey"/>).</param>
+    /// <returns>A builder to add tasks, schedules, a worker and a scheduler to this set.</returns>
+    /// <exception cref="ArgumentException"><paramref name="serviceKey"/> is null or empty.</exception>
     public static TaskiqPgBuilder AddKeyedTaskiqPg(this IServiceCollection services, string serviceKey,
         Func<IServiceProvider, NpgsqlDataSource> dataSource, Action<TaskiqPgOptions>? configure = null)
     {

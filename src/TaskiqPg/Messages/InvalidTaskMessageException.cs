@@ -8,6 +8,8 @@ namespace TaskiqPg;
 public sealed class InvalidTaskMessageException : ArgumentException
 {
     /// <summary>Creates the exception for <paramref name="field"/>.</summary>
+    /// <param name="field">The message field that is wrong (e.g. <c>task_name</c>, <c>labels</c>).</param>
+    /// <param name="message">What is wrong with it.</param>
     public InvalidTaskMessageException(string field, string message)
         : base(message)
     {

@@ -55,15 +55,25 @@ public sealed class TaskMessage
     };
 
     /// <summary>Serializes to taskiq's JSON text.</summary>
+    /// <returns>The message as taskiq's JSON.</returns>
     public string ToJson() => JsonSerializer.Serialize(this, TaskiqJsonContext.Default.TaskMessage);
 
     /// <summary>Parses taskiq's JSON text.</summary>
     /// <exception cref="JsonException">The text is not a valid message.</exception>
+    /// <param name="json">The JSON text.</param>
+    /// <returns>The message.</returns>
     public static TaskMessage FromJson(string json)
         => JsonSerializer.Deserialize(json, TaskiqJsonContext.Default.TaskMessage)
            ?? throw new JsonException("The message is JSON 'null', not a task message.");
 
     /// <summary>Builds a message, serializing each argument with <paramref name="serializerOptions"/>.</summary>
+    /// <param name="taskName">The task name.</param>
+    /// <param name="args">Positional arguments; each is serialized to JSON.</param>
+    /// <param name="kwargs">Keyword arguments; each value is serialized to JSON.</param>
+    /// <param name="serializerOptions">JSON options; default: <see cref="TaskiqSerializer.DefaultOptions"/>.</param>
+    /// <param name="taskId">The task id; default: a new one (<see cref="TaskIds.New"/>).</param>
+    /// <returns>The message, ready to kick.</returns>
+    /// <exception cref="ArgumentException"><paramref name="taskName"/> is null or empty.</exception>
     public static TaskMessage Create(string taskName, IEnumerable<object?>? args = null,
         IReadOnlyDictionary<string, object?>? kwargs = null, JsonSerializerOptions? serializerOptions = null,
         string? taskId = null)

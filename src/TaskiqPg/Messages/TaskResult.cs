@@ -42,15 +42,24 @@ public sealed class TaskResult
     public string? StackTrace { get; init; }
 
     /// <summary>Deserializes <see cref="ReturnValue"/>.</summary>
+    /// <typeparam name="T">The type to read the return value as.</typeparam>
+    /// <param name="options">JSON options; default: <see cref="TaskiqSerializer.DefaultOptions"/>.</param>
+    /// <returns>The return value, or default when the result has none.</returns>
+    /// <exception cref="System.Text.Json.JsonException">The return value does not fit <typeparamref name="T"/>.</exception>
     public T? GetReturnValue<T>(JsonSerializerOptions? options = null)
         => ReturnValue.ValueKind == JsonValueKind.Undefined
             ? default
             : ReturnValue.Deserialize<T>(options ?? TaskiqSerializer.DefaultOptions);
 
     /// <summary>Serializes to taskiq's JSON text (without the stack trace).</summary>
+    /// <returns>The result as taskiq's JSON.</returns>
     public string ToJson() => JsonSerializer.Serialize(this, TaskiqJsonContext.Default.TaskResult);
 
     /// <summary>Parses taskiq's JSON text.</summary>
+    /// <param name="json">The JSON text.</param>
+    /// <param name="stackTrace">The stack trace stored beside it, if any.</param>
+    /// <returns>The result.</returns>
+    /// <exception cref="System.Text.Json.JsonException">The text is not a valid result.</exception>
     public static TaskResult FromJson(string json, string? stackTrace = null)
     {
         var result = JsonSerializer.Deserialize(json, TaskiqJsonContext.Default.TaskResult)

@@ -7,6 +7,10 @@ namespace TaskiqPg;
 public sealed class SchemaVersionException : InvalidOperationException
 {
     /// <summary>Creates the exception.</summary>
+    /// <param name="table">The table whose schema is too new.</param>
+    /// <param name="databaseVersion">The schema version recorded in the database.</param>
+    /// <param name="codeVersion">The newest schema version this code knows.</param>
+    /// <param name="minimumCodeVersion">The oldest code version the database's schema lets run against it.</param>
     public SchemaVersionException(string table, int databaseVersion, int codeVersion, int minimumCodeVersion)
         : base($"The schema of '{table}' is at version {databaseVersion}, newer than this code's version {codeVersion}, and it needs code of "
                + $"at least version {minimumCodeVersion}. Deploy the newer TaskiqPg version to this service.")

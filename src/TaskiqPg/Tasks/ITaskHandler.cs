@@ -9,5 +9,9 @@ namespace TaskiqPg;
 public interface ITaskHandler<in TArgs, TResult>
 {
     /// <summary>Runs the task. <paramref name="cancellationToken"/> fires on timeout, lost lease or hard shutdown.</summary>
+    /// <param name="args">The arguments, read from the message's first positional argument.</param>
+    /// <param name="context">The running task: its id, message, attempt, labels, DI scope and progress.</param>
+    /// <param name="cancellationToken">Fires on timeout, lost lease, a cancel request or hard shutdown.</param>
+    /// <returns>The task's result, stored as its return value.</returns>
     ValueTask<TResult> HandleAsync(TArgs args, TaskContext context, CancellationToken cancellationToken);
 }

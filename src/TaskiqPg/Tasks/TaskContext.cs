@@ -51,6 +51,9 @@ public sealed class TaskContext
     /// Puts the task back in the queue, due after <paramref name="delay"/>, without using an attempt (throws
     /// <see cref="TaskSnoozedException"/>: nothing after this call runs).
     /// </summary>
+    /// <param name="delay">How long until the task is due again: zero up to <see cref="KickOptions.MaxDelay"/>.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="delay"/> is negative or beyond <see cref="KickOptions.MaxDelay"/>.</exception>
+    /// <exception cref="TaskSnoozedException">Always, when the delay is valid: let it propagate to the worker.</exception>
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     public void Snooze(TimeSpan delay)
     {
@@ -78,6 +81,9 @@ public sealed class TaskContext
 
     /// <summary><see cref="CompleteInTransactionAsync{T}"/> for a task whose result holds no value.</summary>
     /// <exception cref="LeaseLostException">The task's lease is no longer this worker's: roll the transaction back.</exception>
+    /// <param name="transaction">The handler's open transaction (its connection must be on the broker's database).</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Completes once the completion is written in the transaction (it takes effect on commit).</returns>
     public Task CompleteInTransactionAsync(NpgsqlTransaction transaction, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(transaction);
@@ -104,6 +110,9 @@ public sealed class TaskContext
 
     /// <summary>Stores progress readable with <see cref="PostgresResultBackend.GetProgressAsync{T}"/>.</summary>
     /// <exception cref="InvalidOperationException">The worker has no result backend.</exception>
+    /// <typeparam name="T">The progress type.</typeparam>
+    /// <param name="progress">The progress; it replaces the previous one.</param>
+    /// <returns>Completes once the progress is committed.</returns>
     public Task SetProgressAsync<T>(T progress)
         => (_results ?? throw new InvalidOperationException("This worker has no result backend, so progress cannot be stored."))
             .SetProgressAsync(TaskId, progress, SerializerOptions, CancellationToken);

@@ -29,6 +29,7 @@ public sealed class TaskRegistry
     /// <param name="handler">The delegate.</param>
     /// <param name="timeout">Handler timeout (the task's <c>timeout</c> label wins).</param>
     /// <param name="retry">Retry policy of this task on this worker (wins over the kick's and the broker's).</param>
+    /// <returns>This registry.</returns>
     [System.Diagnostics.CodeAnalysis.RequiresUnreferencedCode("A delegate task's parameters are read with reflection-based JSON by their types; trimming may remove what they need. Use AddHandler with a source-generated JsonSerializerContext in TaskiqPgOptions.SerializerOptions when trimming.")]
     [System.Diagnostics.CodeAnalysis.RequiresDynamicCode("A delegate task's call is compiled at registration.")]
     public TaskRegistry Add(string name, Delegate handler, TimeSpan? timeout = null, TaskRetryPolicy? retry = null)
@@ -42,6 +43,11 @@ public sealed class TaskRegistry
     /// <param name="name">Task name; default from <see cref="TaskNameAttribute"/> or the type's full name.</param>
     /// <param name="timeout">Handler timeout.</param>
     /// <param name="retry">Retry policy of this task on this worker (wins over the kick's and the broker's).</param>
+    /// <typeparam name="THandler">The handler type.</typeparam>
+    /// <typeparam name="TArgs">The argument type, read from the message's first positional argument.</typeparam>
+    /// <typeparam name="TResult">The result type, stored as the task's return value.</typeparam>
+    /// <returns>This registry.</returns>
+    /// <exception cref="ArgumentException">The name is empty or already registered.</exception>
     public TaskRegistry AddHandler<THandler, TArgs, TResult>(string? name = null, TimeSpan? timeout = null, TaskRetryPolicy? retry = null)
         where THandler : class, ITaskHandler<TArgs, TResult>
     {
@@ -56,6 +62,9 @@ public sealed class TaskRegistry
     }
 
     /// <summary>Finds a task by name.</summary>
+    /// <param name="name">The task name.</param>
+    /// <param name="descriptor">The task, when found.</param>
+    /// <returns>True when a task of that name is registered.</returns>
     public bool TryGet(string name, out TaskDescriptor descriptor) => _tasks.TryGetValue(name, out descriptor!);
 
     private TaskRegistry Register(TaskDescriptor descriptor)

@@ -31,12 +31,15 @@ public sealed record TaskRetryPolicy
 }
 
 /// <summary>Thrown by a handler to fail its task for good: no retry, the task is discarded with this message.</summary>
+/// <param name="message">Why the task cannot succeed; stored as its error.</param>
+/// <param name="inner">The error behind it, if any.</param>
 public class PermanentTaskFailureException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>
 /// Thrown by <see cref="TaskContext.Snooze"/>: the task goes back to the queue, due after <see cref="Delay"/>, without
 /// using an attempt.
 /// </summary>
+/// <param name="delay">How long until the task is due again.</param>
 public sealed class TaskSnoozedException(TimeSpan delay) : Exception($"The task snoozed for {delay}.")
 {
     /// <summary>How long until the task is due again.</summary>

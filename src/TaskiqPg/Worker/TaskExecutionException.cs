@@ -1,6 +1,9 @@
 namespace TaskiqPg;
 
 /// <summary>The task ran and failed (or was dead-lettered); carries the remote error.</summary>
+/// <param name="taskId">The failed task's id.</param>
+/// <param name="error">The error the task stored (type, message, arguments).</param>
+/// <param name="remoteStackTrace">The stack trace stored with it, if any.</param>
 public sealed class TaskExecutionException(string taskId, TaskError error, string? remoteStackTrace)
     : Exception($"Task '{taskId}' failed with {error.Type}: {error.Message}")
 {

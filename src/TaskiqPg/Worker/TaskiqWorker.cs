@@ -54,6 +54,14 @@ public sealed partial class TaskiqWorker : BackgroundService
     private Task? _renewer; // the renewal thread, while the worker runs
 
     /// <summary>Creates a worker. <paramref name="services"/> resolves handlers and their dependencies (a scope per task).</summary>
+    /// <param name="broker">Where tasks are claimed and settled.</param>
+    /// <param name="registry">The tasks this worker runs; a task name not in it is dead-lettered with the reason.</param>
+    /// <param name="resultBackend">Where results are stored; null to store none.</param>
+    /// <param name="options">The worker's options; default: <see cref="TaskiqWorkerOptions"/> defaults.</param>
+    /// <param name="services">Resolves handlers and their dependencies (a scope per task); default: none.</param>
+    /// <param name="loggerFactory">Where the worker logs; default: nowhere.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="broker"/> or <paramref name="registry"/> is null.</exception>
+    /// <exception cref="ArgumentException">An option is out of range, or the heartbeat is longer than a third of the broker's <see cref="PostgresBrokerOptions.WorkerStaleAfter"/>.</exception>
     public TaskiqWorker(PostgresBroker broker, TaskRegistry registry, PostgresResultBackend? resultBackend = null,
         TaskiqWorkerOptions? options = null, IServiceProvider? services = null, ILoggerFactory? loggerFactory = null)
     {
