@@ -45,14 +45,14 @@ public sealed partial class TaskiqWorker
                 {
                     // The failed claim may have committed before the connection died: take back what it leased to
                     // us at once instead of leaving it to wait out the lease.
-                    var orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), stoppingToken, _queues);
+                    var orphans = await _broker.ReleaseOrphansAsync(WorkerId, _held.KnownClaimIds(), stoppingToken, _queues);
                     if (orphans > 0)
                     {
                         Log.OrphansReleased(_logger, WorkerId, orphans);
                     }
                 }
 
-                Volatile.Write(ref _claimInFlight, 1); // until its rows are in _held, renewal covers all rows leased to us
+                _held.BeginClaim(); // until its rows are held, renewal covers all rows leased to us
                 var now = Environment.TickCount64;
                 var promote = now >= promoteAt;
                 // The next due time is read with the claim at most once per poll interval while claims come back full
@@ -72,12 +72,12 @@ public sealed partial class TaskiqWorker
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
-                Volatile.Write(ref _claimInFlight, 0);
+                _held.EndClaim();
                 break;
             }
             catch (Exception ex)
             {
-                Volatile.Write(ref _claimInFlight, 0);
+                _held.EndClaim();
                 Interlocked.CompareExchange(ref _claimsFailingSinceTicks, DateTime.UtcNow.Ticks, 0);
                 // Transient or not, the loop keeps going: a claim that fails is retried with backoff.
                 Log.LoopFailed(_logger, ex, WorkerId, "claim");
@@ -93,11 +93,11 @@ public sealed partial class TaskiqWorker
             foreach (var task in batch)
             {
                 Interlocked.Increment(ref _active);
-                _held[task.Lease] = new Held(task);
+                _held.Add(task);
                 _prefetched.Writer.TryWrite(task);
             }
 
-            Volatile.Write(ref _claimInFlight, 0);
+            _held.EndClaim();
 
             if (batch.Count < wanted)
             {
@@ -218,9 +218,6 @@ public sealed partial class TaskiqWorker
         return shares;
     }
 
-    /// <summary>Rows this worker knows it holds or gave up: everything else leased to it is an orphan.</summary>
-    private long[] KnownClaimIds() => [.. _held.Keys.Select(k => k.Id), .. _givenUp.Keys.Select(k => k.Id)];
-
     /// <summary>Shortest wait for a task coming due (it may be due already when another worker holds its row locked).</summary>
     private static readonly TimeSpan MinDueWait = TimeSpan.FromMilliseconds(10);
 
@@ -251,7 +248,7 @@ public sealed partial class TaskiqWorker
             catch (Exception ex)
             {
                 Log.LoopFailed(_logger, ex, WorkerId, "ack on receive");
-                await HandBackOrphansAsync(); // not in _held: every row of this claim still leased to us goes back
+                await HandBackOrphansAsync(); // not held: every row of this claim still leased to us goes back
                 return [];
             }
         }

@@ -22,7 +22,7 @@ public sealed partial class TaskiqWorker
             await ReportAsync(batch, stop);
             foreach (var completion in batch)
             {
-                _held.TryRemove(completion.Task.Lease, out _);
+                _held.Remove(completion.Task.Lease);
             }
 
             Interlocked.Add(ref _unreported, -batch.Count);
@@ -92,7 +92,7 @@ public sealed partial class TaskiqWorker
 
         foreach (var completion in batch)
         {
-            _givenUp[completion.Task.Lease] = Environment.TickCount64;
+            _held.GiveUp(completion.Task.Lease);
         }
     }
 

@@ -17,7 +17,7 @@ public sealed partial class TaskiqWorker
     {
         await foreach (var task in _prefetched.Reader.ReadAllAsync())
         {
-            if (!_held.TryGetValue(task.Lease, out var held))
+            if (!_held.TryGet(task.Lease, out var held))
             {
                 continue; // handed back by the stop path already
             }
@@ -49,7 +49,7 @@ public sealed partial class TaskiqWorker
             _wake.Set(); // a slot is free
             if (completion is null)
             {
-                _held.TryRemove(task.Lease, out _); // never started: its lease is another worker's
+                _held.Remove(task.Lease); // never started: its lease is another worker's
                 continue;
             }
 
@@ -60,7 +60,7 @@ public sealed partial class TaskiqWorker
     }
 
     /// <returns>The outcome, or null when the task was not started because its lease had already been lost.</returns>
-    private async Task<Completion?> RunAsync(ClaimedTask task, Held held)
+    private async Task<Completion?> RunAsync(ClaimedTask task, HeldTask held)
     {
         var started = Stopwatch.StartNew();
         TaskMessage message;
@@ -118,7 +118,7 @@ public sealed partial class TaskiqWorker
     }
 
     private async Task<Completion> InvokeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
-        CancellationTokenSource cancellation, Held held, Stopwatch started)
+        CancellationTokenSource cancellation, HeldTask held, Stopwatch started)
     {
         BackgroundWork.Leave(); // the handler's own statements are traced (inside the consumer span when it is sampled)
         using var activity = MessagingTags.StartProcess(task.Queue, message, task.Attempt);
@@ -133,7 +133,7 @@ public sealed partial class TaskiqWorker
     }
 
     private async Task<Completion> InvokeInScopeAsync(ClaimedTask task, TaskMessage message, TaskDescriptor descriptor, TimeSpan? timeout,
-        CancellationTokenSource cancellation, Held held, Stopwatch started)
+        CancellationTokenSource cancellation, HeldTask held, Stopwatch started)
     {
         await using var scope = _services.GetService<IServiceScopeFactory>()?.CreateAsyncScope();
         var context = new TaskContext(message, task, scope?.ServiceProvider ?? _services, _results, _registry.SerializerOptions, cancellation.Token)

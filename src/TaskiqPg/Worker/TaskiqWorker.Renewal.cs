@@ -119,19 +119,15 @@ public sealed partial class TaskiqWorker
     /// <summary>One renewal round: every held claim (every row leased to us while a claim is in flight).</summary>
     private void RenewHeld(ref NpgsqlConnection? connection, CancellationToken stop)
     {
-        var claimInFlight = Volatile.Read(ref _claimInFlight) == 1;
+        var claimInFlight = _held.ClaimInFlight;
         // With WhenReceived the rows are acked at claim: there is no lease left to renew.
-        var held = _options.AckMode == AckMode.WhenReceived ? [] : _held.Values.Where(h => !h.LeaseLost).ToArray();
+        var held = _options.AckMode == AckMode.WhenReceived ? [] : _held.NotLost();
         if (held.Length == 0 && !claimInFlight)
         {
             return;
         }
 
-        var expired = Environment.TickCount64 - (long)(_broker.Options.LeaseDuration.TotalMilliseconds * 2);
-        foreach (var lease in _givenUp.Where(g => g.Value < expired).Select(g => g.Key).ToArray())
-        {
-            _givenUp.TryRemove(lease, out _); // its lease has long expired: rescued by now
-        }
+        _held.ForgetGivenUpOlderThan(_broker.Options.LeaseDuration * 2); // their leases have long expired: rescued by now
 
         // A transient failure (a broken connection, replaced; a deadlock with a settle statement over the same
         // rows) is retried at once, not a tick later: ticks lost in a row would let the leases lapse.
@@ -141,17 +137,17 @@ public sealed partial class TaskiqWorker
             {
                 connection ??= OpenRenewalConnection();
                 var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
-                    held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _givenUp.Keys.ToArray(),
+                    held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _held.GivenUp(),
                     out var cancelRequested, _queues);
                 foreach (var lease in cancelRequested ?? [])
                 {
-                    if (_held.TryGetValue(lease, out var target) && target.RequestCancel())
+                    if (_held.TryGet(lease, out var target) && target.RequestCancel())
                     {
                         Log.TaskCancelRequested(_logger, target.Task.TaskId, target.Task.TaskName);
                     }
                 }
 
-                foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.ContainsKey(h.Task.Lease)))
+                foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.Contains(h.Task.Lease)))
                 {
                     // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
                     if (lost.MarkLost())

@@ -1,9 +1,7 @@
-using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using Npgsql;
 using TaskiqPg.Internal;
 
 namespace TaskiqPg;
@@ -32,9 +30,7 @@ public sealed partial class TaskiqWorker : BackgroundService
     private readonly WakeSignal _wake = new();
     private readonly Channel<ClaimedTask> _prefetched = Channel.CreateUnbounded<ClaimedTask>();
     private readonly Channel<Completion> _completions = Channel.CreateUnbounded<Completion>(new UnboundedChannelOptions { SingleReader = true });
-    private readonly ConcurrentDictionary<LeaseRef, Held> _held = new(); // by claim: a row lost and claimed again is another entry
-    private int _claimInFlight; // 1 from sending a claim until its rows are registered in _held
-    private readonly ConcurrentDictionary<LeaseRef, long> _givenUp = new(); // claims whose outcome could not be reported
+    private readonly HeldClaims _held = new();
     private readonly CancellationTokenSource _hardStop = new();
     private readonly SettleSql? _settleSql;
     private int _unreported; // outcomes produced by handlers and not yet written
@@ -224,7 +220,7 @@ public sealed partial class TaskiqWorker : BackgroundService
     private async Task HandBackOrphansAsync()
     {
         var orphans = 0;
-        if (await StopStepAsync(async () => orphans = await _broker.ReleaseOrphansAsync(WorkerId, KnownClaimIds(), CancellationToken.None, _queues), "release on stop")
+        if (await StopStepAsync(async () => orphans = await _broker.ReleaseOrphansAsync(WorkerId, _held.KnownClaimIds(), CancellationToken.None, _queues), "release on stop")
             && orphans > 0)
         {
             Log.OrphansReleased(_logger, WorkerId, orphans);
@@ -264,7 +260,7 @@ public sealed partial class TaskiqWorker : BackgroundService
         var pending = new List<ClaimedTask>();
         while (_prefetched.Reader.TryRead(out var task))
         {
-            if (_held.ContainsKey(task.Lease))
+            if (_held.Contains(task.Lease))
             {
                 pending.Add(task);
             }
@@ -338,7 +334,7 @@ public sealed partial class TaskiqWorker : BackgroundService
     {
         foreach (var task in tasks)
         {
-            if (_held.TryGetValue(task.Lease, out var held))
+            if (_held.TryGet(task.Lease, out var held))
             {
                 held.Settling = true;
             }
@@ -349,7 +345,7 @@ public sealed partial class TaskiqWorker : BackgroundService
     {
         foreach (var task in tasks)
         {
-            if (_held.TryRemove(task.Lease, out _))
+            if (_held.Remove(task.Lease))
             {
                 Interlocked.Decrement(ref _active);
             }
@@ -389,200 +385,6 @@ public sealed partial class TaskiqWorker : BackgroundService
             Error = new TaskError(StoredText.Sanitize(type, StoredText.MaxErrorLength), StoredText.Sanitize(message, StoredText.MaxErrorLength)),
             StackTrace = stackTrace is null ? null : StoredText.Sanitize(stackTrace, StoredText.MaxStackTraceLength),
         };
-
-    /// <summary>One claim held by this worker: the handler's cancellation and whether the lease was lost.</summary>
-    private sealed class Held(ClaimedTask task)
-    {
-        private readonly Lock _gate = new();
-        private CancellationTokenSource? _cancellation;
-        private bool _leaseLost;
-
-        public ClaimedTask Task { get; } = task;
-
-        /// <summary>Its outcome is being written (or it is being handed back): the renewal no longer judges its lease.</summary>
-        public volatile bool Settling;
-
-        /// <summary>Its handler has started; the next renewal records it, so a rescue counts this claim's attempt.</summary>
-        public volatile bool Started;
-
-        private bool _cancelRequested;
-
-        /// <summary>A cancel was requested for this task (seen by a renewal).</summary>
-        public bool CancelRequested
-        {
-            get
-            {
-                lock (_gate)
-                {
-                    return _cancelRequested;
-                }
-            }
-        }
-
-        /// <summary>Records a cancel request and cancels a running handler (on the thread pool: never on the renewal thread).</summary>
-        /// <returns>True the first time.</returns>
-        public bool RequestCancel()
-        {
-            CancellationTokenSource? running;
-            lock (_gate)
-            {
-                if (_cancelRequested)
-                {
-                    return false;
-                }
-
-                _cancelRequested = true;
-                running = _cancellation;
-            }
-
-            if (running is not null)
-            {
-                ThreadPool.UnsafeQueueUserWorkItem(static cts =>
-                {
-                    try
-                    {
-                        cts.Cancel();
-                    }
-                    catch (ObjectDisposedException)
-                    {
-                        // the handler has just finished
-                    }
-                }, running, preferLocal: false);
-            }
-
-            return true;
-        }
-
-        public bool LeaseLost
-        {
-            get
-            {
-                lock (_gate)
-                {
-                    return _leaseLost;
-                }
-            }
-        }
-
-        /// <summary>Publishes the run's cancellation before the lost flag is read, so a concurrent loss is never missed.</summary>
-        /// <returns>False when the lease is already lost: the task must not start.</returns>
-        public bool TryStart(CancellationTokenSource cancellation)
-        {
-            lock (_gate)
-            {
-                if (_leaseLost)
-                {
-                    return false;
-                }
-
-                _cancellation = cancellation;
-                Started = true;
-                if (_cancelRequested)
-                {
-                    cancellation.Cancel(); // requested between the caller's check and now: the handler starts cancelled
-                }
-
-                return true;
-            }
-        }
-
-        public void Finish()
-        {
-            lock (_gate)
-            {
-                _cancellation = null;
-            }
-        }
-
-        /// <summary>Marks the lease lost and cancels a running handler.</summary>
-        /// <returns>True the first time.</returns>
-        public bool MarkLost()
-        {
-            CancellationTokenSource? running;
-            lock (_gate)
-            {
-                if (_leaseLost)
-                {
-                    return false;
-                }
-
-                _leaseLost = true;
-                running = _cancellation;
-            }
-
-            try
-            {
-                running?.Cancel();
-            }
-            catch (ObjectDisposedException)
-            {
-                // the handler has just finished
-            }
-
-            return true;
-        }
-    }
-
-    private sealed record Completion(ClaimedTask Task, TaskResult? Result, TaskError? Error, bool Retry, Exception? Exception, int RefusedCount = 0)
-    {
-        public bool Succeeded => Error is null && Snooze is null;
-
-        /// <summary>Set when the handler snoozed: back to the queue after this delay, no attempt used.</summary>
-        public TimeSpan? Snooze { get; init; }
-
-        /// <summary>The handler completed the task in its own transaction: a missing row at the ack is that commit, not a lost lease.</summary>
-        public bool CompletedInTransaction { get; init; }
-
-        /// <summary>The task's retry policy from its registration, if any.</summary>
-        public TaskRetryPolicy? Policy { get; init; }
-
-        /// <summary>No attempt follows this one.</summary>
-        public bool IsFinal => Snooze is null && (Succeeded || !Retry || Task.Attempt >= (Policy?.MaxAttempts ?? Task.MaxAttempts));
-
-        /// <summary>This outcome as a failure to write (a snooze is written as one).</summary>
-        public TaskFailure ToFailure() => new(Task.Lease, Snooze is null ? FailureText : "snoozed", Retry)
-        {
-            SnoozeFor = Snooze,
-            MaxAttempts = Policy?.MaxAttempts,
-            RetryBaseDelay = Policy?.BaseDelay,
-            RetryMaxDelay = Policy?.MaxDelay,
-        };
-
-        public static Completion Snoozed(ClaimedTask task, TimeSpan delay) => new(task, null, null, true, null) { Snooze = delay };
-
-        /// <summary>The text kept in <c>last_error</c>.</summary>
-        public string FailureText => Error is null ? "snoozed" : Error.Type + ": " + Error.Message;
-
-        public static Completion Success(ClaimedTask task, TaskResult result) => new(task, result, null, false, null);
-
-        /// <summary>Cancelled by request: no retry; the row's cancel request makes the settle statement end it cancelled.</summary>
-        public static Completion Cancelled(ClaimedTask task, TaskMessage message, TimeSpan elapsed = default)
-            => Failure(task, message, CancelledTaskException.ErrorType, PostgresBroker.CancelledReason, null, retry: false, elapsed);
-
-        public static Completion Failure(ClaimedTask task, TaskMessage? message, string type, string reason, string? stackTrace,
-            bool retry, TimeSpan elapsed = default, Exception? exception = null)
-        {
-            var result = ErrorResult(type, reason, stackTrace, elapsed, message?.Labels);
-            return new(task, result, result.Error, retry, exception);
-        }
-
-        /// <summary>
-        /// What to write instead after PostgreSQL refused this outcome: first a dead letter with the database's reason
-        /// and an error result, then the dead letter alone; null when both were refused too.
-        /// </summary>
-        public Completion? Refused(Exception ex)
-        {
-            var reason = ex is PostgresException pg ? $"{pg.SqlState}: {pg.MessageText}" : $"{ex.GetType().Name}: {ex.Message}";
-            var failure = Failure(Task, null, "OutcomeRefused", $"PostgreSQL refused to store this task's outcome ({reason}).", null, retry: false)
-                with { RefusedCount = RefusedCount + 1 };
-            return RefusedCount switch
-            {
-                0 => failure,
-                1 => failure with { Result = null },
-                _ => null,
-            };
-        }
-    }
 
     private sealed class EmptyServiceProvider : IServiceProvider
     {
