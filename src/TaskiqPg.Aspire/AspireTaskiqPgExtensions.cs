@@ -206,6 +206,16 @@ public static class AspireTaskiqPgExtensions
         o.Broker.MaxMessageBytes = s.MaxMessageBytes ?? o.Broker.MaxMessageBytes;
         o.Broker.NotifyTaskIds |= s.NotifyTaskIds;
         o.Broker.PrepareStatements &= !s.DisablePreparedStatements;
+        if (s.ListenConnectionString is { } listen)
+        {
+            o.Broker.ListenConnectionString = o.Results.ListenConnectionString = o.Schedules.ListenConnectionString = listen;
+        }
+
+        if (s.PollOnly)
+        {
+            o.Broker.PollOnly = o.Results.PollOnly = o.Schedules.PollOnly = true;
+        }
+
         o.Results.KeepResults = s.KeepResults ?? o.Results.KeepResults;
         o.Results.StoreStackTraces = s.StoreStackTraces ?? o.Results.StoreStackTraces;
         if (s.ResultTtl is { } ttl)

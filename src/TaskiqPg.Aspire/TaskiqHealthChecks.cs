@@ -2,15 +2,51 @@ using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 namespace TaskiqPg;
 
-/// <summary>Healthy while the broker's LISTEN connection is up (only meaningful where a worker runs). Readiness.</summary>
+/// <summary>
+/// Readiness of the broker's notifications (only meaningful where a worker runs): Healthy while its LISTEN connection is
+/// up and a probe NOTIFY sent through the data source arrives on it (checked at most every
+/// <see cref="VerifyEvery"/>); Unhealthy while the connection is down, or up but deaf (behind a transaction-mode
+/// pooler). Poll-only mode needs no LISTEN connection and is Healthy.
+/// </summary>
 internal sealed class TaskiqListenerHealthCheck(PostgresBroker broker, bool hasWorker) : IHealthCheck
 {
-    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
-        => Task.FromResult(!hasWorker
-            ? HealthCheckResult.Healthy("No worker runs in this app, so no LISTEN connection is needed.")
-            : broker.IsListening
-                ? HealthCheckResult.Healthy($"Listening on channel '{broker.Options.Channel}'.")
-                : HealthCheckResult.Unhealthy($"The LISTEN connection on channel '{broker.Options.Channel}' is down; reconnecting."));
+    internal static readonly TimeSpan VerifyEvery = TimeSpan.FromSeconds(30);
+    private long _verifiedAtTicks;
+
+    public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    {
+        var channel = broker.Options.Channel;
+        if (!hasWorker)
+        {
+            return HealthCheckResult.Healthy("No worker runs in this app, so no LISTEN connection is needed.");
+        }
+
+        if (broker.Options.PollOnly)
+        {
+            return HealthCheckResult.Healthy("Poll-only mode: no LISTEN connection; workers find new tasks by polling.");
+        }
+
+        if (broker.IsListening && Environment.TickCount64 - Interlocked.Read(ref _verifiedAtTicks) > VerifyEvery.TotalMilliseconds)
+        {
+            try
+            {
+                if (await broker.VerifyNotificationsAsync(cancellationToken))
+                {
+                    Interlocked.Exchange(ref _verifiedAtTicks, Environment.TickCount64);
+                }
+            }
+            catch (Exception ex) when (ex is Npgsql.NpgsqlException or TimeoutException)
+            {
+                return HealthCheckResult.Unhealthy($"The probe NOTIFY on channel '{channel}' could not be sent (is the database reachable?).");
+            }
+        }
+
+        return broker.IsListening
+            ? HealthCheckResult.Healthy($"Listening on channel '{channel}'; notifications arrive.")
+            : broker.IsListenerDeaf
+                ? HealthCheckResult.Unhealthy($"The LISTEN connection on channel '{channel}' is up but receives no notifications: a probe NOTIFY sent through the data source did not arrive. LISTEN cannot work through a transaction-mode pooler such as PgBouncer: set ListenConnectionString to a direct connection, or PollOnly.")
+                : HealthCheckResult.Unhealthy($"The LISTEN connection on channel '{channel}' is down; reconnecting.");
+    }
 }
 
 /// <summary>

@@ -106,6 +106,20 @@ public sealed class TaskiqPgSettings
     public bool DisablePreparedStatements { get; set; }
 
     /// <summary>
+    /// Connection string of the LISTEN connections (broker, result backend, schedule source) when the main connection
+    /// string goes through a pooler in transaction mode: point it at PostgreSQL directly or at a session-mode pool. Sets
+    /// each component's <c>ListenConnectionString</c>. Default null: the main connection string.
+    /// </summary>
+    public string? ListenConnectionString { get; set; }
+
+    /// <summary>
+    /// Open no LISTEN connection at all and poll instead (each component's <c>PollOnly</c>): a kick starts within the
+    /// worker's poll interval (1 s by default), a result wait notices a stored result within 200 ms, a scheduler sees
+    /// schedule changes within its refresh interval. Default false.
+    /// </summary>
+    public bool PollOnly { get; set; }
+
+    /// <summary>
     /// Python taskiq-postgres compatibility: every kick also sends a NOTIFY with its row id, which Python workers need
     /// (they claim only notified ids). It costs each kick a commit-time lock. Default false.
     /// </summary>

@@ -26,6 +26,10 @@ internal sealed partial class Child : IDisposable
     public int ExitCode => _process.ExitCode;
 
     public static Child Start(string connectionString, string name, params string[] args)
+        => Start(connectionString, listenConnectionString: null, name, args);
+
+    /// <summary>Starts a child whose LISTEN connections use <paramref name="listenConnectionString"/> (a pooler in between).</summary>
+    public static Child Start(string connectionString, string? listenConnectionString, string name, params string[] args)
     {
         var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
@@ -39,6 +43,10 @@ internal sealed partial class Child : IDisposable
         }
 
         info.Environment[Roles.ConnectionVariable] = connectionString;
+        if (listenConnectionString is not null)
+        {
+            info.Environment[Roles.ListenConnectionVariable] = listenConnectionString;
+        }
         var process = new Process { StartInfo = info, EnableRaisingEvents = true };
         var child = new Child(name, process);
         process.OutputDataReceived += (_, e) =>

@@ -17,7 +17,7 @@ internal sealed record ScenarioResult(string Scenario, long Tasks, long Complete
 internal static class FaultRunner
 {
     private static readonly string[] AllScenarios =
-        ["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall", "control"];
+        ["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall", "control", "pgbouncer"];
 
     public static async Task<int> MainAsync(string[] args)
     {

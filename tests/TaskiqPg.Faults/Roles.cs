@@ -20,6 +20,9 @@ internal sealed class Settings(Dictionary<string, string> values)
 internal static class Roles
 {
     public const string ConnectionVariable = "TASKIQPG_FAULTS_CONNECTION";
+
+    /// <summary>A direct connection string for the LISTEN connections when the main one goes through a pooler.</summary>
+    public const string ListenConnectionVariable = "TASKIQPG_FAULTS_LISTEN_CONNECTION";
     public const string Ready = "ready";
 
     private const string LedgerInsert = "INSERT INTO fault_ledger (task_id, attempt, worker, fire_at) VALUES ($1, $2, $3, $4)";
@@ -60,10 +63,15 @@ internal static class Roles
             Queue = queues[0],
             RunMigrations = false,
             LeaseDuration = TimeSpan.FromMilliseconds(settings.Int("leasems", 5_000)),
+            PrepareStatements = settings.Int("noprepare", 0) == 0, // behind PgBouncer in transaction mode: off
+            ListenConnectionString = Environment.GetEnvironmentVariable(ListenConnectionVariable),
         };
         using var loggers = new StderrLoggerFactory();
         await using var broker = new PostgresBroker(dataSource, brokerOptions, loggerFactory: loggers);
-        await using var results = new PostgresResultBackend(dataSource, new PostgresResultBackendOptions { RunMigrations = false }, loggerFactory: loggers);
+        await using var results = new PostgresResultBackend(dataSource, new PostgresResultBackendOptions
+        {
+            RunMigrations = false, ListenConnectionString = brokerOptions.ListenConnectionString,
+        }, loggerFactory: loggers);
 
         async Task Record(TaskContext context, string? fireAt = null)
         {

@@ -29,6 +29,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         "poison_completion" => PoisonCompletionAsync(),
         "renewal_stall" => RenewalStallAsync(),
         "control" => ControlAsync(),
+        "pgbouncer" => PgBouncerRestartAsync(),
         _ => throw new ArgumentException($"Unknown scenario {name}", nameof(name)),
     };
 
@@ -147,6 +148,57 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             (runs.Length > 0 ? $"; runs of duplicated tasks (worker:attempt@time): {runs}; {sameAttempt} ran twice in one attempt; " +
                                "workers' lines about them: " + string.Join(" / ", (await DuplicateTaskIdsAsync(queue)).Append("could not report")
                                    .SelectMany(id => workers.SelectMany(w => w.ErrorLinesContaining(id).Select(l => $"{w.Name}: {l}")))) : ""));
+    }
+
+    // 2b. Workers behind PgBouncer in transaction mode (5 server connections; statements unprepared, LISTEN on a direct
+    //     connection, as the README recommends), the pooler killed and restarted three times under load: every client
+    //     connection through it drops mid-claim, mid-handler and mid-settle. Lost must be 0; a duplicate is explained
+    //     as in the server restart (successive attempts after a lost reply), never two runs of one attempt.
+    private async Task<ScenarioResult> PgBouncerRestartAsync()
+    {
+        const string queue = "pgbouncer";
+        var tasks = smoke ? 4_000 : 40_000;
+        await using var bouncer = await PgBouncer.StartAsync(rig.ConnectionString, serverConnections: 5);
+        var settings = new Dictionary<string, int> { ["leasems"] = 10_000, ["concurrency"] = 8, ["noprepare"] = 1 };
+        var workers = new List<Child>();
+        for (var i = 0; i < 3; i++)
+        {
+            workers.Add(await StartWorkerAsync(queue, settings, bouncer));
+        }
+
+        await KickAsync(queue, tasks, "record", workMs: smoke ? 20 : 5);
+        var resumes = new List<double>();
+        for (var restart = 0; restart < 3; restart++)
+        {
+            await Task.Delay(TimeSpan.FromSeconds(smoke ? 1 : 4));
+            if (await PendingAsync(queue) == 0)
+            {
+                break;
+            }
+
+            await bouncer.RestartAsync();
+            var back = await rig.ScalarAsync<DateTime>("SELECT clock_timestamp()");
+            var watch = Stopwatch.StartNew();
+            while (!await rig.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM fault_ledger WHERE at > $1)", back) && watch.Elapsed < TimeSpan.FromSeconds(60))
+            {
+                await Task.Delay(50);
+            }
+
+            resumes.Add(watch.Elapsed.TotalSeconds);
+        }
+
+        var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(3));
+        var sameAttempt = await rig.ScalarAsync<long>(
+            """
+            SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1
+                                  GROUP BY task_id HAVING count(*) > count(DISTINCT attempt)) d
+            """, queue);
+        var bound = 15.0;
+        var resumed = resumes.Count > 0 && resumes.All(s => s < bound);
+        return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed,
+            $"{resumes.Count} pgbouncer restarts; first execution after each: " +
+            string.Join(", ", resumes.Select(s => s.ToString("0.0", CultureInfo.InvariantCulture) + " s")) + $" (bound {bound} s); " +
+            $"{sameAttempt} ran twice in one attempt");
     }
 
     // 3. The LISTEN backends of the workers killed with pg_terminate_backend over and over while tasks are kicked one by
@@ -604,10 +656,12 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             string.Join("; ", notes));
     }
 
-    private async Task<Child> StartWorkerAsync(string queue, IReadOnlyDictionary<string, int> settings)
+    private async Task<Child> StartWorkerAsync(string queue, IReadOnlyDictionary<string, int> settings, PgBouncer? through = null)
     {
         var name = $"{queue}-worker-{++_workerSerial}";
-        var child = Child.Start(rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)]);
+        var child = through is null
+            ? Child.Start(rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)])
+            : Child.Start(through.ConnectionString, rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)]);
         _children.Add(child);
         await child.WaitReadyAsync();
         return child;

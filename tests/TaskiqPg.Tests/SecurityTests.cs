@@ -10,6 +10,35 @@ public sealed class SecurityTests(DatabaseFixture db) : IClassFixture<DatabaseFi
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(20);
 
     [Fact]
+    public void The_listen_connection_password_never_appears_in_the_options_text_or_their_errors()
+    {
+        const string secret = "s3cr3t-Listen-pw";
+        var listen = $"Host=db.internal;Port=5432;Username=app;Password={secret};Database=queue";
+        string[] texts =
+        [
+            new PostgresBrokerOptions { ListenConnectionString = listen }.ToString(),
+            new PostgresResultBackendOptions { ListenConnectionString = listen }.ToString(),
+            new PostgresScheduleSourceOptions { ListenConnectionString = listen }.ToString(),
+            new TaskiqPgOptions { Broker = new PostgresBrokerOptions { ListenConnectionString = listen } }.Broker.ToString(),
+        ];
+        foreach (var text in texts)
+        {
+            Assert.DoesNotContain(secret, text);
+            Assert.Contains("Host=db.internal", text); // the rest is still shown, in the record's own format
+            Assert.Contains("Password=***", text);
+            Assert.Contains("PollOnly = False", text);
+        }
+
+        Assert.Equal("PostgresBrokerOptions { ", new PostgresBrokerOptions().ToString()[..24]);
+
+        // A listen connection string that does not parse is refused at construction, without repeating it.
+        using var dataSource = db.CreateDataSource();
+        var error = Assert.Throws<ArgumentException>(() => new PostgresBroker(dataSource, new PostgresBrokerOptions { ListenConnectionString = $"Password={secret};No Such Keyword=1" }));
+        Assert.Equal(nameof(PostgresBrokerOptions.ListenConnectionString), error.ParamName);
+        Assert.DoesNotContain(secret, error.ToString());
+    }
+
+    [Fact]
     public async Task The_password_never_appears_in_logs_exceptions_or_traces_even_through_an_outage()
     {
         var target = new NpgsqlConnectionStringBuilder(db.ConnectionString);

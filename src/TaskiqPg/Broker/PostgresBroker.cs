@@ -60,7 +60,7 @@ public sealed partial class PostgresBroker : IAsyncDisposable
         _list = new ListSql(PgIdentifier.QualifiedName(Options.Schema, nameof(Options.Schema), Options.MessagesTable, nameof(Options.MessagesTable)));
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresBroker>();
         _resources = new ComponentResources(dataSource, ownsDataSource, new NotificationListener(dataSource, listenConnection, [Options.Channel],
-            (_, payload) => OnNotification(payload), WakeSubscribers, _logger, "broker"));
+            (_, payload) => OnNotification(payload), WakeSubscribers, _logger, "broker", Options.Listen));
         _notifier = new CoalescingNotifier(dataSource, Options.Channel, Options.Queue, _logger);
         CanPrepare = Options.PrepareStatements && PreparedStatements.AreSupported(dataSource);
     }
@@ -74,13 +74,34 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// <summary>Whether the hot statements run prepared on this data source (not with multiplexing).</summary>
     internal bool CanPrepare { get; }
 
-    /// <summary>True while the LISTEN connection is up.</summary>
+    /// <summary>
+    /// True while the LISTEN connection is up and notifications arrive on it: each new connection is verified by a probe
+    /// NOTIFY sent through the data source. Always false in <see cref="PostgresBrokerOptions.PollOnly"/> mode.
+    /// </summary>
     public bool IsListening => _resources.Listener.IsConnected;
+
+    /// <summary>
+    /// True while the LISTEN connection is up but its last probe NOTIFY did not arrive: notifications are lost (LISTEN
+    /// through a transaction-mode pooler). Set <see cref="PostgresBrokerOptions.ListenConnectionString"/> or
+    /// <see cref="PostgresBrokerOptions.PollOnly"/>; workers meanwhile find tasks by polling.
+    /// </summary>
+    public bool IsListenerDeaf => _resources.Listener.IsDeaf;
+
+    /// <summary>
+    /// Sends a probe NOTIFY through the data source, on a channel of the LISTEN connection's own, and waits up to 5 s for
+    /// it to arrive there: proves that producers' notifications reach this broker. Updates <see cref="IsListening"/>
+    /// and <see cref="IsListenerDeaf"/>.
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the wait.</param>
+    /// <returns>True when the probe arrived; false when it did not or no LISTEN connection is up (or in poll-only mode).</returns>
+    /// <exception cref="NpgsqlException">The probe could not be sent: the database is unreachable.</exception>
+    public Task<bool> VerifyNotificationsAsync(CancellationToken cancellationToken = default)
+        => _resources.Listener.VerifyAsync(NotificationListener.ProbeTimeout, cancellationToken);
 
     /// <summary>Backend process id of the LISTEN connection (0 while disconnected); for diagnostics and tests.</summary>
     public int ListenerProcessId => _resources.Listener.BackendProcessId;
 
-    /// <summary>Completes once the LISTEN connection is up.</summary>
+    /// <summary>Completes once the LISTEN connection is up (never in <see cref="PostgresBrokerOptions.PollOnly"/> mode).</summary>
     public Task ListenerConnected => _resources.Listener.Connected;
 
     /// <summary>

@@ -1,3 +1,5 @@
+using TaskiqPg.Internal;
+
 namespace TaskiqPg;
 
 /// <summary>Settings of a <see cref="PostgresBroker"/>. Defaults match taskiq-postgres's table and channel names.</summary>
@@ -26,6 +28,21 @@ public sealed record PostgresBrokerOptions
 
     /// <summary>NOTIFY channel that wakes workers. Default <c>taskiq</c>.</summary>
     public string Channel { get; set; } = "taskiq";
+
+    /// <summary>
+    /// Connection string of the LISTEN connection alone, when it must differ from the data source's. Behind a pooler in
+    /// transaction mode (PgBouncer), point it at PostgreSQL directly or at a session-mode pool: LISTEN needs one server
+    /// session for the connection's whole life, which a transaction pooler does not keep. Every other statement still
+    /// goes through the data source. Default null: the data source's settings. <see cref="ToString"/> never shows its
+    /// password.
+    /// </summary>
+    public string? ListenConnectionString { get; set; }
+
+    /// <summary>
+    /// Open no LISTEN connection: workers find new tasks by polling alone (a kick waits for the next claim of an idle worker: up to <see cref="TaskiqWorkerOptions.PollInterval"/>, 1 s by default; a cancel request for a running task reaches its worker with the next lease renewal). For deployments that can reach
+    /// PostgreSQL only through a transaction pooler. Default false.
+    /// </summary>
+    public bool PollOnly { get; set; }
 
     /// <summary>
     /// Compatibility with Python's taskiq-postgres workers, which claim only the row whose id a NOTIFY names (they never
@@ -83,6 +100,14 @@ public sealed record PostgresBrokerOptions
     /// <summary>How long a discarded (dead-lettered) task's row is kept. Default 7 days; <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> keeps it.</summary>
     public TimeSpan DiscardedRetention { get; set; } = TimeSpan.FromDays(7);
 
+    /// <summary>The settings as text, with <see cref="ListenConnectionString"/>'s password replaced by <c>***</c>.</summary>
+    /// <returns>The record's members in the compiler's format.</returns>
+    public override string ToString()
+        => ListenSettings.Print(nameof(PostgresBrokerOptions), (this with { ListenConnectionString = ListenSettings.Redact(ListenConnectionString) }).PrintMembers);
+
+    /// <summary>How this component receives notifications.</summary>
+    internal ListenSettings Listen => ListenSettings.Create(ListenConnectionString, PollOnly, nameof(ListenConnectionString));
+
     internal void Validate()
     {
         Retention(CompletedRetention, nameof(CompletedRetention));
@@ -98,6 +123,7 @@ public sealed record PostgresBrokerOptions
         }
 
         PgIdentifier.Validate(Channel, nameof(Channel));
+        _ = Listen;
         PgIdentifier.Validate(Queue, nameof(Queue));
         Positive(LeaseDuration, nameof(LeaseDuration));
         Positive(RetryBaseDelay, nameof(RetryBaseDelay));

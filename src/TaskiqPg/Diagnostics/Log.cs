@@ -14,6 +14,9 @@ internal static partial class Log
     [LoggerMessage(1003, LogLevel.Error, "A {Purpose} notification handler threw")]
     public static partial void NotificationHandlerFailed(ILogger logger, Exception exception, string purpose);
 
+    [LoggerMessage(1005, LogLevel.Warning, "The {Purpose} LISTEN connection is up but its probe NOTIFY, sent through the data source, did not arrive within {Seconds} s: notifications are lost (LISTEN cannot work through a transaction-mode pooler such as PgBouncer). Set ListenConnectionString to a direct connection, or PollOnly; until then waits fall back to polling")]
+    public static partial void ListenerDeaf(ILogger logger, string purpose, int seconds);
+
     [LoggerMessage(1004, LogLevel.Warning, "Sending the wake-up NOTIFY on {Channel} after a kick failed; workers will find the task by polling")]
     public static partial void NotifyFailed(ILogger logger, string channel, Exception exception);
 

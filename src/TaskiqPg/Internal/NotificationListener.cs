@@ -6,12 +6,20 @@ namespace TaskiqPg.Internal;
 /// <summary>
 /// LISTENs on channels over one dedicated connection and reconnects with backoff after any failure
 /// (<c>pg_terminate_backend</c>, server restart, network loss). The connection is either borrowed (never closed
-/// here; after it fails an owned one takes over) or a physical connection opened outside the pool's limits.
+/// here; after it fails an owned one takes over) or a physical connection opened outside the pool's limits, with the
+/// data source's settings or with <see cref="ListenSettings.ConnectionString"/>. In poll-only mode it never starts.
+/// A connection can be up and still receive nothing (LISTEN through a transaction-mode pooler lands on a server session
+/// the pooler hands to other clients), so each new connection is verified: a probe NOTIFY sent through the data source,
+/// as producers send theirs, on a channel of this listener's own, must arrive on it; until one does, the listener does
+/// not count as connected.
 /// </summary>
 internal sealed class NotificationListener : IAsyncDisposable
 {
     private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan ErrorLogInterval = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long a probe NOTIFY may take to arrive before the connection is taken for deaf.</summary>
+    internal static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(5);
 
     private readonly NpgsqlDataSource _dataSource;
     private readonly IReadOnlyList<string> _channels;
@@ -19,6 +27,13 @@ internal sealed class NotificationListener : IAsyncDisposable
     private readonly Action _onConnected;
     private readonly ILogger _logger;
     private readonly string _purpose;
+    private readonly ListenSettings _settings;
+    private readonly string _probeChannel = "taskiqpg_probe_" + Guid.NewGuid().ToString("N")[..16];
+    private readonly Lock _probeGate = new();
+    private TaskCompletionSource<bool>? _probe; // the probe in flight: completes true when its payload arrives
+    private string? _probePayload;
+    private volatile bool _listening;
+    private volatile bool _deaf; // the last probe on this connection did not arrive
     private readonly CancellationTokenSource _stop = new();
     private NpgsqlConnection? _borrowed;
     private Task? _loop;
@@ -28,8 +43,9 @@ internal sealed class NotificationListener : IAsyncDisposable
 
     public NotificationListener(NpgsqlDataSource dataSource, NpgsqlConnection? borrowedConnection,
         IReadOnlyList<string> channels, Action<string, string> onNotification, Action onConnected, ILogger logger,
-        string purpose)
+        string purpose, ListenSettings? settings = null)
     {
+        _settings = settings ?? new ListenSettings(null, PollOnly: false);
         _dataSource = dataSource;
         _borrowed = borrowedConnection;
         _channels = channels;
@@ -39,8 +55,14 @@ internal sealed class NotificationListener : IAsyncDisposable
         _purpose = purpose;
     }
 
-    /// <summary>True while LISTEN is active on a live connection.</summary>
-    public bool IsConnected { get; private set; }
+    /// <summary>True while LISTEN is active on a live connection whose notifications arrive (its probe came back).</summary>
+    public bool IsConnected => _listening && !_deaf;
+
+    /// <summary>True while LISTEN is active on a connection that did not receive its probe: notifications are lost.</summary>
+    public bool IsDeaf => _listening && _deaf;
+
+    /// <summary>Poll-only: no LISTEN connection is ever opened.</summary>
+    public bool PollOnly => _settings.PollOnly;
 
     /// <summary>How many times the listener connected (1 after the first connection).</summary>
     public int ConnectionCount { get; private set; }
@@ -51,7 +73,13 @@ internal sealed class NotificationListener : IAsyncDisposable
     /// <summary>Completes when the listener is connected (now or next).</summary>
     public Task Connected => Volatile.Read(ref _connected).Task;
 
-    public void Start() => _loop ??= Task.Run(() => RunAsync(_stop.Token));
+    public void Start()
+    {
+        if (!_settings.PollOnly)
+        {
+            _loop ??= Task.Run(() => RunAsync(_stop.Token));
+        }
+    }
 
     private async Task RunAsync(CancellationToken stop)
     {
@@ -72,13 +100,15 @@ internal sealed class NotificationListener : IAsyncDisposable
                 connection.Notification += OnNotification;
                 await using (var listen = connection.CreateCommand())
                 {
-                    listen.CommandText = string.Join(";", _channels.Select(c => "LISTEN " + PgIdentifier.Quote(c, "Channel")));
+                    listen.CommandText = string.Join(";", _channels.Append(_probeChannel).Select(c => "LISTEN " + PgIdentifier.Quote(c, "Channel")));
                     await listen.ExecuteNonQueryAsync(stop);
                 }
 
                 BackendProcessId = connection.ProcessID;
-                IsConnected = true;
+                _deaf = false;
+                _listening = true;
                 ConnectionCount++;
+                _ = VerifyOnConnectAsync(connection, stop);
                 backoff = TimeSpan.FromMilliseconds(100);
                 if (ConnectionCount > 1)
                 {
@@ -137,12 +167,12 @@ internal sealed class NotificationListener : IAsyncDisposable
 
     private void MarkDisconnected()
     {
-        if (!IsConnected)
+        if (!_listening)
         {
             return;
         }
 
-        IsConnected = false;
+        _listening = false;
         BackendProcessId = 0;
         Interlocked.Exchange(ref _connected, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
     }
@@ -163,9 +193,104 @@ internal sealed class NotificationListener : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Sends a probe NOTIFY through the data source (as producers send theirs) and waits for it on the LISTEN
+    /// connection. A probe that does not arrive marks the connection deaf (<see cref="IsConnected"/> turns false, so
+    /// result waiters re-check on their short period); one that arrives clears that.
+    /// </summary>
+    /// <returns>True when the probe arrived; false when it did not, or when no LISTEN connection is up.</returns>
+    /// <exception cref="NpgsqlException">The probe could not be sent (the database is unreachable).</exception>
+    public async Task<bool> VerifyAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (!_listening)
+        {
+            return false;
+        }
+
+        TaskCompletionSource<bool> probe;
+        string payload;
+        var send = false;
+        lock (_probeGate)
+        {
+            if (_probe is null)
+            {
+                _probe = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+                _probePayload = Guid.NewGuid().ToString("N");
+                send = true;
+            }
+
+            probe = _probe;
+            payload = _probePayload!;
+        }
+
+        if (send)
+        {
+            try
+            {
+                await using var notify = _dataSource.CreateCommand("SELECT pg_notify($1, $2)");
+                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _probeChannel });
+                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = payload });
+                await notify.ExecuteNonQueryAsync(cancellationToken);
+            }
+            catch
+            {
+                EndProbe(probe, result: null);
+                throw;
+            }
+
+            _ = Task.Delay(timeout, CancellationToken.None).ContinueWith(_ => EndProbe(probe, result: false), TaskScheduler.Default);
+        }
+
+        var arrived = await probe.Task.WaitAsync(cancellationToken);
+        if (_listening)
+        {
+            _deaf = !arrived;
+        }
+
+        return arrived;
+    }
+
+    private void EndProbe(TaskCompletionSource<bool> probe, bool? result)
+    {
+        lock (_probeGate)
+        {
+            if (_probe == probe)
+            {
+                _probe = null;
+                _probePayload = null;
+            }
+        }
+
+        if (result is { } value)
+        {
+            probe.TrySetResult(value);
+        }
+        else
+        {
+            probe.TrySetCanceled();
+        }
+    }
+
+    private async Task VerifyOnConnectAsync(NpgsqlConnection connection, CancellationToken stop)
+    {
+        try
+        {
+            if (!await VerifyAsync(ProbeTimeout, stop) && _listening && connection.ProcessID == BackendProcessId)
+            {
+                Log.ListenerDeaf(_logger, _purpose, (int)ProbeTimeout.TotalSeconds);
+            }
+        }
+        catch (Exception ex) when (ex is NpgsqlException or OperationCanceledException or InvalidOperationException or TimeoutException)
+        {
+            // the database is unreachable or the listener stops: the next connection verifies itself again
+        }
+    }
+
     private async Task<NpgsqlConnection> OpenPhysicalConnectionAsync(CancellationToken cancellationToken)
     {
-        var connection = PhysicalConnection.Create(_dataSource, _purpose);
+        var connection = _settings.ConnectionString is { } own
+            ? PhysicalConnection.Create(own, _purpose)
+            : PhysicalConnection.Create(_dataSource, _purpose);
         try
         {
             await connection.OpenAsync(cancellationToken);
@@ -197,6 +322,25 @@ internal sealed class NotificationListener : IAsyncDisposable
 
     private void OnNotification(object sender, NpgsqlNotificationEventArgs e)
     {
+        if (e.Channel == _probeChannel)
+        {
+            TaskCompletionSource<bool>? arrived = null;
+            lock (_probeGate)
+            {
+                if (_probe is not null && e.Payload == _probePayload)
+                {
+                    arrived = _probe;
+                }
+            }
+
+            if (arrived is not null)
+            {
+                EndProbe(arrived, result: true);
+            }
+
+            return;
+        }
+
         try
         {
             _onNotification(e.Channel, e.Payload);

@@ -19,7 +19,23 @@ internal static class PhysicalConnection
             Multiplexing = false,
             KeepAlive = 15,
         };
-        builder.ApplicationName = string.IsNullOrEmpty(builder.ApplicationName) ? "taskiqpg-" + purpose : builder.ApplicationName + " (" + purpose + ")";
+        Name(builder, purpose);
         return template.CloneWith(builder.ConnectionString);
     }
+
+    /// <summary>An unopened connection from a connection string of its own (a LISTEN connection past a pooler), <c>Pooling=false</c>.</summary>
+    public static NpgsqlConnection Create(string connectionString, string purpose)
+    {
+        var builder = new NpgsqlConnectionStringBuilder(connectionString)
+        {
+            Pooling = false,
+            Multiplexing = false,
+            KeepAlive = 15,
+        };
+        Name(builder, purpose);
+        return new NpgsqlConnection(builder.ConnectionString);
+    }
+
+    private static void Name(NpgsqlConnectionStringBuilder builder, string purpose)
+        => builder.ApplicationName = string.IsNullOrEmpty(builder.ApplicationName) ? "taskiqpg-" + purpose : builder.ApplicationName + " (" + purpose + ")";
 }

@@ -10,7 +10,8 @@ public sealed partial class PostgresResultBackend
 {
     /// <summary>
     /// Waits for the task's result: woken by the NOTIFY sent when it is stored (a slow re-check guards against a lost
-    /// notification; while the LISTEN connection is down waiters re-check every 200 ms).
+    /// notification; while the LISTEN connection is down or deaf, and in <see cref="PostgresResultBackendOptions.PollOnly"/>
+    /// mode, waiters re-check every 200 ms).
     /// </summary>
     /// <exception cref="TaskResultTimeoutException">No result within <paramref name="timeout"/>.</exception>
     /// <param name="taskId">The task id the kick returned.</param>
@@ -64,7 +65,7 @@ public sealed partial class PostgresResultBackend
 
     private async Task WaitBrieflyForListenerAsync(CancellationToken cancellationToken)
     {
-        if (_resources.Listener.IsConnected)
+        if (_resources.Listener.IsConnected || _resources.Listener.PollOnly)
         {
             return;
         }

@@ -55,7 +55,7 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
         _sql = new ResultSql(Options);
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresResultBackend>();
         _resources = new ComponentResources(dataSource, ownsDataSource, new NotificationListener(dataSource, null, [Options.Channel],
-            (_, payload) => OnResultsStored(payload), WakeAllWaiters, _logger, "results"));
+            (_, payload) => OnResultsStored(payload), WakeAllWaiters, _logger, "results", Options.Listen));
     }
 
     /// <summary>The data source every query runs on.</summary>
@@ -64,7 +64,7 @@ public sealed partial class PostgresResultBackend : IAsyncDisposable
     /// <summary>The settings.</summary>
     public PostgresResultBackendOptions Options { get; }
 
-    /// <summary>True while the LISTEN connection for result notifications is up (it starts with the first wait).</summary>
+    /// <summary>True while the LISTEN connection for result notifications is up and its probe NOTIFY arrived (it starts with the first wait; never in poll-only mode).</summary>
     public bool IsListening => _resources.Listener.IsConnected;
 
     /// <summary>Runs the migrations (unless disabled) and starts the pruner. Idempotent.</summary>

@@ -1,3 +1,5 @@
+using TaskiqPg.Internal;
+
 namespace TaskiqPg;
 
 /// <summary>Settings of a <see cref="PostgresResultBackend"/>.</summary>
@@ -11,6 +13,21 @@ public sealed record PostgresResultBackendOptions
 
     /// <summary>NOTIFY channel announcing stored results (wakes <see cref="PostgresResultBackend.WaitForResultAsync"/>). Default <c>taskiq_results</c>.</summary>
     public string Channel { get; set; } = "taskiq_results";
+
+    /// <summary>
+    /// Connection string of the LISTEN connection alone, when it must differ from the data source's. Behind a pooler in
+    /// transaction mode (PgBouncer), point it at PostgreSQL directly or at a session-mode pool: LISTEN needs one server
+    /// session for the connection's whole life, which a transaction pooler does not keep. Every other statement still
+    /// goes through the data source. Default null: the data source's settings. <see cref="ToString"/> never shows its
+    /// password.
+    /// </summary>
+    public string? ListenConnectionString { get; set; }
+
+    /// <summary>
+    /// Open no LISTEN connection: result waiters learn of stored results by polling alone (a waiter re-checks every 200 ms). For deployments that can reach
+    /// PostgreSQL only through a transaction pooler. Default false.
+    /// </summary>
+    public bool PollOnly { get; set; }
 
     /// <summary>Run the schema migrations in <see cref="PostgresResultBackend.StartAsync"/>. Default true.</summary>
     public bool RunMigrations { get; set; } = true;
@@ -36,11 +53,20 @@ public sealed record PostgresResultBackendOptions
     /// </summary>
     public TimeSpan WaitRecheckInterval { get; set; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>The settings as text, with <see cref="ListenConnectionString"/>'s password replaced by <c>***</c>.</summary>
+    /// <returns>The record's members in the compiler's format.</returns>
+    public override string ToString()
+        => ListenSettings.Print(nameof(PostgresResultBackendOptions), (this with { ListenConnectionString = ListenSettings.Redact(ListenConnectionString) }).PrintMembers);
+
+    /// <summary>How this component receives notifications.</summary>
+    internal ListenSettings Listen => ListenSettings.Create(ListenConnectionString, PollOnly, nameof(ListenConnectionString));
+
     internal void Validate()
     {
         PgIdentifier.Validate(Schema, nameof(Schema));
         PgIdentifier.Validate(ResultsTable, nameof(ResultsTable));
         PgIdentifier.Validate(Channel, nameof(Channel));
+        _ = Listen;
         if (ResultTtl is { } ttl && ttl <= TimeSpan.Zero)
         {
             throw new ArgumentException($"{nameof(ResultTtl)} must be positive or null.", nameof(ResultTtl));

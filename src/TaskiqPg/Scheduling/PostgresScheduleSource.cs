@@ -46,7 +46,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
         _sql = new ScheduleSql(Options);
         _logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PostgresScheduleSource>();
         _resources = new ComponentResources(dataSource, ownsDataSource,
-            new NotificationListener(dataSource, null, [Options.Channel], (_, _) => Wake(), Wake, _logger, "schedules"));
+            new NotificationListener(dataSource, null, [Options.Channel], (_, _) => Wake(), Wake, _logger, "schedules", Options.Listen));
     }
 
     /// <summary>The data source every query runs on.</summary>

@@ -1,3 +1,5 @@
+using TaskiqPg.Internal;
+
 namespace TaskiqPg;
 
 /// <summary>Settings of a <see cref="PostgresScheduleSource"/>.</summary>
@@ -15,11 +17,34 @@ public sealed record PostgresScheduleSourceOptions
     /// <summary>NOTIFY channel announcing schedule changes to schedulers. Default <c>taskiq_schedules</c>.</summary>
     public string Channel { get; set; } = "taskiq_schedules";
 
+    /// <summary>
+    /// Connection string of the LISTEN connection alone, when it must differ from the data source's. Behind a pooler in
+    /// transaction mode (PgBouncer), point it at PostgreSQL directly or at a session-mode pool: LISTEN needs one server
+    /// session for the connection's whole life, which a transaction pooler does not keep. Every other statement still
+    /// goes through the data source. Default null: the data source's settings. <see cref="ToString"/> never shows its
+    /// password.
+    /// </summary>
+    public string? ListenConnectionString { get; set; }
+
+    /// <summary>
+    /// Open no LISTEN connection: schedulers learn of added, paused and deleted schedules by polling alone (within <see cref="TaskiqSchedulerOptions.RefreshInterval"/>). For deployments that can reach
+    /// PostgreSQL only through a transaction pooler. Default false.
+    /// </summary>
+    public bool PollOnly { get; set; }
+
     /// <summary>Run the schema migrations in <see cref="PostgresScheduleSource.StartAsync"/>. Default true.</summary>
     public bool RunMigrations { get; set; } = true;
 
     /// <summary>When set, <see cref="PostgresScheduleSource.AddScheduleAsync"/> refuses task names outside it. Default: any name.</summary>
     public IReadOnlyCollection<string>? KnownTaskNames { get; set; }
+
+    /// <summary>The settings as text, with <see cref="ListenConnectionString"/>'s password replaced by <c>***</c>.</summary>
+    /// <returns>The record's members in the compiler's format.</returns>
+    public override string ToString()
+        => ListenSettings.Print(nameof(PostgresScheduleSourceOptions), (this with { ListenConnectionString = ListenSettings.Redact(ListenConnectionString) }).PrintMembers);
+
+    /// <summary>How this component receives notifications.</summary>
+    internal ListenSettings Listen => ListenSettings.Create(ListenConnectionString, PollOnly, nameof(ListenConnectionString));
 
     internal void Validate()
     {
@@ -27,5 +52,6 @@ public sealed record PostgresScheduleSourceOptions
         PgIdentifier.Validate(SchedulesTable, nameof(SchedulesTable));
         PgIdentifier.Validate(FiresTable, nameof(FiresTable));
         PgIdentifier.Validate(Channel, nameof(Channel));
+        _ = Listen;
     }
 }

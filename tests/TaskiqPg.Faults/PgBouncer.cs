@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Npgsql;
 
-namespace TaskiqPg.Tests;
+namespace TaskiqPg.Faults;
 
 /// <summary>
 /// A real PgBouncer (Debian's <c>pgbouncer</c>, installed by <c>.ci/run</c>) in transaction mode in front of a test
@@ -12,12 +12,14 @@ namespace TaskiqPg.Tests;
 /// </summary>
 public sealed class PgBouncer : IAsyncDisposable
 {
-    private readonly Process _process;
+    private readonly ProcessStartInfo _start;
     private readonly string _folder;
+    private Process _process;
 
-    private PgBouncer(Process process, string folder, string connectionString)
+    private PgBouncer(ProcessStartInfo start, string folder, string connectionString)
     {
-        _process = process;
+        _start = start;
+        _process = Process.Start(start)!;
         _folder = folder;
         ConnectionString = connectionString;
     }
@@ -61,29 +63,66 @@ public sealed class PgBouncer : IAsyncDisposable
         }
 
         info.ArgumentList.Add(config);
-        var process = Process.Start(info)!;
         var through = new NpgsqlConnectionStringBuilder(databaseConnectionString) { Host = "127.0.0.1", Port = port, Pooling = true }.ConnectionString;
-        var bouncer = new PgBouncer(process, folder, through);
+        var bouncer = new PgBouncer(info, folder, through);
+        try
+        {
+            await bouncer.WaitUntilAcceptingAsync();
+            return bouncer;
+        }
+        catch
+        {
+            await bouncer.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Kills the pooler (every client and server connection through it drops at once, as in a crash or a redeploy) and
+    /// starts it again on the same port; returns once it accepts connections.
+    /// </summary>
+    public async Task RestartAsync()
+    {
+        await StopProcessAsync();
+        _process = Process.Start(_start)!;
+        await WaitUntilAcceptingAsync();
+    }
+
+    private async Task WaitUntilAcceptingAsync()
+    {
+        // A fresh connection string each try: no pool holds a connection from before.
+        var probe = new NpgsqlConnectionStringBuilder(ConnectionString) { Pooling = false }.ConnectionString;
         var deadline = DateTime.UtcNow.AddSeconds(20);
         while (true)
         {
             try
             {
-                await using var connection = new NpgsqlConnection(through);
+                await using var connection = new NpgsqlConnection(probe);
                 await connection.OpenAsync();
-                return bouncer;
+                return;
             }
-            catch (Exception) when (DateTime.UtcNow < deadline && !process.HasExited)
+            catch (Exception) when (DateTime.UtcNow < deadline && !_process.HasExited)
             {
                 await Task.Delay(100);
             }
             catch (Exception ex)
             {
-                var log = File.Exists(Path.Combine(folder, "pgbouncer.log")) ? await File.ReadAllTextAsync(Path.Combine(folder, "pgbouncer.log")) : "";
-                await bouncer.DisposeAsync();
+                var logFile = Path.Combine(_folder, "pgbouncer.log");
+                var log = File.Exists(logFile) ? await File.ReadAllTextAsync(logFile) : "";
                 throw new InvalidOperationException($"pgbouncer did not accept connections: {ex.Message}\n{log}", ex);
             }
         }
+    }
+
+    private async Task StopProcessAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
+
+        _process.Dispose();
     }
 
     private static int FreePort()
@@ -98,13 +137,7 @@ public sealed class PgBouncer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         NpgsqlConnection.ClearAllPools();
-        if (!_process.HasExited)
-        {
-            _process.Kill(entireProcessTree: true);
-            await _process.WaitForExitAsync();
-        }
-
-        _process.Dispose();
+        await StopProcessAsync();
         try
         {
             Directory.Delete(_folder, recursive: true);
