@@ -10,6 +10,7 @@ internal sealed partial class Child : IDisposable
     private readonly Process _process;
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly List<string> _errors = [];
+    private readonly List<string> _acked = []; // task ids a producer reported committed ("acked <id>" lines)
 
     private Child(string name, Process process)
     {
@@ -26,10 +27,10 @@ internal sealed partial class Child : IDisposable
     public int ExitCode => _process.ExitCode;
 
     public static Child Start(string connectionString, string name, params string[] args)
-        => Start(connectionString, listenConnectionString: null, name, args);
+        => StartWithListenConnection(connectionString, listenConnectionString: null, name, args);
 
     /// <summary>Starts a child whose LISTEN connections use <paramref name="listenConnectionString"/> (a pooler in between).</summary>
-    public static Child Start(string connectionString, string? listenConnectionString, string name, params string[] args)
+    public static Child StartWithListenConnection(string connectionString, string? listenConnectionString, string name, string[] args)
     {
         var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
@@ -54,6 +55,13 @@ internal sealed partial class Child : IDisposable
             if (e.Data?.StartsWith(Roles.Ready, StringComparison.Ordinal) == true)
             {
                 child._ready.TrySetResult();
+            }
+            else if (e.Data?.StartsWith(Roles.Acked, StringComparison.Ordinal) == true)
+            {
+                lock (child._acked)
+                {
+                    child._acked.Add(e.Data[Roles.Acked.Length..]);
+                }
             }
         };
         process.ErrorDataReceived += (_, e) =>
@@ -80,6 +88,18 @@ internal sealed partial class Child : IDisposable
             lock (_errors)
             {
                 return string.Join('\n', _errors.TakeLast(20));
+            }
+        }
+    }
+
+    /// <summary>The task ids this producer reported as committed (its kick's COMMIT returned), in order.</summary>
+    public IReadOnlyList<string> Acked
+    {
+        get
+        {
+            lock (_acked)
+            {
+                return _acked.ToArray();
             }
         }
     }

@@ -17,7 +17,7 @@ internal sealed record ScenarioResult(string Scenario, long Tasks, long Complete
 internal static class FaultRunner
 {
     private static readonly string[] AllScenarios =
-        ["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall", "control", "pgbouncer"];
+        ["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall", "control", "pgbouncer", "failover"];
 
     public static async Task<int> MainAsync(string[] args)
     {
@@ -101,7 +101,15 @@ internal sealed class Rig : IAsyncDisposable
 
     public string ConnectionString { get; }
 
-    public NpgsqlDataSource DataSource { get; }
+    public NpgsqlDataSource DataSource { get; private set; }
+
+    /// <summary>The runner's own queries go to <paramref name="connectionString"/> from now on (e.g. a multi-host string after a failover).</summary>
+    public async Task FollowAsync(string connectionString)
+    {
+        var previous = DataSource;
+        DataSource = NpgsqlDataSource.Create(connectionString);
+        await previous.DisposeAsync();
+    }
 
     public static async Task<Rig> StartAsync()
     {

@@ -25,6 +25,9 @@ internal static class Roles
     public const string ListenConnectionVariable = "TASKIQPG_FAULTS_LISTEN_CONNECTION";
     public const string Ready = "ready";
 
+    /// <summary>The stdout prefix of a producer's line for a kick whose COMMIT returned: the task id follows.</summary>
+    public const string Acked = "acked ";
+
     private const string LedgerInsert = "INSERT INTO fault_ledger (task_id, attempt, worker, fire_at) VALUES ($1, $2, $3, $4)";
 
     private static string Connection(Settings? settings = null)
@@ -216,6 +219,51 @@ internal static class Roles
         Console.WriteLine(Ready);
         Console.Out.Flush();
         Environment.Exit(0); // the point of the scenario: gone right after kicking
+        return 0;
+    }
+
+    /// <summary>
+    /// Kicks <c>record(5)</c> tasks one at a time, each with its <c>fault_kicked</c> row in its own transaction, until
+    /// <paramref name="count"/> were acknowledged (their COMMIT returned), and prints <c>acked &lt;id&gt;</c> for each
+    /// on stdout — outside the database, which may lose a committed transaction in a failover. A kick whose
+    /// connection or commit fails is not acknowledged (it may or may not have committed) and is retried as a new task.
+    /// </summary>
+    public static async Task<int> AckedProducerAsync(string queue, int count, int pauseMs)
+    {
+        await using var dataSource = NpgsqlDataSource.Create(Connection());
+        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue, RunMigrations = false });
+        await broker.StartAsync();
+        Console.WriteLine(Ready);
+        for (var acked = 0; acked < count;)
+        {
+            var message = TaskMessage.Create("record", [5]);
+            try
+            {
+                await using var connection = await dataSource.OpenConnectionAsync();
+                await using var transaction = await connection.BeginTransactionAsync();
+                await broker.KickAsync(message, connection, transaction);
+                await using (var note = new NpgsqlCommand("INSERT INTO fault_kicked (scenario, task_id) VALUES ($1, $2)", connection, transaction))
+                {
+                    note.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                    note.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
+                    await note.ExecuteNonQueryAsync();
+                }
+
+                await transaction.CommitAsync();
+                Console.WriteLine(Acked + message.TaskId);
+                acked++;
+            }
+            catch (Exception ex) when (ex is NpgsqlException or TimeoutException or InvalidOperationException)
+            {
+                await Task.Delay(100); // the primary is gone or not yet replaced
+            }
+
+            if (pauseMs > 0)
+            {
+                await Task.Delay(pauseMs);
+            }
+        }
+
         return 0;
     }
 

@@ -30,6 +30,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         "renewal_stall" => RenewalStallAsync(),
         "control" => ControlAsync(),
         "pgbouncer" => PgBouncerRestartAsync(),
+        "failover" => FailoverAsync(),
         _ => throw new ArgumentException($"Unknown scenario {name}", nameof(name)),
     };
 
@@ -199,6 +200,175 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             $"{resumes.Count} pgbouncer restarts; first execution after each: " +
             string.Join(", ", resumes.Select(s => s.ToString("0.0", CultureInfo.InvariantCulture) + " s")) + $" (bound {bound} s); " +
             $"{sameAttempt} ran twice in one attempt");
+    }
+
+    // 15. A PostgreSQL failover, twice, under load: a primary with a streaming standby, workers and a producer on a
+    //     multi-host connection string (Target Session Attributes=read-write). The primary is killed (immediate stop: a
+    //     crash) and the standby promoted. First with asynchronous replication (acknowledged kicks the standby had not
+    //     received are lost: counted and reported), then, from a second standby of the new primary, with synchronous
+    //     replication (no acknowledged kick may be lost). The producer prints each acknowledged task id to stdout, outside
+    //     the database. Must run last: the runner's own server is gone afterwards.
+    private async Task<ScenarioResult> FailoverAsync()
+    {
+        const string asyncQueue = "failover_async", syncQueue = "failover_sync";
+        var perPhase = smoke ? 1_500 : 15_000;
+        var binaries = rig.Server.Cluster.Binaries;
+        var password = rig.Server.Password;
+        var root = Path.GetDirectoryName(rig.Server.Cluster.DataDirectory)!;
+        var ports = new[] { rig.Server.Port, Standby.FreePort(), Standby.FreePort() };
+        var multiHost = new NpgsqlConnectionStringBuilder(rig.ConnectionString)
+        {
+            Host = string.Join(',', ports.Select(p => $"127.0.0.1:{p}")),
+            TargetSessionAttributes = "read-write",
+            HostRecheckSeconds = 1, // a host seen down or read-only is tried again after a second: the standby is promoted meanwhile
+            Timeout = 5,
+        }.ConnectionString;
+        var settings = new Dictionary<string, string> { ["max_connections"] = "300" };
+        await using var first = await Standby.StartAsync(binaries, ports[0], password, Path.Combine(root, "standby1"), ports[1], settings);
+        await WaitStreamingAsync(rig.ConnectionString, synchronous: false);
+
+        var workerSettings = new Dictionary<string, int> { ["leasems"] = 10_000, ["concurrency"] = 8 };
+        var workers = new List<Child>();
+        for (var i = 0; i < 2; i++)
+        {
+            workers.Add(await StartWorkerAsync($"{syncQueue},{asyncQueue}", workerSettings, connectionString: multiHost));
+        }
+
+        // Phase 1: asynchronous replication.
+        var (ackedAsync, resumeAsync) = await FailOverUnderLoadAsync(asyncQueue, multiHost, perPhase, () => rig.Server.Cluster.StopAsync("immediate"), first);
+        await rig.FollowAsync(multiHost);
+        var lostAsync = await MissingAsync(ackedAsync);
+
+        // Phase 2: synchronous replication to a standby of the new primary.
+        await using var second = await Standby.StartAsync(binaries, ports[1], password, Path.Combine(root, "standby2"), ports[2], settings);
+        await using (var primary = new NpgsqlConnection(first.ConnectionString("postgres")))
+        {
+            await primary.OpenAsync();
+            await new NpgsqlCommand("ALTER SYSTEM SET synchronous_standby_names = '*'", primary).ExecuteNonQueryAsync();
+            await new NpgsqlCommand("SELECT pg_reload_conf()", primary).ExecuteNonQueryAsync();
+        }
+
+        await WaitStreamingAsync(first.ConnectionString("faults"), synchronous: true);
+        var (ackedSync, resumeSync) = await FailOverUnderLoadAsync(syncQueue, multiHost, perPhase, first.KillAsync, second);
+        rig.DataSource.Clear();
+        var lostSync = await MissingAsync(ackedSync);
+
+        // The workers' LISTEN connections follow the primary too.
+        var listening = Stopwatch.StartNew();
+        while (await rig.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'taskiqpg-broker'") < workers.Count
+               && listening.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(200);
+        }
+
+        var listeners = await rig.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'taskiqpg-broker'");
+        var rAsync = await ReconcileAsync(asyncQueue, TimeSpan.FromMinutes(3));
+        var r = await ReconcileAsync(syncQueue, TimeSpan.FromMinutes(3));
+        var sameAttemptAsync = await SameAttemptRunsAsync(asyncQueue);
+        var sameAttempt = await SameAttemptRunsAsync(syncQueue);
+        const double bound = 30;
+        // Synchronous replication: nothing acknowledged is lost, nothing runs twice in one attempt. Asynchronous: what
+        // the standby had not received is gone (counted); every kick that survived still runs.
+        var passed = r.Lost == 0 && lostSync == 0 && sameAttempt == 0 && rAsync.Lost == 0
+                     && resumeAsync < bound && resumeSync < bound && listeners >= workers.Count;
+        return new ScenarioResult("failover", r.Tasks + rAsync.Tasks, r.Completed + rAsync.Completed, r.Lost + rAsync.Lost,
+            r.Duplicates + rAsync.Duplicates, r.DeadLettered + rAsync.DeadLettered, 0, passed,
+            $"asynchronous replication: {ackedAsync.Count} acknowledged kicks, {lostAsync} of them lost in the failover, " +
+            $"{rAsync.Duplicates} duplicate runs ({sameAttemptAsync} in one attempt: an ack the old primary confirmed but never sent); " +
+            $"synchronous: {ackedSync.Count} acknowledged, {lostSync} lost, {r.Duplicates} duplicate runs ({sameAttempt} in one attempt); " +
+            $"first execution after each promotion: {resumeAsync.ToString("0.0", CultureInfo.InvariantCulture)} s, " +
+            $"{resumeSync.ToString("0.0", CultureInfo.InvariantCulture)} s (bound {bound} s); {listeners} of {workers.Count} workers' listeners on the last primary");
+    }
+
+    private Task<long> SameAttemptRunsAsync(string queue) => rig.ScalarAsync<long>(
+        """
+        SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1
+                              GROUP BY task_id HAVING count(*) > count(DISTINCT attempt)) d
+        """, queue);
+
+    /// <summary>
+    /// Starts an acknowledging producer, kills the primary once a third of its kicks are acknowledged, promotes
+    /// <paramref name="standby"/>, and waits for the producer to finish.
+    /// </summary>
+    /// <returns>The acknowledged task ids and the seconds from the promotion to the first execution after it.</returns>
+    private async Task<(IReadOnlyList<string> Acked, double ResumeSeconds)> FailOverUnderLoadAsync(string queue, string multiHost, int count,
+        Func<Task> killPrimary, Standby standby)
+    {
+        var producer = Child.Start(multiHost, $"{queue}-producer-{standby.Port}", "--acked-producer", queue, count.ToString(CultureInfo.InvariantCulture), "2");
+        _children.Add(producer);
+        try
+        {
+            await producer.WaitReadyAsync();
+        }
+        catch (TimeoutException)
+        {
+            throw new InvalidOperationException($"The producer did not start within 60 s: {producer.Errors}");
+        }
+
+        var watch = Stopwatch.StartNew();
+        while (producer.Acked.Count < count / 3 && !producer.HasExited && watch.Elapsed < TimeSpan.FromMinutes(2))
+        {
+            await Task.Delay(50);
+        }
+
+        await killPrimary();
+        await Task.Delay(TimeSpan.FromSeconds(1)); // the detection delay of a real failover manager, shortened
+        await standby.PromoteAsync();
+        DateTime promoted;
+        await using (var clock = new NpgsqlConnection(standby.ConnectionString("faults")))
+        {
+            await clock.OpenAsync();
+            promoted = (DateTime)(await new NpgsqlCommand("SELECT clock_timestamp()", clock).ExecuteScalarAsync())!;
+        }
+
+        var resume = Stopwatch.StartNew();
+        await using (var ledger = new NpgsqlConnection(standby.ConnectionString("faults")))
+        {
+            await ledger.OpenAsync();
+            while (resume.Elapsed < TimeSpan.FromSeconds(60))
+            {
+                await using var check = new NpgsqlCommand("SELECT EXISTS (SELECT 1 FROM fault_ledger WHERE at > $1)", ledger);
+                check.Parameters.Add(new NpgsqlParameter<DateTime> { TypedValue = promoted });
+                if ((bool)(await check.ExecuteScalarAsync())!)
+                {
+                    break;
+                }
+
+                await Task.Delay(50);
+            }
+        }
+
+        var resumed = resume.Elapsed.TotalSeconds;
+        await producer.WaitForExitAsync(TimeSpan.FromMinutes(5));
+        return (producer.Acked, resumed);
+    }
+
+    /// <summary>How many of <paramref name="acked"/> have no <c>fault_kicked</c> row on the current primary: acknowledged kicks the failover lost.</summary>
+    private async Task<long> MissingAsync(IReadOnlyList<string> acked)
+        => await rig.ScalarAsync<long>("SELECT count(*) FROM unnest($1::text[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM fault_kicked k WHERE k.task_id = a.id)",
+            new object[] { acked.ToArray() }); // one text[] parameter, not params
+
+    private static async Task WaitStreamingAsync(string primaryConnectionString, bool synchronous)
+    {
+        await using var connection = new NpgsqlConnection(primaryConnectionString);
+        await connection.OpenAsync();
+        var watch = Stopwatch.StartNew();
+        while (true)
+        {
+            await using var state = new NpgsqlCommand("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND ($1 = false OR sync_state = 'sync')", connection);
+            state.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = synchronous });
+            if ((long)(await state.ExecuteScalarAsync())! > 0)
+            {
+                return;
+            }
+
+            if (watch.Elapsed > TimeSpan.FromSeconds(60))
+            {
+                throw new InvalidOperationException($"No {(synchronous ? "synchronous " : "")}standby streams from the primary after 60 s.");
+            }
+
+            await Task.Delay(100);
+        }
     }
 
     // 3. The LISTEN backends of the workers killed with pg_terminate_backend over and over while tasks are kicked one by
@@ -656,12 +826,13 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
             string.Join("; ", notes));
     }
 
-    private async Task<Child> StartWorkerAsync(string queue, IReadOnlyDictionary<string, int> settings, PgBouncer? through = null)
+    private async Task<Child> StartWorkerAsync(string queue, IReadOnlyDictionary<string, int> settings, PgBouncer? through = null,
+        string? connectionString = null)
     {
         var name = $"{queue}-worker-{++_workerSerial}";
         var child = through is null
-            ? Child.Start(rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)])
-            : Child.Start(through.ConnectionString, rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)]);
+            ? Child.Start(connectionString ?? rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)])
+            : Child.StartWithListenConnection(through.ConnectionString, rig.ConnectionString, name, ["--worker", queue, name, .. Settings.Format(settings)]);
         _children.Add(child);
         await child.WaitReadyAsync();
         return child;

@@ -21,7 +21,7 @@ public sealed class FaultSuiteSmokeTests(ITestOutputHelper output)
             Assert.True(File.Exists(summary), $"no summary written (exit code {run.ExitCode}): {run.Error}");
             using var json = JsonDocument.Parse(await File.ReadAllTextAsync(summary));
             var rows = json.RootElement.EnumerateArray().ToArray();
-            Assert.Equal(["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall", "control", "pgbouncer"],
+            Assert.Equal(["kill9", "restart", "listener", "producer", "poison", "pool", "starvation", "graceful", "scheduler", "soak", "poison_completion", "renewal_stall", "control", "pgbouncer", "failover"],
                 rows.Select(r => r.GetProperty("Scenario").GetString()));
             foreach (var row in rows)
             {
