@@ -2,7 +2,7 @@ namespace TaskiqPg.Bench;
 
 /// <summary>Command line of the benchmark.</summary>
 internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs, int GraphileJobs, int Runs,
-    int SteadySeconds, int SingleKickSeconds, int Scheduled)
+    int SteadySeconds, int SingleKickSeconds, int Scheduled, int ScaleTasks)
 {
     public static BenchArguments Parse(string[] args)
     {
@@ -12,7 +12,7 @@ internal sealed record BenchArguments(string? Connection, int Tasks, int Latency
         // --smoke: every workload at a tiny size (seconds, not minutes) so CI keeps the benchmark running; no thresholds.
         return new BenchArguments(Value("--connection") ?? Environment.GetEnvironmentVariable("TASKIQPG_BENCH_CONNECTION"), Number("--tasks", 200_000, 2_000), Number("--latency", 1_000, 20), Value("--out"),
             Number("--hangfire", 5_000, 100), Number("--graphile", 100_000, 0), Number("--runs", 1, 1),
-            Number("--steady", 30, 2), Number("--single", 5, 1), Number("--scheduled", 300_000, 2_000));
+            Number("--steady", 30, 2), Number("--single", 5, 1), Number("--scheduled", 300_000, 2_000), Number("--scale", 100_000, 1_000));
     }
 }
 

@@ -15,7 +15,15 @@ internal static class DrainWorker
     private const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
     private const string RetentionVariable = "TASKIQPG_BENCH_COMPLETED_RETENTION_SECONDS";
 
-    public static async Task<int> MainAsync(string queue, TimeSpan? runFor = null)
+    /// <summary>The argument after the queue that makes a worker one of several on the queue (see <see cref="MainAsync"/>).</summary>
+    public const string Shared = "shared";
+
+    /// <summary>
+    /// Drains <paramref name="queue"/>: alone (until this worker ran every task due at its start), for a fixed time
+    /// (<paramref name="runFor"/>), or <paramref name="shared"/> with other processes (until the queue has no due or
+    /// running task left).
+    /// </summary>
+    public static async Task<int> MainAsync(string queue, TimeSpan? runFor = null, bool shared = false)
     {
         var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable)
                                ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
@@ -42,7 +50,7 @@ internal static class DrainWorker
         {
             // Cheap checks only: a count(*) over the draining table every 50 ms would steal the server's CPU from the
             // worker being measured. First the handler count (in process), then the rows' absence (settled acks).
-            while (Interlocked.Read(ref completed) < total)
+            while (!shared && Interlocked.Read(ref completed) < total)
             {
                 await Task.Delay(20);
             }
@@ -56,7 +64,7 @@ internal static class DrainWorker
             }
         }
 
-        var rate = (runFor is null ? total : Interlocked.Read(ref completed)) / watch.Elapsed.TotalSeconds;
+        var rate = (runFor is null && !shared ? total : Interlocked.Read(ref completed)) / watch.Elapsed.TotalSeconds;
         await worker.StopAsync(CancellationToken.None);
         Console.WriteLine(JsonSerializer.Serialize(new { rate, peakRssMb = Math.Max(peakRss, Environment.WorkingSet) / 1024.0 / 1024.0, cpuSeconds = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds }));
         return 0;
@@ -65,6 +73,15 @@ internal static class DrainWorker
     /// <summary>Runs this benchmark executable again in drain-worker mode and reads its result.</summary>
     public static async Task<(double Rate, double PeakRssMb)> RunAsync(string connectionString, string queue, TimeSpan? runFor = null,
         TimeSpan? completedRetention = null)
+    {
+        var (rate, peak, _) = await RunProcessAsync(connectionString, queue, runFor, completedRetention, shared: false);
+        return (rate, peak);
+    }
+
+    /// <summary>Runs one drain-worker process; <paramref name="shared"/>: one of several on the queue, until it is empty.</summary>
+    /// <returns>Its own drain rate, peak RSS and the CPU time it used.</returns>
+    public static async Task<(double Rate, double PeakRssMb, double CpuSeconds)> RunProcessAsync(string connectionString, string queue,
+        TimeSpan? runFor, TimeSpan? completedRetention, bool shared)
     {
         var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
@@ -78,6 +95,11 @@ internal static class DrainWorker
         {
             info.ArgumentList.Add(((int)duration.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
         }
+        else if (shared)
+        {
+            info.ArgumentList.Add(Shared);
+        }
+
         info.Environment[ConnectionVariable] = connectionString;
         if (completedRetention is { } retention)
         {
@@ -94,6 +116,7 @@ internal static class DrainWorker
         }
 
         using var json = JsonDocument.Parse(output.Trim().Split('\n')[^1]);
-        return (json.RootElement.GetProperty("rate").GetDouble(), json.RootElement.GetProperty("peakRssMb").GetDouble());
+        return (json.RootElement.GetProperty("rate").GetDouble(), json.RootElement.GetProperty("peakRssMb").GetDouble(),
+            json.RootElement.GetProperty("cpuSeconds").GetDouble());
     }
 }

@@ -8,13 +8,23 @@ using TaskiqPg.LocalServer;
 
 // TaskiqPg benchmark: run by hand (never in the test suite), prints a table and writes a JSON file.
 //   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000]
-//       [--hangfire 5000] [--graphile 100000] [--runs 3] [--steady 30] [--single 5] [--scheduled 300000] [--out file.json]
+//       [--hangfire 5000] [--graphile 100000] [--runs 3] [--steady 30] [--single 5] [--scheduled 300000] [--scale 100000] [--out file.json]
 //       (0 skips a peer)
 //   --smoke: tiny sizes (a few seconds in all), run by the test suite so the benchmark never rots; no thresholds.
 // Without --connection it starts a throwaway local PostgreSQL server with default (durable) settings.
+if (args is [DrainWorker.Flag, var sharedQueue, DrainWorker.Shared])
+{
+    return await DrainWorker.MainAsync(sharedQueue, shared: true);
+}
+
 if (args is [DrainWorker.Flag, var drainQueue, ..])
 {
     return await DrainWorker.MainAsync(drainQueue, args.Length > 2 ? TimeSpan.FromSeconds(int.Parse(args[2])) : null);
+}
+
+if (args is [ScalingBench.ProducerFlag, var producerQueue, var seconds, var mode])
+{
+    return await ScalingBench.ProducerMainAsync(producerQueue, int.Parse(seconds), mode);
 }
 
 var arguments = BenchArguments.Parse(args);
@@ -325,6 +335,12 @@ async Task<BenchReport> MeasureAsync()
     foreach (var component in new IAsyncDisposable[] { broker, results, parallel, single, steady, latencyBroker })
     {
         await component.DisposeAsync();
+    }
+
+    // 9. Scale-out: 1, 2, 4 worker processes; 1, 4, 8 producer processes and the raw INSERT limit (ScalingBench).
+    if (arguments.ScaleTasks > 0)
+    {
+        await ScalingBench.RunAsync(connectionString, arguments.ScaleTasks, arguments.SingleKickSeconds, report);
     }
 
     return report;

@@ -274,10 +274,12 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         return new ScenarioResult("failover", r.Tasks + rAsync.Tasks, r.Completed + rAsync.Completed, r.Lost + rAsync.Lost,
             r.Duplicates + rAsync.Duplicates, r.DeadLettered + rAsync.DeadLettered, 0, passed,
             $"asynchronous replication: {ackedAsync.Count} acknowledged kicks, {lostAsync} of them lost in the failover, " +
-            $"{rAsync.Duplicates} duplicate runs ({sameAttemptAsync} in one attempt: an ack the old primary confirmed but never sent); " +
+            $"{rAsync.Duplicates} duplicate runs ({sameAttemptAsync} in one attempt); " +
             $"synchronous: {ackedSync.Count} acknowledged, {lostSync} lost, {r.Duplicates} duplicate runs ({sameAttempt} in one attempt); " +
             $"first execution after each promotion: {resumeAsync.ToString("0.0", CultureInfo.InvariantCulture)} s, " +
-            $"{resumeSync.ToString("0.0", CultureInfo.InvariantCulture)} s (bound {bound} s); {listeners} of {workers.Count} workers' listeners on the last primary");
+            $"{resumeSync.ToString("0.0", CultureInfo.InvariantCulture)} s (bound {bound} s); {listeners} of {workers.Count} workers' listeners on the last primary" +
+            (sameAttempt > 0 ? $"; synchronous runs of duplicated tasks (worker:attempt@time): {await DuplicateRunsAsync(syncQueue)}; workers' lines about them: " +
+                               string.Join(" / ", (await DuplicateTaskIdsAsync(syncQueue)).SelectMany(id => workers.SelectMany(w => w.ErrorLinesContaining(id).Select(l => $"{w.Name}: {l}")))) : ""));
     }
 
     private Task<long> SameAttemptRunsAsync(string queue) => rig.ScalarAsync<long>(

@@ -29,6 +29,8 @@ public sealed class BenchmarkSmokeTests(PostgresServerFixture server)
                          "single kick (16 concurrent producers)", "single kick (8 concurrent producers, NotifyTaskIds: a NOTIFY per row)", "steady: completed (1 worker process)", "kick → task start p50",
                          "kick → WaitForResultAsync returns p99", "raw limit: claim+delete 100 rows per statement, 4 connections",
                          "burn-down ratio TaskiqPg / Hangfire.PostgreSql",
+                         "burn-down, 4 worker processes (results stored)", "  database CPU per task, 4 worker processes",
+                         "single kicks (KickAsync), 8 producer processes", "single kicks, 8 producers / raw INSERT limit, 8 producers",
                      })
             {
                 Assert.True(rows.TryGetValue(measure, out var value), $"the report lacks '{measure}'");

@@ -10,11 +10,21 @@ namespace TaskiqPg.Internal;
 /// </summary>
 internal static class TransientErrors
 {
-    /// <summary>Connection-level failures: refused, reset, timed out, server shutting down or starting.</summary>
+    /// <summary>Npgsql's message (not localized) when a multi-host data source has no host left to try.</summary>
+    internal const string NoSuitableHost = "No suitable host was found.";
+
+    /// <summary>
+    /// Connection-level failures: refused, reset, timed out, server shutting down or starting, and no suitable host of a
+    /// multi-host connection string — a failover in progress (every host down, or none writable yet). Npgsql reports
+    /// the last as not transient, either around an <see cref="AggregateException"/> of the per-host errors or, while
+    /// every host is remembered as unsuitable, as a bare <see cref="NoSuitableHost"/> with no inner exception.
+    /// </summary>
     public static bool IsConnectionFailure(Exception ex) => ex switch
     {
         PostgresException pg => pg.IsTransient || pg.SqlState is "57P01" or "57P02" or "57P03",
-        NpgsqlException npgsql => npgsql.IsTransient || npgsql.InnerException is IOException or SocketException or TimeoutException,
+        NpgsqlException npgsql => npgsql.IsTransient
+                                  || npgsql.InnerException is IOException or SocketException or TimeoutException or AggregateException
+                                  || (npgsql.InnerException is null && npgsql.Message == NoSuitableHost),
         TimeoutException or SocketException or IOException => true,
         _ => false,
     };
