@@ -55,6 +55,17 @@ internal static class DrainWorker
                 await Task.Delay(20);
             }
 
+            // Shared: first wait for the due rows to be gone (the claim index answers that); the check for running
+            // rows, which reads the table's running rows, only runs at the end.
+            await using (var due = dataSource.CreateCommand("SELECT EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status = 'pending')"))
+            {
+                due.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                while (shared && (bool)(await due.ExecuteScalarAsync())!)
+                {
+                    await Task.Delay(100);
+                }
+            }
+
             await using var left = dataSource.CreateCommand(
                 "SELECT EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status = 'pending') OR EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status = 'processing')");
             left.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });

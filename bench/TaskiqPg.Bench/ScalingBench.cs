@@ -9,7 +9,8 @@ namespace TaskiqPg.Bench;
 /// Scale-out on one server, in one run: the burn-down with 1, 2 and 4 worker processes on one queue, and single kicks
 /// from 1, 4 and 8 producer processes beside the raw single-row INSERT rate of the same processes. Each row also
 /// carries the CPU it cost: the processes' own (from their <c>TotalProcessorTime</c>) and the database's (every
-/// <c>postgres</c> process's user + system time from <c>/proc</c>, before and after), per task — the figures the
+/// <c>postgres</c> process's user + system time from <c>/proc</c>, with exited backends' time from their postmaster's
+/// children's time, before and after), per task — the figures the
 /// README's Sizing section is computed from.
 /// </summary>
 internal static class ScalingBench
@@ -45,10 +46,19 @@ internal static class ScalingBench
             var seconds = watch.Elapsed.TotalSeconds;
             var dbCpu = DatabaseCpuSeconds() - dbBefore;
             var clientCpu = runs.Sum(r => r.CpuSeconds);
-            report.Add($"burn-down, {workers} worker process{(workers > 1 ? "es" : "")} (results stored)", tasks / seconds, "tasks/s");
+            // The drain itself, on the database clock: first claim to last ack (process start-up and stop excluded).
+            double drainSeconds;
+            await using (var span = dataSource.CreateCommand("SELECT extract(epoch FROM max(finished_at) - min(attempted_at))::float8 FROM taskiq_messages WHERE queue = $1"))
+            {
+                span.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                drainSeconds = (double)(await span.ExecuteScalarAsync())!;
+            }
+
+            report.Add($"burn-down, {workers} worker process{(workers > 1 ? "es" : "")} (results stored)", tasks / drainSeconds, "tasks/s");
             report.Add($"  database CPU per task, {workers} worker process{(workers > 1 ? "es" : "")}", dbCpu / tasks * 1e6, "µs");
             report.Add($"  worker CPU per task, {workers} worker process{(workers > 1 ? "es" : "")}", clientCpu / tasks * 1e6, "µs");
-            report.Add($"  database / worker CPU busy, {workers} worker process{(workers > 1 ? "es" : "")}", dbCpu / seconds * 100, $"% of one core (workers {clientCpu / seconds * 100:0} %)");
+            report.Add($"  database / worker CPU busy, {workers} worker process{(workers > 1 ? "es" : "")}", dbCpu / seconds * 100,
+                $"% of one core (workers {clientCpu / seconds * 100:0} %, over {seconds:0.0} s with start-up and stop)");
         }
 
         foreach (var (mode, producers) in new[] { ("kick", 1), ("kick", 4), ("kick", 8), ("raw", 8) })
@@ -155,8 +165,10 @@ internal static class ScalingBench
                     continue;
                 }
 
+                // utime, stime, and cutime, cstime: a backend that exited is counted in its postmaster's children's time.
                 var fields = stat[(close + 2)..].Split(' ');
-                ticks += long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture); // utime, stime
+                ticks += long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)
+                         + long.Parse(fields[13], CultureInfo.InvariantCulture) + long.Parse(fields[14], CultureInfo.InvariantCulture);
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or FormatException)
             {

@@ -199,7 +199,9 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed,
             $"{resumes.Count} pgbouncer restarts; first execution after each: " +
             string.Join(", ", resumes.Select(s => s.ToString("0.0", CultureInfo.InvariantCulture) + " s")) + $" (bound {bound} s); " +
-            $"{sameAttempt} ran twice in one attempt");
+            $"{sameAttempt} ran twice in one attempt" +
+            (sameAttempt > 0 ? $"; runs of duplicated tasks (worker:attempt@time): {await DuplicateRunsAsync(queue)}; workers' lines about them: " +
+                               string.Join(" / ", (await DuplicateTaskIdsAsync(queue)).Take(3).SelectMany(id => workers.SelectMany(w => w.ErrorLinesContaining(id).Take(2).Select(l => $"{w.Name}: {l}")))) : ""));
     }
 
     // 15. A PostgreSQL failover, twice, under load: a primary with a streaming standby, workers and a producer on a
