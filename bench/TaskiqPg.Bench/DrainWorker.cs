@@ -57,10 +57,11 @@ internal static class DrainWorker
 
             // Shared: first wait for the due rows to be gone (the claim index answers that); the check for running
             // rows, which reads the table's running rows, only runs at the end.
-            await using (var due = dataSource.CreateCommand("SELECT EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status = 'pending')"))
+            if (shared)
             {
+                await using var due = dataSource.CreateCommand("SELECT EXISTS (SELECT 1 FROM taskiq_messages WHERE queue = $1 AND status = 'pending')");
                 due.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
-                while (shared && (bool)(await due.ExecuteScalarAsync())!)
+                while ((bool)(await due.ExecuteScalarAsync())!)
                 {
                     await Task.Delay(100);
                 }

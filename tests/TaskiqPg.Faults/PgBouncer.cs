@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using Npgsql;
 
 namespace TaskiqPg.Faults;
@@ -39,7 +37,7 @@ public sealed class PgBouncer : IAsyncDisposable
             File.SetUnixFileMode(folder, (UnixFileMode)0x1FF); // the postgres user writes its log here
         }
 
-        var port = FreePort();
+        var port = Ports.Free();
         var config = Path.Combine(folder, "pgbouncer.ini");
         await File.WriteAllTextAsync(config, $"""
             [databases]
@@ -125,14 +123,6 @@ public sealed class PgBouncer : IAsyncDisposable
         _process.Dispose();
     }
 
-    private static int FreePort()
-    {
-        var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        var port = ((IPEndPoint)probe.LocalEndpoint).Port;
-        probe.Stop();
-        return port;
-    }
 
     public async ValueTask DisposeAsync()
     {

@@ -122,13 +122,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
                 break;
             }
 
-            var watch = Stopwatch.StartNew();
-            while (!await rig.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM fault_ledger WHERE at > $1)", back) && watch.Elapsed < TimeSpan.FromSeconds(60))
-            {
-                await Task.Delay(50);
-            }
-
-            resumes.Add(watch.Elapsed.TotalSeconds);
+            resumes.Add(await SecondsUntilExecutionAfterAsync(back));
         }
 
         var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(3));
@@ -136,11 +130,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         // A duplicate is explained when its runs are successive attempts: the handler's own write (its ledger row)
         // committed but the reply died with the server, so the attempt failed and was retried. Two runs of the same
         // attempt would mean a lease was lost while its worker was alive: never acceptable.
-        var sameAttempt = await rig.ScalarAsync<long>(
-            """
-            SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1
-                                  GROUP BY task_id HAVING count(*) > count(DISTINCT attempt)) d
-            """, queue);
+        var sameAttempt = await SameAttemptRunsAsync(queue);
         var bound = 15.0;
         var resumed = resumes.Count > 0 && resumes.All(s => s < bound);
         return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed,
@@ -179,21 +169,11 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
 
             await bouncer.RestartAsync();
             var back = await rig.ScalarAsync<DateTime>("SELECT clock_timestamp()");
-            var watch = Stopwatch.StartNew();
-            while (!await rig.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM fault_ledger WHERE at > $1)", back) && watch.Elapsed < TimeSpan.FromSeconds(60))
-            {
-                await Task.Delay(50);
-            }
-
-            resumes.Add(watch.Elapsed.TotalSeconds);
+            resumes.Add(await SecondsUntilExecutionAfterAsync(back));
         }
 
         var r = await ReconcileAsync(queue, TimeSpan.FromMinutes(3));
-        var sameAttempt = await rig.ScalarAsync<long>(
-            """
-            SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1
-                                  GROUP BY task_id HAVING count(*) > count(DISTINCT attempt)) d
-            """, queue);
+        var sameAttempt = await SameAttemptRunsAsync(queue);
         var bound = 15.0;
         var resumed = resumes.Count > 0 && resumes.All(s => s < bound);
         return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed,
@@ -217,7 +197,7 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         var binaries = rig.Server.Cluster.Binaries;
         var password = rig.Server.Password;
         var root = Path.GetDirectoryName(rig.Server.Cluster.DataDirectory)!;
-        var ports = new[] { rig.Server.Port, Standby.FreePort(), Standby.FreePort() };
+        var ports = new[] { rig.Server.Port, Ports.Free(), Ports.Free() };
         var multiHost = new NpgsqlConnectionStringBuilder(rig.ConnectionString)
         {
             Host = string.Join(',', ports.Select(p => $"127.0.0.1:{p}")),
@@ -284,6 +264,19 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
                                string.Join(" / ", (await DuplicateTaskIdsAsync(syncQueue)).SelectMany(id => workers.SelectMany(w => w.ErrorLinesContaining(id).Select(l => $"{w.Name}: {l}")))) : ""));
     }
 
+    /// <summary>Seconds until a handler writes its ledger row after <paramref name="back"/> (database clock), at most 60.</summary>
+    private async Task<double> SecondsUntilExecutionAfterAsync(DateTime back)
+    {
+        var watch = Stopwatch.StartNew();
+        while (!await rig.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM fault_ledger WHERE at > $1)", back) && watch.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            await Task.Delay(50);
+        }
+
+        return watch.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>Tasks of <paramref name="queue"/> that ran more than once within one attempt (a lease lost while its worker lived, or an attempt refunded after it ran).</summary>
     private Task<long> SameAttemptRunsAsync(string queue) => rig.ScalarAsync<long>(
         """
         SELECT count(*) FROM (SELECT task_id FROM fault_ledger JOIN fault_kicked USING (task_id) WHERE scenario = $1

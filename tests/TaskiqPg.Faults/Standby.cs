@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using Npgsql;
 using TaskiqPg.LocalServer;
 
@@ -95,14 +93,6 @@ internal sealed class Standby : IAsyncDisposable
     public string ConnectionString(string database)
         => $"Host=127.0.0.1;Port={Port};Username=postgres;Password={_password};Database={database};Pooling=false";
 
-    public static int FreePort()
-    {
-        var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        var port = ((IPEndPoint)probe.LocalEndpoint).Port;
-        probe.Stop();
-        return port;
-    }
 
     /// <summary>Ends recovery: the standby becomes a primary that accepts writes (waits for it).</summary>
     public async Task PromoteAsync()

@@ -1,6 +1,5 @@
-using System.Net;
-using System.Net.Sockets;
 using Npgsql;
+using TaskiqPg.Faults;
 using TaskiqPg.Internal;
 
 namespace TaskiqPg.Tests;
@@ -14,7 +13,7 @@ public sealed class TransientErrorTests
         // Mid-failover every host can be down or not yet writable: Npgsql then throws "Unable to connect to a suitable
         // host" (IsTransient false) around an AggregateException of the per-host errors. Taken for refused content, it
         // made the flusher give outcomes up, and the tasks ran again once their leases expired.
-        var (first, second) = (ClosedPort(), ClosedPort());
+        var (first, second) = (Ports.Free(), Ports.Free());
         await using var dataSource = NpgsqlDataSource.Create(
             $"Host=127.0.0.1:{first},127.0.0.1:{second};Username=x;Password=y;Target Session Attributes=read-write;Timeout=2");
 
@@ -35,21 +34,12 @@ public sealed class TransientErrorTests
     [Fact]
     public async Task A_refused_connection_to_one_host_is_a_connection_failure_and_bad_data_is_not()
     {
-        await using var dataSource = NpgsqlDataSource.Create($"Host=127.0.0.1;Port={ClosedPort()};Username=x;Password=y;Timeout=2");
+        await using var dataSource = NpgsqlDataSource.Create($"Host=127.0.0.1;Port={Ports.Free()};Username=x;Password=y;Timeout=2");
         var refused = await Assert.ThrowsAnyAsync<NpgsqlException>(async () => await dataSource.OpenConnectionAsync());
         Assert.True(TransientErrors.IsTransient(refused));
 
         Assert.False(TransientErrors.IsTransient(new InvalidOperationException("not a database failure")));
         Assert.False(TransientErrors.IsTransientSqlState("22P02")); // invalid text
         Assert.True(TransientErrors.IsTransientSqlState("40P01")); // deadlock
-    }
-
-    private static int ClosedPort()
-    {
-        var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        var port = ((IPEndPoint)probe.LocalEndpoint).Port;
-        probe.Stop(); // nothing listens there now
-        return port;
     }
 }
