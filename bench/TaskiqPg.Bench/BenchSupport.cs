@@ -2,7 +2,7 @@ namespace TaskiqPg.Bench;
 
 /// <summary>Command line of the benchmark.</summary>
 internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs, int GraphileJobs, int Runs,
-    int SteadySeconds, int SingleKickSeconds, int Scheduled, int ScaleTasks)
+    int SteadySeconds, int SingleKickSeconds, int Scheduled, int ScaleTasks, int Backlog, int BacklogBaseline, int PgBossJobs, int WolverineMessages, int Schedules, int ScheduleSeconds)
 {
     public static BenchArguments Parse(string[] args)
     {
@@ -12,7 +12,10 @@ internal sealed record BenchArguments(string? Connection, int Tasks, int Latency
         // --smoke: every workload at a tiny size (seconds, not minutes) so CI keeps the benchmark running; no thresholds.
         return new BenchArguments(Value("--connection") ?? Environment.GetEnvironmentVariable("TASKIQPG_BENCH_CONNECTION"), Number("--tasks", 200_000, 2_000), Number("--latency", 1_000, 20), Value("--out"),
             Number("--hangfire", 5_000, 100), Number("--graphile", 100_000, 0), Number("--runs", 1, 1),
-            Number("--steady", 30, 2), Number("--single", 5, 1), Number("--scheduled", 300_000, 2_000), Number("--scale", 100_000, 1_000));
+            Number("--steady", 30, 2), Number("--single", 5, 1), Number("--scheduled", 300_000, 2_000), Number("--scale", 100_000, 1_000),
+            Number("--backlog", 0, 3_000), Number("--backlog-baseline", BacklogBench.Baseline, 1_000),
+            Number("--pgboss", 100_000, 0), Number("--wolverine", 20_000, 0),
+            Number("--schedules", 50, 0), Number("--schedule-seconds", 60, 10));
     }
 }
 
@@ -60,3 +63,19 @@ internal sealed class BenchReport
 }
 
 internal sealed record BenchRow(string Measure, double Value, string Unit);
+
+/// <summary>Where the benchmark's sources are (the peers' programs and scripts live beside it).</summary>
+internal static class BenchFolders
+{
+    /// <summary>The repository's <c>bench</c> folder, found upwards from the running executable.</summary>
+    public static string Find()
+    {
+        var folder = new DirectoryInfo(AppContext.BaseDirectory);
+        while (folder is not null && !Directory.Exists(Path.Combine(folder.FullName, "bench", "node")))
+        {
+            folder = folder.Parent;
+        }
+
+        return Path.Combine(folder?.FullName ?? Directory.GetCurrentDirectory(), "bench");
+    }
+}

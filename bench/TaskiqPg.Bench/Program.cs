@@ -8,7 +8,9 @@ using TaskiqPg.LocalServer;
 
 // TaskiqPg benchmark: run by hand (never in the test suite), prints a table and writes a JSON file.
 //   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000]
-//       [--hangfire 5000] [--graphile 100000] [--runs 3] [--steady 30] [--single 5] [--scheduled 300000] [--scale 100000] [--out file.json]
+//       [--hangfire 5000] [--graphile 100000] [--pgboss 100000] [--wolverine 20000]
+//       [--schedules 50 [--schedule-seconds 60]] [--runs 3] [--steady 30] [--single 5] [--scheduled 300000] [--scale 100000]
+//       [--backlog 10000000 [--backlog-baseline 200000]] [--out file.json]
 //       (0 skips a peer)
 //   --smoke: tiny sizes (a few seconds in all), run by the test suite so the benchmark never rots; no thresholds.
 // Without --connection it starts a throwaway local PostgreSQL server with default (durable) settings.
@@ -22,13 +24,21 @@ if (args is [DrainWorker.Flag, var drainQueue, ..])
     return await DrainWorker.MainAsync(drainQueue, args.Length > 2 ? TimeSpan.FromSeconds(int.Parse(args[2])) : null);
 }
 
+if (args is [SchedulerBench.NodeFlag])
+{
+    return await SchedulerBench.NodeMainAsync();
+}
+
 if (args is [ScalingBench.ProducerFlag, var producerQueue, var seconds, var mode])
 {
     return await ScalingBench.ProducerMainAsync(producerQueue, int.Parse(seconds), mode);
 }
 
 var arguments = BenchArguments.Parse(args);
-await using var server = arguments.Connection is null ? await LocalPostgresServer.StartAsync() : null;
+// pg_stat_statements: the backlog rows read the claim statement's server time from it.
+await using var server = arguments.Connection is null
+    ? await LocalPostgresServer.StartAsync(new LocalPostgresServerOptions { Settings = new Dictionary<string, string> { ["shared_preload_libraries"] = "pg_stat_statements" } })
+    : null;
 var admin = arguments.Connection ?? server!.GetConnectionString();
 var runs = new List<BenchReport>();
 for (var run = 1; run <= arguments.Runs; run++)
@@ -50,7 +60,7 @@ await File.WriteAllTextAsync(output, JsonSerializer.Serialize(report.Rows, new J
 Console.WriteLine($"JSON: {output}");
 var chart = Path.ChangeExtension(output, ".svg");
 BenchChart.Write(report, chart, $"{DateTime.UtcNow:yyyy-MM-dd}, {Environment.ProcessorCount} cores, {(arguments.Runs > 1 ? $"medians of {arguments.Runs} runs" : "one run")}, " +
-    $"{arguments.Tasks:N0} tasks, durable local PostgreSQL; Hangfire.PostgreSql 1.21.1 (16 workers, poll 200 ms), graphile-worker 0.17.3");
+    $"{arguments.Tasks:N0} tasks, durable local PostgreSQL; Hangfire.PostgreSql 1.21.1 (16 workers, poll 200 ms), graphile-worker 0.17.3 and 0.18.0, pg-boss 12.38.0, Wolverine 6.64.2");
 Console.WriteLine($"chart: {chart}");
 return 0;
 
@@ -270,19 +280,42 @@ async Task<BenchReport> MeasureAsync()
         report.AddPercentiles("Hangfire.PostgreSql kick → job start", await HangfireBench.LatencyAsync(connectionString, PeerLatencySamples()));
     }
 
-    // 7. graphile-worker side by side, default and batched configurations.
+    // 7. graphile-worker side by side: 0.17.3 and 0.18.0, default and batched configurations.
     if (arguments.GraphileJobs > 0)
     {
-        foreach (var mode in new[] { "default", "batched" })
+        foreach (var version in new[] { "0.17", "0.18" })
         {
-            if (await GraphileBench.RunAsync(admin, arguments.GraphileJobs, mode, PeerLatencySamples()) is { } graphile)
+            foreach (var mode in new[] { "default", "batched" })
             {
-                report.AddPercentiles($"graphile-worker {mode}: kick → job start", graphile.Latencies);
-                report.Add($"graphile-worker {mode}: add_jobs ({arguments.GraphileJobs:N0} jobs)", graphile.AddRate, "jobs/s");
-                report.Add($"graphile-worker {mode}: drain (runOnce, 24 concurrent, no results)", graphile.DrainRate, "jobs/s");
-                report.Add($"burn-down ratio TaskiqPg / graphile-worker {mode}", drain / graphile.DrainRate, "ratio");
+                if (await PeerProcesses.GraphileAsync(admin, arguments.GraphileJobs, version, mode, PeerLatencySamples()) is { } graphile)
+                {
+                    var name = $"graphile-worker {(version == "0.17" ? "0.17.3" : "0.18.0")} {mode}";
+                    report.AddPercentiles($"{name}: kick → job start", graphile.Latencies);
+                    report.Add($"{name}: add_jobs ({arguments.GraphileJobs:N0} jobs)", graphile.AddRate, "jobs/s");
+                    report.Add($"{name}: drain (runOnce, 24 concurrent, no results)", graphile.DrainRate, "jobs/s");
+                    report.Add($"burn-down ratio TaskiqPg / {name}", drain / graphile.DrainRate, "ratio");
+                }
             }
         }
+    }
+
+    // 7b. pg-boss side by side (its outputs stored, like our results).
+    if (arguments.PgBossJobs > 0 && await PeerProcesses.PgBossAsync(admin, arguments.PgBossJobs, PeerLatencySamples()) is { } pgBoss)
+    {
+        report.AddPercentiles("pg-boss 12.38.0: kick → job start (LISTEN/NOTIFY on)", pgBoss.Latencies);
+        report.Add($"pg-boss 12.38.0: insert ({arguments.PgBossJobs:N0} jobs, 5,000 per call)", pgBoss.AddRate, "jobs/s");
+        report.Add("pg-boss 12.38.0: drain (work(), batches of 100, 4 local workers, output stored)", pgBoss.DrainRate, "jobs/s");
+        report.Add("burn-down ratio TaskiqPg / pg-boss", drain / pgBoss.DrainRate, "ratio");
+    }
+
+    // 7c. Wolverine's PostgreSQL transport (durable queues, polled: it does not LISTEN).
+    if (arguments.WolverineMessages > 0 && await PeerProcesses.WolverineAsync(admin, arguments.WolverineMessages, PeerLatencySamples()) is { } wolverine)
+    {
+        report.AddPercentiles("Wolverine 6.64.2 PostgreSQL queue: publish → handler start (PollingInterval 100 ms)", wolverine.Latencies);
+        report.Add($"Wolverine 6.64.2: publish ({arguments.WolverineMessages:N0} messages, 8 concurrent publishers)", wolverine.AddRate, "messages/s");
+        report.Add("Wolverine 6.64.2: drain (durable listener, MaximumMessagesToReceive 500, no results)", wolverine.DrainRate, "messages/s");
+        report.Add("burn-down ratio TaskiqPg / Wolverine", drain / wolverine.DrainRate, "ratio");
+        report.Add("single kick ratio TaskiqPg (8 producers) / Wolverine publish (8 publishers)", kicked / wolverine.AddRate, "ratio");
     }
 
     async Task<double> DrainDueAsync(PostgresBroker queueBroker)
@@ -341,6 +374,18 @@ async Task<BenchReport> MeasureAsync()
     if (arguments.ScaleTasks > 0)
     {
         await ScalingBench.RunAsync(connectionString, arguments.ScaleTasks, arguments.SingleKickSeconds, report);
+    }
+
+    // 9b. Schedulers, 3 nodes each: TaskiqPg and Quartz.NET clustered (SchedulerBench).
+    if (arguments.Schedules > 0)
+    {
+        await SchedulerBench.RunAsync(admin, arguments.Schedules, arguments.ScheduleSeconds, report);
+    }
+
+    // 10. A large backlog (--backlog, off unless asked: 10 million tasks take half an hour here) beside a small one.
+    if (arguments.Backlog > 0)
+    {
+        await BacklogBench.RunAsync(connectionString, arguments.BacklogBaseline, arguments.Backlog, report);
     }
 
     return report;

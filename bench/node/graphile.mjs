@@ -1,11 +1,10 @@
 // graphile-worker side of the TaskiqPg benchmark: bulk-add N no-op jobs (add_jobs, 5,000 per call), then drain them
 // with one runOnce() process; then, if asked, idle latency: add one job, wait until it starts, repeat.
-// Usage: TASKIQPG_BENCH_GRAPHILE_URL=<postgres-url> node bench.mjs <jobs> <default|batched> [latencySamples]
+// Usage: TASKIQPG_BENCH_PEER_URL=<postgres-url> node graphile.mjs <jobs> <default|batched> <0.17|0.18> [latencySamples]
 // (the URL carries the password: passed by environment, never on the command line where ps would show it)
-import { Logger, makeWorkerUtils, run, runMigrations, runOnce } from "graphile-worker";
-
-const connectionString = process.env.TASKIQPG_BENCH_GRAPHILE_URL;
-const [jobsArg, mode, latencyArg] = process.argv.slice(2);
+const connectionString = process.env.TASKIQPG_BENCH_PEER_URL;
+const [jobsArg, mode, version, latencyArg] = process.argv.slice(2);
+const { Logger, makeWorkerUtils, run, runMigrations, runOnce } = await import(version === "0.18" ? "graphile-worker-0.18" : "graphile-worker");
 const jobs = Number(jobsArg);
 const batched = mode === "batched";
 const worker = {
