@@ -37,6 +37,12 @@ public sealed class BenchmarkSmokeTests(PostgresServerFixture server)
                 Assert.True(value > 0, $"'{measure}' is {value}");
             }
 
+            // The backlog rows carry their sizes in their names (3,000 beside 1,000 in smoke mode): found by their ends.
+            foreach (var ending in new[] { "-task backlog: burn-down (1 worker process, results stored)", "-task backlog: table / indexes after the kick", " backlog (target ≤ 1.25)" })
+            {
+                Assert.True(rows.Count(r => r.Key.EndsWith(ending, StringComparison.Ordinal) && r.Value > 0) >= 1, $"the report lacks a row ending '{ending}'");
+            }
+
             Assert.DoesNotContain(new Npgsql.NpgsqlConnectionStringBuilder(server.AdminConnectionString).Password ?? "\0", run.Output + run.Error);
         }
         finally

@@ -511,8 +511,15 @@ internal sealed class BrokerSql
     /// number (not the attempt) identifies a lease: a row rescued and claimed again is another claim, so a late ack of
     /// the first never settles the second.
     /// </summary>
+    /// <remarks>
+    /// The state test is wrapped in a <c>CASE</c> on purpose: written plainly it matches the lease index's predicate,
+    /// and with statistics taken while every row was pending (right after a bulk kick) the planner drove the join from
+    /// that index, believing it held one row, and read the whole claim list once per running row — 0.2 s per settle and
+    /// up to 0.8 s per renewal at 1,000 claims (<c>LeasePlanTests</c>). Wrapped, the join can only start from the claims
+    /// and find each row by its primary key.
+    /// </remarks>
     internal static string LeaseHeld(string claims, string worker)
-        => $"m.id = {claims}.id AND m.claims = {claims}.claim AND m.locked_by = {worker} AND m.status = 'processing'";
+        => $"m.id = {claims}.id AND m.claims = {claims}.claim AND m.locked_by = {worker} AND CASE WHEN m.status = 'processing' THEN true ELSE false END";
 
     /// <summary>
     /// The SET list of a failed attempt over rows <c>m</c> and failures <c>f(retry, error)</c>: retry after an exponential
