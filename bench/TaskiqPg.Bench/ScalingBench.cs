@@ -117,23 +117,9 @@ internal static class ScalingBench
 
     private static async Task<(long Count, double CpuSeconds)> RunProducerAsync(string connectionString, string queue, int seconds, string mode)
     {
-        var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
-        {
-            info.ArgumentList.Add(typeof(ScalingBench).Assembly.Location);
-        }
-
-        foreach (var arg in new[] { ProducerFlag, queue, seconds.ToString(CultureInfo.InvariantCulture), mode })
-        {
-            info.ArgumentList.Add(arg);
-        }
-
-        info.Environment[ConnectionVariable] = connectionString;
-        using var process = Process.Start(info)!;
-        var output = await process.StandardOutput.ReadToEndAsync();
-        var error = await process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync();
-        if (process.ExitCode != 0)
+        var (file, args) = BenchProcess.Self(ProducerFlag, queue, seconds.ToString(CultureInfo.InvariantCulture), mode);
+        var (exitCode, output, error) = (await BenchProcess.RunAsync(file, args, new Dictionary<string, string> { [ConnectionVariable] = connectionString }))!.Value;
+        if (exitCode != 0)
         {
             throw new InvalidOperationException($"The producer failed: {error}");
         }

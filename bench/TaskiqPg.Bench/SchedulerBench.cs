@@ -20,7 +20,7 @@ internal static class SchedulerBench
     public static async Task RunAsync(string adminConnectionString, int schedules, int seconds, BenchReport report)
     {
         // TaskiqPg: the schedules stored first (runtime schedules), then the nodes started.
-        var ours = await CreateDatabaseAsync(adminConnectionString, "sched_taskiqpg");
+        var ours = new NpgsqlConnectionStringBuilder(adminConnectionString) { Database = await BenchDatabase.CreateAsync(adminConnectionString, "sched_taskiqpg") }.ConnectionString;
         await using (var dataSource = NpgsqlDataSource.Create(ours))
         {
             await using (var source = new PostgresScheduleSource(dataSource))
@@ -37,9 +37,7 @@ internal static class SchedulerBench
                 await broker.MigrateAsync();
             }
 
-            var self = Environment.ProcessPath!;
-            string[] prefix = Path.GetFileNameWithoutExtension(self) == "dotnet" ? [typeof(SchedulerBench).Assembly.Location] : [];
-            var window = await RunNodesAsync(dataSource, seconds, i => (self, [.. prefix, NodeFlag]), new Dictionary<string, string> { [ConnectionVariable] = ours });
+            var window = await RunNodesAsync(dataSource, seconds, _ => BenchProcess.Self(NodeFlag), new Dictionary<string, string> { [ConnectionVariable] = ours });
             await ReportAsync(dataSource, "TaskiqPg scheduler", schedules, window,
                 """
                 SELECT labels->>'schedule_id', (labels->>'schedule_fire_at')::timestamptz, created_at
@@ -48,7 +46,7 @@ internal static class SchedulerBench
         }
 
         // Quartz.NET: node 0 stores the triggers at its start; every execution writes a row.
-        var quartz = await CreateDatabaseAsync(adminConnectionString, "sched_quartz");
+        var quartz = new NpgsqlConnectionStringBuilder(adminConnectionString) { Database = await BenchDatabase.CreateAsync(adminConnectionString, "sched_quartz") }.ConnectionString;
         await using (var dataSource = NpgsqlDataSource.Create(quartz))
         {
             await using (var create = dataSource.CreateCommand(
@@ -101,18 +99,7 @@ internal static class SchedulerBench
             for (var i = 0; i < 3; i++)
             {
                 var (file, args) = command(i);
-                var info = new ProcessStartInfo(file) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-                foreach (var a in args)
-                {
-                    info.ArgumentList.Add(a);
-                }
-
-                foreach (var (name, value) in environment)
-                {
-                    info.Environment[name] = value;
-                }
-
-                var node = Process.Start(info)!;
+                var node = BenchProcess.Start(file, args, environment, input: true);
                 nodes.Add(node);
                 _ = node.StandardError.ReadToEndAsync();
                 if (i == 0 && firstAlone)
@@ -203,35 +190,14 @@ internal static class SchedulerBench
         return (DateTime)(await now.ExecuteScalarAsync())!;
     }
 
-    private static async Task<string> CreateDatabaseAsync(string adminConnectionString, string prefix)
-    {
-        var database = $"{prefix}_{Guid.NewGuid():N}"[..30];
-        await using (var admin = new NpgsqlConnection(adminConnectionString))
-        {
-            await admin.OpenAsync();
-            await new NpgsqlCommand($"CREATE DATABASE \"{database}\"", admin).ExecuteNonQueryAsync();
-        }
-
-        return new NpgsqlConnectionStringBuilder(adminConnectionString) { Database = database }.ConnectionString;
-    }
-
     private static async Task<bool> BuildAsync(string project)
     {
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "build", "-c", "Release", project })
+        var build = await BenchProcess.RunAsync("dotnet", ["build", "-c", "Release", project]);
+        if (build is { ExitCode: not 0 })
         {
-            info.ArgumentList.Add(a);
+            Console.WriteLine(build.Value.Output);
         }
 
-        using var build = Process.Start(info)!;
-        var output = build.StandardOutput.ReadToEndAsync();
-        _ = build.StandardError.ReadToEndAsync();
-        await build.WaitForExitAsync();
-        if (build.ExitCode != 0)
-        {
-            Console.WriteLine(await output);
-        }
-
-        return build.ExitCode == 0;
+        return build is { ExitCode: 0 };
     }
 }
