@@ -2,7 +2,8 @@ namespace TaskiqPg.Bench;
 
 /// <summary>Command line of the benchmark.</summary>
 internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs, int GraphileJobs, int Runs,
-    int SteadySeconds, int SingleKickSeconds, int Scheduled, int ScaleTasks, int Backlog, int BacklogBaseline, int PgBossJobs, int WolverineMessages, int Schedules, int ScheduleSeconds)
+    int SteadySeconds, int SingleKickSeconds, int Scheduled, int ScaleTasks, int Backlog, int BacklogBaseline, int PgBossJobs, int WolverineMessages, int Schedules, int ScheduleSeconds,
+    IReadOnlyDictionary<string, string> ServerSettings)
 {
     public static BenchArguments Parse(string[] args)
     {
@@ -15,7 +16,10 @@ internal sealed record BenchArguments(string? Connection, int Tasks, int Latency
             Number("--steady", 30, 2), Number("--single", 5, 1), Number("--scheduled", 300_000, 2_000), Number("--scale", 100_000, 1_000),
             Number("--backlog", 0, 3_000), Number("--backlog-baseline", BacklogBench.Baseline, 1_000),
             Number("--pgboss", 100_000, 0), Number("--wolverine", 20_000, 0),
-            Number("--schedules", 50, 0), Number("--schedule-seconds", 60, 10));
+            Number("--schedules", 50, 0), Number("--schedule-seconds", 60, 10),
+            // --pg name=value (repeatable): a setting of the benchmark's own server, e.g. shared_buffers=6GB.
+            args.Select((a, i) => (a, i)).Where(p => p.a == "--pg" && p.i + 1 < args.Length).Select(p => args[p.i + 1].Split('=', 2))
+                .ToDictionary(kv => kv[0], kv => kv.Length > 1 ? kv[1] : throw new ArgumentException($"--pg {kv[0]}: expected name=value")));
     }
 }
 

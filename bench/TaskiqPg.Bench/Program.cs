@@ -10,7 +10,7 @@ using TaskiqPg.LocalServer;
 //   dotnet run -c Release --project bench/TaskiqPg.Bench -- [--connection "<conn>"] [--tasks 200000] [--latency 1000]
 //       [--hangfire 5000] [--graphile 100000] [--pgboss 100000] [--wolverine 20000]
 //       [--schedules 50 [--schedule-seconds 60]] [--runs 3] [--steady 30] [--single 5] [--scheduled 300000] [--scale 100000]
-//       [--backlog 10000000 [--backlog-baseline 200000]] [--out file.json]
+//       [--backlog 10000000 [--backlog-baseline 200000]] [--pg name=value ...] [--out file.json]
 //       (0 skips a peer)
 //   --smoke: tiny sizes (a few seconds in all), run by the test suite so the benchmark never rots; no thresholds.
 // Without --connection it starts a throwaway local PostgreSQL server with default (durable) settings.
@@ -37,7 +37,10 @@ if (args is [ScalingBench.ProducerFlag, var producerQueue, var seconds, var mode
 var arguments = BenchArguments.Parse(args);
 // pg_stat_statements: the backlog rows read the claim statement's server time from it.
 await using var server = arguments.Connection is null
-    ? await LocalPostgresServer.StartAsync(new LocalPostgresServerOptions { Settings = new Dictionary<string, string> { ["shared_preload_libraries"] = "pg_stat_statements" } })
+    ? await LocalPostgresServer.StartAsync(new LocalPostgresServerOptions
+    {
+        Settings = new Dictionary<string, string>(arguments.ServerSettings) { ["shared_preload_libraries"] = "pg_stat_statements" },
+    })
     : null;
 var admin = arguments.Connection ?? server!.GetConnectionString();
 var runs = new List<BenchReport>();
