@@ -11,7 +11,7 @@ internal sealed record BenchArguments(string? Connection, int Tasks, int Latency
         int Number(string name, int full, int smoke) => Value(name) is { } v ? int.Parse(v, System.Globalization.CultureInfo.InvariantCulture)
             : args.Contains("--smoke") ? smoke : full;
         // --smoke: every workload at a tiny size (seconds, not minutes) so CI keeps the benchmark running; no thresholds.
-        return new BenchArguments(Value("--connection") ?? Environment.GetEnvironmentVariable("TASKIQPG_BENCH_CONNECTION"), Number("--tasks", 200_000, 2_000), Number("--latency", 1_000, 20), Value("--out"),
+        return new BenchArguments(Value("--connection") ?? Environment.GetEnvironmentVariable(BenchProcess.ConnectionVariable), Number("--tasks", 200_000, 2_000), Number("--latency", 1_000, 20), Value("--out"),
             Number("--hangfire", 5_000, 100), Number("--graphile", 100_000, 0), Number("--runs", 1, 1),
             Number("--steady", 30, 2), Number("--single", 5, 1), Number("--scheduled", 300_000, 2_000), Number("--scale", 100_000, 1_000),
             Number("--backlog", 0, 3_000), Number("--backlog-baseline", BacklogBench.Baseline, 1_000),
@@ -102,6 +102,16 @@ internal static class BenchDatabase
 /// <summary>The child processes of the benchmark: this executable again in a role, the peers' programs, builds.</summary>
 internal static class BenchProcess
 {
+    /// <summary>
+    /// The connection string a child role (drain worker, producer, scheduler node) gets, and the benchmark's own
+    /// <c>--connection</c> default: by environment, never on a command line where <c>ps</c> would show the password.
+    /// </summary>
+    public const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
+
+    /// <summary>The connection string of a child role, from <see cref="ConnectionVariable"/>.</summary>
+    public static string ChildConnectionString()
+        => Environment.GetEnvironmentVariable(ConnectionVariable) ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
+
     /// <summary>This executable again (through <c>dotnet</c> when it runs as a dll) with <paramref name="args"/>.</summary>
     public static (string File, string[] Args) Self(params string[] args)
         => Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet"

@@ -12,7 +12,6 @@ namespace TaskiqPg.Bench;
 internal static class DrainWorker
 {
     public const string Flag = "--drain-worker";
-    private const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
     private const string RetentionVariable = "TASKIQPG_BENCH_COMPLETED_RETENTION_SECONDS";
 
     /// <summary>The argument after the queue that makes a worker one of several on the queue (see <see cref="MainAsync"/>).</summary>
@@ -25,8 +24,7 @@ internal static class DrainWorker
     /// </summary>
     public static async Task<int> MainAsync(string queue, TimeSpan? runFor = null, bool shared = false)
     {
-        var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable)
-                               ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
+        var connectionString = BenchProcess.ChildConnectionString();
         await using var dataSource = NpgsqlDataSource.Create(connectionString);
         var retention = Environment.GetEnvironmentVariable(RetentionVariable) is { } seconds
             ? TimeSpan.FromSeconds(double.Parse(seconds, System.Globalization.CultureInfo.InvariantCulture))
@@ -105,7 +103,7 @@ internal static class DrainWorker
             args.Add(Shared);
         }
 
-        var environment = new Dictionary<string, string> { [ConnectionVariable] = connectionString };
+        var environment = new Dictionary<string, string> { [BenchProcess.ConnectionVariable] = connectionString };
         if (completedRetention is { } retention)
         {
             environment[RetentionVariable] = retention.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);

@@ -16,7 +16,6 @@ namespace TaskiqPg.Bench;
 internal static class ScalingBench
 {
     public const string ProducerFlag = "--kick-producer";
-    private const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
 
     public static async Task RunAsync(string connectionString, int tasks, int producerSeconds, BenchReport report)
     {
@@ -85,8 +84,7 @@ internal static class ScalingBench
     /// <summary>A producer process: kicks one task at a time (or inserts one raw row) for <paramref name="seconds"/>, then prints its count and CPU time.</summary>
     public static async Task<int> ProducerMainAsync(string queue, int seconds, string mode)
     {
-        var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable)
-                               ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
+        var connectionString = BenchProcess.ChildConnectionString();
         await using var dataSource = NpgsqlDataSource.Create(connectionString);
         await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue });
         await broker.StartAsync();
@@ -118,7 +116,7 @@ internal static class ScalingBench
     private static async Task<(long Count, double CpuSeconds)> RunProducerAsync(string connectionString, string queue, int seconds, string mode)
     {
         var (file, args) = BenchProcess.Self(ProducerFlag, queue, seconds.ToString(CultureInfo.InvariantCulture), mode);
-        var (exitCode, output, error) = (await BenchProcess.RunAsync(file, args, new Dictionary<string, string> { [ConnectionVariable] = connectionString }))!.Value;
+        var (exitCode, output, error) = (await BenchProcess.RunAsync(file, args, new Dictionary<string, string> { [BenchProcess.ConnectionVariable] = connectionString }))!.Value;
         if (exitCode != 0)
         {
             throw new InvalidOperationException($"The producer failed: {error}");

@@ -15,7 +15,6 @@ namespace TaskiqPg.Bench;
 internal static class SchedulerBench
 {
     public const string NodeFlag = "--scheduler-node";
-    private const string ConnectionVariable = "TASKIQPG_BENCH_CONNECTION";
 
     public static async Task RunAsync(string adminConnectionString, int schedules, int seconds, BenchReport report)
     {
@@ -37,7 +36,7 @@ internal static class SchedulerBench
                 await broker.MigrateAsync();
             }
 
-            var window = await RunNodesAsync(dataSource, seconds, _ => BenchProcess.Self(NodeFlag), new Dictionary<string, string> { [ConnectionVariable] = ours });
+            var window = await RunNodesAsync(dataSource, seconds, _ => BenchProcess.Self(NodeFlag), new Dictionary<string, string> { [BenchProcess.ConnectionVariable] = ours });
             await ReportAsync(dataSource, "TaskiqPg scheduler", schedules, window,
                 """
                 SELECT labels->>'schedule_id', (labels->>'schedule_fire_at')::timestamptz, created_at
@@ -73,8 +72,7 @@ internal static class SchedulerBench
     /// <summary>A TaskiqPg scheduler node: default options on queue <c>ticks</c>; "ready" once started; stops at the end of standard input.</summary>
     public static async Task<int> NodeMainAsync()
     {
-        var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable)
-                               ?? throw new InvalidOperationException($"{ConnectionVariable} is not set.");
+        var connectionString = BenchProcess.ChildConnectionString();
         await using var dataSource = NpgsqlDataSource.Create(connectionString);
         await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "ticks" });
         await using var source = new PostgresScheduleSource(dataSource);
