@@ -20,11 +20,10 @@ public sealed class AppHostTests(AppHostFixture fixture) : IClassFixture<AppHost
     [Fact]
     public async Task Both_worker_replicas_execute_tasks_from_one_burst()
     {
-        var ids = new List<string>();
-        for (var i = 0; i < 40; i++)
-        {
-            ids.Add(await fixture.KickAsync("sleep", [300]));
-        }
+        // One replica holds at most 20 tasks (10 running + 10 prefetched), so with 40 kicked at once and each holding
+        // its slot for 3 s, at least 20 wait in the queue for the other replica for that long: a replica that claims
+        // nothing fails this test, however the claim races between the two fall.
+        var ids = await Task.WhenAll(Enumerable.Range(0, 40).Select(_ => fixture.KickAsync("sleep", [3000])));
 
         var workers = new HashSet<string>();
         foreach (var id in ids)
