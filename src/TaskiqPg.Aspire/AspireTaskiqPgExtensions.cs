@@ -167,7 +167,11 @@ public static class AspireTaskiqPgExtensions
 
         void Configure(Aspire.Npgsql.NpgsqlSettings npgsql)
         {
-            npgsql.ConnectionString = settings.ConnectionString;
+            // Behind a transaction-mode pooler a reused connection must not be reset: the DISCARD ALL Npgsql sends ahead of
+            // its next command can reach another server connection than that command (PostgresBrokerOptions.PrepareStatements).
+            npgsql.ConnectionString = settings.DisablePreparedStatements
+                ? new NpgsqlConnectionStringBuilder(settings.ConnectionString) { NoResetOnClose = true }.ConnectionString
+                : settings.ConnectionString;
             // The user's Aspire:Npgsql settings stand; ours can only turn more off.
             npgsql.DisableHealthChecks |= settings.DisableHealthChecks;
             npgsql.DisableTracing |= settings.DisableTracing;

@@ -101,7 +101,9 @@ public sealed class TaskiqPgSettings
 
     /// <summary>
     /// Do not prepare statements (<see cref="TaskiqPg.PostgresBrokerOptions.PrepareStatements"/> off): set it when the
-    /// connection string goes through PgBouncer in transaction mode before 1.21. Default false.
+    /// connection string goes through PgBouncer in transaction mode before 1.21. The data source this integration
+    /// registers then also gets <c>No Reset On Close=true</c> (a data source the app registered itself must have it:
+    /// the broker refuses one without). Default false.
     /// </summary>
     public bool DisablePreparedStatements { get; set; }
 

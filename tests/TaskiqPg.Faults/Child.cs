@@ -64,6 +64,9 @@ internal sealed partial class Child : IDisposable
                 }
             }
         };
+        // TASKIQPG_FAULTS_LOG_DIR: every stderr line of every child also goes to <dir>/<name>.log (to follow one run).
+        var logFile = Environment.GetEnvironmentVariable("TASKIQPG_FAULTS_LOG_DIR") is { Length: > 0 } logDirectory
+            ? Path.Combine(Directory.CreateDirectory(logDirectory).FullName, name + ".log") : null;
         process.ErrorDataReceived += (_, e) =>
         {
             if (e.Data is { } line)
@@ -71,6 +74,10 @@ internal sealed partial class Child : IDisposable
                 lock (child._errors)
                 {
                     child._errors.Add(line);
+                    if (logFile is not null)
+                    {
+                        File.AppendAllText(logFile, line + "\n");
+                    }
                 }
             }
         };

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using Npgsql;
 
 namespace TaskiqPg.Faults;
@@ -12,7 +13,9 @@ public sealed class PgBouncer : IAsyncDisposable
 {
     private readonly ProcessStartInfo _start;
     private readonly string _folder;
+    private readonly CancellationTokenSource _sampling = new();
     private Process _process;
+    private Task _sampler = Task.CompletedTask;
 
     private PgBouncer(ProcessStartInfo start, string folder, string connectionString)
     {
@@ -22,7 +25,7 @@ public sealed class PgBouncer : IAsyncDisposable
         ConnectionString = connectionString;
     }
 
-    /// <summary>A connection string to the database through the pooler.</summary>
+    /// <summary>A connection string to the database through the pooler (pooled, with <c>No Reset On Close=true</c>).</summary>
     public string ConnectionString { get; }
 
     public static async Task<PgBouncer> StartAsync(string databaseConnectionString, int serverConnections)
@@ -61,11 +64,18 @@ public sealed class PgBouncer : IAsyncDisposable
         }
 
         info.ArgumentList.Add(config);
-        var through = new NpgsqlConnectionStringBuilder(databaseConnectionString) { Host = "127.0.0.1", Port = port, Pooling = true }.ConnectionString;
+        // No Reset On Close: what a transaction-mode pooler needs (PostgresBrokerOptions.PrepareStatements explains why).
+        var through = new NpgsqlConnectionStringBuilder(databaseConnectionString) { Host = "127.0.0.1", Port = port, Pooling = true, NoResetOnClose = true }
+            .ConnectionString;
         var bouncer = new PgBouncer(info, folder, through);
         try
         {
             await bouncer.WaitUntilAcceptingAsync();
+            if (LogDirectory is not null)
+            {
+                bouncer._sampler = bouncer.SamplePoolsAsync(port);
+            }
+
             return bouncer;
         }
         catch
@@ -112,6 +122,37 @@ public sealed class PgBouncer : IAsyncDisposable
         }
     }
 
+    /// <summary><c>TASKIQPG_FAULTS_LOG_DIR</c>: where the pooler's log and its sampled pools go (to follow one run).</summary>
+    private static string? LogDirectory => Environment.GetEnvironmentVariable("TASKIQPG_FAULTS_LOG_DIR") is { Length: > 0 } d ? d : null;
+
+    /// <summary>Every second, the admin console's pools, clients and servers (psql: the console speaks only the simple protocol).</summary>
+    private async Task SamplePoolsAsync(int port)
+    {
+        var psql = Path.Combine(TaskiqPg.LocalServer.PostgresBinaries.Find().BinDirectory, "psql");
+        var output = Path.Combine(Directory.CreateDirectory(LogDirectory!).FullName, "pgbouncer-pools.log");
+        while (!_sampling.IsCancellationRequested)
+        {
+            var info = new ProcessStartInfo(psql) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var arg in new[] { "-h", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-U", "postgres", "-d", "pgbouncer", "-X",
+                         "-c", "SHOW POOLS", "-c", "SHOW CLIENTS", "-c", "SHOW SERVERS" })
+            {
+                info.ArgumentList.Add(arg);
+            }
+
+            using var process = Process.Start(info)!;
+            var text = await process.StandardOutput.ReadToEndAsync() + await process.StandardError.ReadToEndAsync();
+            await process.WaitForExitAsync();
+            await File.AppendAllTextAsync(output, $"--- {DateTime.UtcNow:HH:mm:ss.fff}\n{text}");
+            try
+            {
+                await Task.Delay(1000, _sampling.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+    }
+
     private async Task StopProcessAsync()
     {
         if (!_process.HasExited)
@@ -127,7 +168,14 @@ public sealed class PgBouncer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         NpgsqlConnection.ClearAllPools();
+        await _sampling.CancelAsync();
+        await _sampler;
         await StopProcessAsync();
+        if (LogDirectory is not null && File.Exists(Path.Combine(_folder, "pgbouncer.log")))
+        {
+            File.Copy(Path.Combine(_folder, "pgbouncer.log"), Path.Combine(LogDirectory, "pgbouncer.log"), overwrite: true);
+        }
+
         try
         {
             Directory.Delete(_folder, recursive: true);

@@ -368,11 +368,16 @@ internal sealed class StderrLoggerFactory : Microsoft.Extensions.Logging.ILogger
     {
     }
 
+    /// <summary>Warning unless <c>TASKIQPG_FAULTS_LOG_LEVEL</c> names another level (e.g. Information, to follow one scenario).</summary>
+    private static readonly Microsoft.Extensions.Logging.LogLevel Minimum =
+        Enum.TryParse<Microsoft.Extensions.Logging.LogLevel>(Environment.GetEnvironmentVariable("TASKIQPG_FAULTS_LOG_LEVEL"), out var level)
+            ? level : Microsoft.Extensions.Logging.LogLevel.Warning;
+
     private sealed class Logger(string category) : Microsoft.Extensions.Logging.ILogger
     {
         public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
 
-        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => logLevel >= Microsoft.Extensions.Logging.LogLevel.Warning;
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => logLevel >= Minimum;
 
         public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception,
             Func<TState, Exception?, string> formatter)

@@ -176,9 +176,13 @@ internal sealed class Scenarios(Rig rig, bool smoke) : IDisposable
         var sameAttempt = await SameAttemptRunsAsync(queue);
         var bound = 15.0;
         var resumed = resumes.Count > 0 && resumes.All(s => s < bound);
-        return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed,
+        // A protocol violation (08P01, e.g. "invalid frontend message type") means a client's messages reached two server
+        // connections: the other one then waits for the rest of a message, held from the pool until its client gives up.
+        var violations = workers.SelectMany(w => w.ErrorLinesContaining("08P01").Select(l => $"{w.Name}: {l}")).ToArray();
+        return r.Result(queue, r.Lost == 0 && sameAttempt == 0 && resumed && violations.Length == 0,
             $"{resumes.Count} pgbouncer restarts; first execution after each: " +
             string.Join(", ", resumes.Select(s => s.ToString("0.0", CultureInfo.InvariantCulture) + " s")) + $" (bound {bound} s); " +
+            $"{violations.Length} protocol violations (08P01){(violations.Length > 0 ? ", first: " + violations[0] : "")}; " +
             $"{sameAttempt} ran twice in one attempt" +
             (sameAttempt > 0 ? $"; runs of duplicated tasks (worker:attempt@time): {await DuplicateRunsAsync(queue)}; workers' lines about them: " +
                                string.Join(" / ", (await DuplicateTaskIdsAsync(queue)).Take(3).SelectMany(id => workers.SelectMany(w => w.ErrorLinesContaining(id).Take(2).Select(l => $"{w.Name}: {l}")))) : ""));

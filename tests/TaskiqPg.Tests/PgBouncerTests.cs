@@ -14,6 +14,23 @@ namespace TaskiqPg.Tests;
 public sealed class PgBouncerTests(DatabaseFixture db) : IClassFixture<DatabaseFixture>
 {
     [Fact]
+    public async Task Unprepared_statements_on_a_pool_that_resets_connections_on_close_are_refused_with_the_setting_to_add()
+    {
+        // Npgsql's default (reset on close) sends DISCARD ALL ahead of a reused connection's next command, which a
+        // transaction-mode pooler can route apart from it: the fault scenario "pgbouncer" saw 08P01 and stuck server connections.
+        await using var resetting = NpgsqlDataSource.Create(db.ConnectionString);
+        var refused = Assert.Throws<ArgumentException>(() => new PostgresBroker(resetting, new PostgresBrokerOptions { PrepareStatements = false }));
+        Assert.Contains("No Reset On Close=true", refused.Message);
+        Assert.Throws<ArgumentException>(() => new PostgresBroker(db.ConnectionString, new PostgresBrokerOptions { PrepareStatements = false }));
+
+        await using var notResetting = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString) { NoResetOnClose = true }.ConnectionString);
+        await using var accepted = new PostgresBroker(notResetting, new PostgresBrokerOptions { PrepareStatements = false });
+        await using var prepared = new PostgresBroker(resetting); // prepared statements: a direct connection, nothing to check
+        await using var unpooled = new PostgresBroker(new NpgsqlConnectionStringBuilder(db.ConnectionString) { Pooling = false }.ConnectionString,
+            new PostgresBrokerOptions { PrepareStatements = false });
+    }
+
+    [Fact]
     public async Task Fifty_concurrent_kicks_and_handlers_run_through_a_transaction_pooler_without_prepared_statements()
     {
         await using var bouncer = await PgBouncer.StartAsync(db.ConnectionString, serverConnections: 5);

@@ -175,6 +175,8 @@ public sealed class ServiceSideTests(DatabaseFixture db) : IClassFixture<Databas
         Assert.Equal(Timeout.InfiniteTimeSpan, o.Broker.DiscardedRetention);
         Assert.Equal(4096, o.Broker.MaxMessageBytes);
         Assert.False(o.Broker.PrepareStatements);
+        // ... and the data source it registers does not reset reused connections (a transaction pooler would split the reset).
+        Assert.True(new NpgsqlConnectionStringBuilder(host.Services.GetRequiredService<NpgsqlDataSource>().ConnectionString).NoResetOnClose);
         Assert.False(o.Results.KeepResults);
         Assert.Null(o.Results.ResultTtl);
         Assert.False(o.Results.StoreStackTraces);

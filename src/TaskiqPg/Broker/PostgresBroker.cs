@@ -29,7 +29,8 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// <param name="connectionString">An Npgsql connection string.</param>
     /// <param name="options">The broker's options; default: <see cref="PostgresBrokerOptions"/> defaults.</param>
     /// <param name="loggerFactory">Where the broker logs; default: nowhere.</param>
-    /// <exception cref="ArgumentException">The connection string cannot be parsed, or an option is invalid (table, channel or queue name).</exception>
+    /// <exception cref="ArgumentException">The connection string cannot be parsed, an option is invalid (table, channel or
+    /// queue name), or statements are unprepared without <c>No Reset On Close=true</c> in the connection string.</exception>
     public PostgresBroker(string connectionString, PostgresBrokerOptions? options = null, ILoggerFactory? loggerFactory = null)
         : this(NpgsqlDataSource.Create(connectionString), ownsDataSource: true, options, listenConnection: null, loggerFactory)
     {
@@ -43,7 +44,9 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     /// <param name="options">The broker's options; default: <see cref="PostgresBrokerOptions"/> defaults.</param>
     /// <param name="listenConnection">An open connection to use for LISTEN, or null to open a dedicated one.</param>
     /// <param name="loggerFactory">Where the broker logs; default: nowhere.</param>
-    /// <exception cref="ArgumentException">An option is invalid (table, channel or queue name).</exception>
+    /// <exception cref="ArgumentException">An option is invalid (table, channel or queue name), or statements are unprepared
+    /// (<see cref="PostgresBrokerOptions.PrepareStatements"/> false: behind a transaction-mode pooler) on a pooled data source
+    /// without <c>No Reset On Close=true</c>.</exception>
     public PostgresBroker(NpgsqlDataSource dataSource, PostgresBrokerOptions? options = null,
         NpgsqlConnection? listenConnection = null, ILoggerFactory? loggerFactory = null)
         : this(dataSource, ownsDataSource: false, options, listenConnection, loggerFactory)
@@ -54,7 +57,11 @@ public sealed partial class PostgresBroker : IAsyncDisposable
         NpgsqlConnection? listenConnection, ILoggerFactory? loggerFactory)
     {
         Options = (options ?? new PostgresBrokerOptions()) with { }; // a copy: later edits to the caller's object change nothing
-        ComponentResources.ValidateOrDispose(dataSource, ownsDataSource, Options.Validate);
+        ComponentResources.ValidateOrDispose(dataSource, ownsDataSource, () =>
+        {
+            Options.Validate();
+            PreparedStatements.RequireNoResetWhenUnprepared(dataSource, Options.PrepareStatements);
+        });
         DataSource = dataSource;
         _sql = new BrokerSql(Options);
         _list = new ListSql(PgIdentifier.QualifiedName(Options.Schema, nameof(Options.Schema), Options.MessagesTable, nameof(Options.MessagesTable)));

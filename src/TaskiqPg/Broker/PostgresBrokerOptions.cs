@@ -59,7 +59,9 @@ public sealed record PostgresBrokerOptions
     /// physical connection. Turn off behind a pooler that does not keep protocol-level prepared statements across
     /// transactions — PgBouncer in transaction mode before 1.21 (Debian 12 ships 1.18): there a prepared statement
     /// lands on one server connection and its next use on another (<c>26000: prepared statement "_p1" does not
-    /// exist</c>). Default true. A multiplexing data source never prepares.
+    /// exist</c>). Default true. A multiplexing data source never prepares. When false, a pooled data source must have
+    /// <c>No Reset On Close=true</c> (the broker refuses it otherwise): a transaction-mode pooler can split the
+    /// <c>DISCARD ALL</c> Npgsql sends ahead of a reused connection's next command from that command.
     /// </summary>
     public bool PrepareStatements { get; set; } = true;
 
