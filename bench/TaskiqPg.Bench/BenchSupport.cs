@@ -3,7 +3,7 @@ namespace TaskiqPg.Bench;
 /// <summary>Command line of the benchmark.</summary>
 internal sealed record BenchArguments(string? Connection, int Tasks, int Latency, string? Output, int HangfireJobs, int GraphileJobs, int Runs,
     int SteadySeconds, int SingleKickSeconds, int Scheduled, int ScaleTasks, int Backlog, int BacklogBaseline, int PgBossJobs, int WolverineMessages, int Schedules, int ScheduleSeconds,
-    IReadOnlyDictionary<string, string> ServerSettings)
+    IReadOnlyDictionary<string, string> ServerSettings, IReadOnlyDictionary<string, string> ClientSettings)
 {
     public static BenchArguments Parse(string[] args)
     {
@@ -18,8 +18,13 @@ internal sealed record BenchArguments(string? Connection, int Tasks, int Latency
             Number("--pgboss", 100_000, 0), Number("--wolverine", 20_000, 0),
             Number("--schedules", 50, 0), Number("--schedule-seconds", 60, 10),
             // --pg name=value (repeatable): a setting of the benchmark's own server, e.g. shared_buffers=6GB.
-            args.Select((a, i) => (a, i)).Where(p => p.a == "--pg" && p.i + 1 < args.Length).Select(p => args[p.i + 1].Split('=', 2))
-                .ToDictionary(kv => kv[0], kv => kv.Length > 1 ? kv[1] : throw new ArgumentException($"--pg {kv[0]}: expected name=value")));
+            Pairs("--pg"),
+            // --npgsql name=value (repeatable): a connection-string setting of every TaskiqPg process, e.g. "No Reset On Close=true".
+            Pairs("--npgsql"));
+
+        Dictionary<string, string> Pairs(string flag) => args.Select((a, i) => (a, i)).Where(p => p.a == flag && p.i + 1 < args.Length)
+            .Select(p => args[p.i + 1].Split('=', 2))
+            .ToDictionary(kv => kv[0], kv => kv.Length > 1 ? kv[1] : throw new ArgumentException($"{flag} {kv[0]}: expected name=value"));
     }
 }
 

@@ -78,7 +78,13 @@ async Task<BenchReport> MeasureAsync()
         await new NpgsqlCommand($"CREATE DATABASE \"{database}\"", create).ExecuteNonQueryAsync();
     }
 
-    var connectionString = new NpgsqlConnectionStringBuilder(admin) { Database = database, MaxPoolSize = 50 }.ConnectionString;
+    var settings = new NpgsqlConnectionStringBuilder(admin) { Database = database, MaxPoolSize = 50 };
+    foreach (var (name, value) in arguments.ClientSettings)
+    {
+        settings[name] = value;
+    }
+
+    var connectionString = settings.ConnectionString;
     await using var dataSource = NpgsqlDataSource.Create(connectionString);
     Console.WriteLine($"TaskiqPg benchmark: {arguments.Tasks:N0} tasks, {Environment.ProcessorCount} cores, PostgreSQL {await Scalar<string>("SHOW server_version")}");
 
@@ -223,7 +229,12 @@ async Task<BenchReport> MeasureAsync()
 
     // 4. Latency at idle: kick → handler start, and kick → WaitForResultAsync returns.
     var started = new ConcurrentDictionary<string, long>();
-    var latencyRegistry = new TaskRegistry().Add("ping", (TaskContext ctx) => { started[ctx.TaskId] = Stopwatch.GetTimestamp(); });
+    var startedAt = new ConcurrentDictionary<string, DateTime>();
+    var latencyRegistry = new TaskRegistry().Add("ping", (TaskContext ctx) =>
+    {
+        started[ctx.TaskId] = Stopwatch.GetTimestamp();
+        startedAt[ctx.TaskId] = DateTime.UtcNow;
+    });
     var latencyBroker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = "latency" });
     var latencyWorker = new TaskiqWorker(latencyBroker, latencyRegistry, results, new TaskiqWorkerOptions { PollInterval = TimeSpan.FromSeconds(30) });
     await latencyWorker.StartAsync(CancellationToken.None);
@@ -239,6 +250,20 @@ async Task<BenchReport> MeasureAsync()
         var t1 = Stopwatch.GetTimestamp();
         toStart.Add(Stopwatch.GetElapsedTime(t0, started[handle.TaskId]).TotalMilliseconds);
         toResult.Add(Stopwatch.GetElapsedTime(t0, t1).TotalMilliseconds);
+    }
+
+    // Then, traced (outside the measured kicks: listening to Npgsql's activities costs a little), where the time goes.
+    using (var timeline = new IdleTimeline())
+    {
+        for (var i = 0; i < Math.Max(20, arguments.Latency / 5); i++)
+        {
+            var kickAt = DateTime.UtcNow;
+            var handle = await client.KickAsync("ping");
+            await handle.WaitForRawResultAsync(TimeSpan.FromSeconds(10));
+            timeline.Kick(kickAt, startedAt[handle.TaskId], DateTime.UtcNow);
+        }
+
+        timeline.Print();
     }
 
     await latencyWorker.StopAsync(CancellationToken.None);

@@ -37,6 +37,40 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
     }
 
     [Fact]
+    public async Task An_idle_worker_claims_once_per_task_kicked_and_not_again_when_the_task_ends()
+    {
+        // The worker's claims are counted on its data source; kicks come from another broker, so only NOTIFY wakes it.
+        using var claims = new CommandCounter(sql => sql.Contains("WITH next AS", StringComparison.Ordinal));
+        await using var dataSource = claims.CreateDataSource(db.ConnectionString);
+        var queue = "idle" + Guid.NewGuid().ToString("N")[..8];
+        await using var broker = new PostgresBroker(dataSource, new PostgresBrokerOptions { Queue = queue });
+        await using var results = new PostgresResultBackend(dataSource);
+        await broker.StartAsync();
+        await results.StartAsync();
+        using var worker = new TaskiqWorker(broker, new TaskRegistry().Add("ping", (int i) => i), results,
+            new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMinutes(10) });
+        await worker.StartAsync(CancellationToken.None);
+        await broker.ListenerConnected;
+        await Eventually.TrueAsync(() => Task.FromResult(claims.Count >= 1), Bound, "the worker's first claim at start");
+
+        await using var producerSource = db.CreateDataSource();
+        await using var producer = new PostgresBroker(producerSource, new PostgresBrokerOptions { Queue = queue });
+        var client = new TaskiqClient(producer, new PostgresResultBackend(producerSource));
+        var before = claims.Count;
+        const int kicks = 10;
+        for (var i = 0; i < kicks; i++)
+        {
+            var handle = await client.KickAsync<int>("ping", [i]);
+            Assert.Equal(i, await handle.WaitForResultAsync(Bound));
+        }
+
+        // One claim per NOTIFY finds the task; a finished task frees a slot, which must not send the idle worker to
+        // claim again (it used to: two or three claims per task, finding nothing, beside the task's own settle).
+        Assert.InRange(claims.Count - before, kicks, kicks + 1);
+        await worker.StopAsync(CancellationToken.None);
+    }
+
+    [Fact]
     public async Task Task_kicked_while_no_worker_listens_is_run_when_one_starts()
     {
         await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("echo", (string s) => s));

@@ -160,6 +160,60 @@ public sealed class SchedulerTests(DatabaseFixture db) : IClassFixture<DatabaseF
     }
 
     [Fact]
+    public async Task Schedules_due_at_one_instant_fire_together_once_across_three_schedulers()
+    {
+        // 20 every-second schedules, 3 schedulers on one counted data source: every (schedule, instant) kicked once, no
+        // instant skipped, and the fire rows written one statement per tick, not one per schedule (which fired the
+        // twentieth schedule of a second after the nineteen before it).
+        await using var rig = new Rig(db);
+        using var claims = new CommandCounter(sql => sql.Contains($"\"{rig.SourceOptions.FiresTable}\" (schedule_id, fire_at, task_id)", StringComparison.Ordinal));
+        await using var counted = claims.CreateDataSource(db.ConnectionString);
+        var ids = new List<Guid>();
+        for (var i = 0; i < 20; i++)
+        {
+            ids.Add(await rig.Source.AddScheduleAsync(new ScheduleDefinition { TaskName = "tick", Cron = "* * * * * *", Args = [i] }));
+        }
+
+        var sources = new List<PostgresScheduleSource>();
+        for (var i = 0; i < 3; i++)
+        {
+            sources.Add(new PostgresScheduleSource(counted, rig.SourceOptions));
+            await rig.StartSchedulerAsync(new TaskiqSchedulerOptions { RefreshInterval = TimeSpan.FromMilliseconds(300) }, sources[^1]);
+        }
+
+        var start = await rig.DbNowAsync();
+        await Eventually.TrueAsync(async () => await rig.DbNowAsync() > start.AddSeconds(6), TimeSpan.FromSeconds(30), "6 s pass");
+        foreach (var id in ids)
+        {
+            await rig.Source.PauseScheduleAsync(id);
+        }
+
+        await Task.Delay(1500); // let in-flight fires commit
+        var fires = 0;
+        foreach (var id in ids)
+        {
+            var ofSchedule = await rig.Source.GetFiresAsync(id);
+            Assert.True(ofSchedule.Count >= 4, $"schedule {id} fired {ofSchedule.Count} times in 6 s");
+            Assert.Equal(ofSchedule.Count, (int)(ofSchedule[^1].FireAt - ofSchedule[0].FireAt).TotalSeconds + 1); // none skipped
+            fires += ofSchedule.Count;
+        }
+
+        await using var count = rig.DataSource.CreateCommand(
+            "SELECT count(*), count(DISTINCT (labels->>'schedule_id', labels->>'schedule_fire_at')) FROM taskiq_messages WHERE queue = $1");
+        count.Parameters.Add(new NpgsqlParameter<string> { TypedValue = rig.Broker.Options.Queue });
+        await using var reader = await count.ExecuteReaderAsync();
+        await reader.ReadAsync();
+        Assert.Equal(fires, reader.GetInt64(0));  // one task per fire
+        Assert.Equal(fires, reader.GetInt64(1));  // and no (schedule, instant) twice
+        // About one statement per scheduler and tick (3 × ~8 here), against one per schedule and instant (≥ fires) before.
+        Assert.True(claims.Count * 3 < fires, $"{claims.Count} fire statements for {fires} fires");
+        foreach (var source in sources)
+        {
+            await source.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task Runtime_schedules_survive_a_restart_and_static_ones_keep_stable_ids()
     {
         await using var rig = new Rig(db);

@@ -242,15 +242,7 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
         fireAt = fireAt.ToUniversalTime(); // Npgsql writes timestamptz only from UTC values
         await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
         await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
-        var message = TaskMessage.Create(definition.TaskName, definition.Args, definition.Kwargs, SerializerOptions);
-        foreach (var (key, value) in definition.Labels ?? new Dictionary<string, string>())
-        {
-            message.Labels[key] = value;
-        }
-
-        message.Labels[ScheduleLabels.ScheduleId] = schedule.Id.ToString();
-        message.Labels[ScheduleLabels.FireAt] = fireAt.UtcDateTime.ToString("O");
-
+        var message = FireMessage(schedule.Id, definition, fireAt);
         bool claimed;
         await using (var claim = new NpgsqlCommand(_sql.ClaimFire, connection, transaction))
         {
@@ -275,6 +267,64 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
 
         await transaction.CommitAsync(cancellationToken);
         return claimed;
+    }
+
+    /// <summary>
+    /// Fires many instants (of any schedules) in one transaction, each exactly once across all schedulers: the fire rows
+    /// in one statement (sorted by schedule and instant, so schedulers firing the same set wait on each other in one
+    /// order and never deadlock), the tasks of the rows this call inserted in one kick, the schedules' last fire in one
+    /// update. All or nothing: a message the broker refuses fails the whole call (the caller then fires one by one).
+    /// </summary>
+    /// <returns>The fires this call kicked (those another scheduler had not fired first).</returns>
+    internal async Task<IReadOnlyList<ScheduledFire>> FireManyAsync(IReadOnlyList<ScheduledFire> fires, PostgresBroker broker,
+        CancellationToken cancellationToken)
+    {
+        var ordered = fires.OrderBy(f => f.Schedule.Id).ThenBy(f => f.FireAt).ToArray();
+        await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+        var inserted = new HashSet<string>(StringComparer.Ordinal);
+        await using (var claim = new NpgsqlCommand(_sql.ClaimFires, connection, transaction))
+        {
+            claim.Parameters.Add(new NpgsqlParameter<Guid[]> { TypedValue = ordered.Select(f => f.Schedule.Id).ToArray() });
+            claim.Parameters.Add(new NpgsqlParameter<DateTimeOffset[]> { TypedValue = ordered.Select(f => f.FireAt).ToArray() });
+            claim.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = ordered.Select(f => f.Message.TaskId).ToArray() });
+            await using var reader = await claim.ExecuteReaderAsync(cancellationToken);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                inserted.Add(reader.GetString(0));
+            }
+        }
+
+        var claimed = ordered.Where(f => inserted.Contains(f.Message.TaskId)).ToArray();
+        if (claimed.Length > 0)
+        {
+            await broker.KickManyAsync(claimed.Select(f => f.Message).ToArray(), connection, transaction, cancellationToken: cancellationToken);
+        }
+
+        await using (var record = new NpgsqlCommand(_sql.RecordFires, connection, transaction))
+        {
+            record.Parameters.Add(new NpgsqlParameter<Guid[]> { TypedValue = ordered.Select(f => f.Schedule.Id).ToArray() });
+            record.Parameters.Add(new NpgsqlParameter<DateTimeOffset[]> { TypedValue = ordered.Select(f => f.FireAt).ToArray() });
+            record.Parameters.Add(new NpgsqlParameter<bool[]> { TypedValue = ordered.Select(f => f.Definition.RunAt is not null).ToArray() });
+            await record.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        return claimed;
+    }
+
+    /// <summary>The task one instant of a schedule kicks: its definition's call and labels, and which schedule and instant.</summary>
+    internal TaskMessage FireMessage(Guid scheduleId, ScheduleDefinition definition, DateTimeOffset fireAt)
+    {
+        var message = TaskMessage.Create(definition.TaskName, definition.Args, definition.Kwargs, SerializerOptions);
+        foreach (var (key, value) in definition.Labels ?? new Dictionary<string, string>())
+        {
+            message.Labels[key] = value;
+        }
+
+        message.Labels[ScheduleLabels.ScheduleId] = scheduleId.ToString();
+        message.Labels[ScheduleLabels.FireAt] = fireAt.ToUniversalTime().UtcDateTime.ToString("O");
+        return message;
     }
 
     internal async Task DisableAsync(Guid id, string reason, CancellationToken cancellationToken)
@@ -325,3 +375,6 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
 
 /// <summary>A schedule row loaded for firing.</summary>
 internal sealed record ActiveSchedule(Guid Id, string TaskName, string Json, DateTimeOffset? LastFireAt, DateTimeOffset CreatedAt);
+
+/// <summary>One due instant of a schedule, with the task it kicks (<see cref="FireAt"/> in UTC).</summary>
+internal sealed record ScheduledFire(ActiveSchedule Schedule, ScheduleDefinition Definition, DateTimeOffset FireAt, TaskMessage Message);

@@ -86,6 +86,24 @@ internal sealed class ScheduleSql
         // $1 schedule id, $2 fire instant, $3 task id
         ClaimFire = $"INSERT INTO {f} (schedule_id, fire_at, task_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
+        // $1 schedule ids, $2 fire instants, $3 task ids (in schedule, instant order): the task ids of the rows inserted
+        ClaimFires =
+            $"""
+             INSERT INTO {f} (schedule_id, fire_at, task_id)
+             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[])
+             ON CONFLICT DO NOTHING
+             RETURNING task_id
+             """;
+
+        // $1 schedule ids, $2 fire instants, $3 one-shot flags: each schedule's latest instant recorded once
+        RecordFires =
+            $"""
+             UPDATE {s} AS s SET last_fire_at = greatest(s.last_fire_at, r.fire_at), done = s.done OR r.one_shot, updated_at = now()
+             FROM (SELECT id, max(fire_at) AS fire_at, bool_or(one_shot) AS one_shot
+                   FROM unnest($1::uuid[], $2::timestamptz[], $3::boolean[]) AS r(id, fire_at, one_shot) GROUP BY id) AS r
+             WHERE s.id = r.id
+             """;
+
         // $1 schedule id, $2 fire instant, $3 one-shot
         RecordFire =
             $"""
@@ -123,6 +141,10 @@ internal sealed class ScheduleSql
     public string ClaimFire { get; }
 
     public string RecordFire { get; }
+
+    public string ClaimFires { get; }
+
+    public string RecordFires { get; }
 
     public string PruneFires { get; }
 

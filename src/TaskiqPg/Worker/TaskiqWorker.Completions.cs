@@ -26,7 +26,7 @@ public sealed partial class TaskiqWorker
             }
 
             Interlocked.Add(ref _unreported, -batch.Count);
-            _wake.Set(); // the claim loop may be holding back for unreported outcomes
+            SlotFreed(); // the claim loop may be holding back for unreported outcomes
             batch.Clear();
         }
     }

@@ -46,7 +46,7 @@ public sealed partial class TaskiqWorker
             }
 
             Interlocked.Decrement(ref _active);
-            _wake.Set(); // a slot is free
+            SlotFreed();
             if (completion is null)
             {
                 _held.Remove(task.Lease); // never started: its lease is another worker's

@@ -44,6 +44,7 @@ public sealed partial class TaskiqWorker : BackgroundService
     private readonly int[] _dealt; // QueueOrder.Weighted: smooth weighted round-robin state (claim loop only)
     private readonly Dictionary<string, KeyValuePair<string, object?>> _queueTags;
     private int _active;
+    private int _waitingForSlots; // 1 while the claim loop holds back for a free slot or unreported outcomes (see SlotFreed)
     private volatile bool _stopping;
     private long _lastLoopTicks;
     private long _claimsFailingSinceTicks; // 0 while claims succeed

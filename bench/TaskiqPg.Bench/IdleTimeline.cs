@@ -1,0 +1,89 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+
+namespace TaskiqPg.Bench;
+
+/// <summary>
+/// Where an idle kick's milliseconds go: every database command of the process (Npgsql's own activities: start and end),
+/// the handler's start and the moment <c>WaitForRawResultAsync</c> returns, per kick relative to the kick's start; printed
+/// as the median of each step over all kicks (steps in the order they happen, named by their SQL).
+/// </summary>
+internal sealed class IdleTimeline : IDisposable
+{
+    private readonly ActivityListener _listener;
+    private readonly ConcurrentQueue<(DateTime Start, DateTime End, string What)> _commands = new();
+    private readonly List<List<(string What, double StartMs, double EndMs)>> _kicks = [];
+
+    public IdleTimeline()
+    {
+        _listener = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name == "Npgsql",
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a => _commands.Enqueue((a.StartTimeUtc, a.StartTimeUtc + a.Duration, Name(a))),
+        };
+        ActivitySource.AddActivityListener(_listener);
+    }
+
+    /// <summary>Files the commands that started between <paramref name="kickAt"/> and <paramref name="resultAt"/> under one kick.</summary>
+    public void Kick(DateTime kickAt, DateTime startedAt, DateTime resultAt)
+    {
+        var steps = new List<(string, double, double)>();
+        while (_commands.TryPeek(out var c) && c.Start <= resultAt)
+        {
+            _commands.TryDequeue(out c);
+            if (c.Start >= kickAt)
+            {
+                steps.Add((c.What, (c.Start - kickAt).TotalMilliseconds, (c.End - kickAt).TotalMilliseconds));
+            }
+        }
+
+        steps.Add(("handler starts", (startedAt - kickAt).TotalMilliseconds, (startedAt - kickAt).TotalMilliseconds));
+        steps.Add(("WaitForRawResultAsync returns", (resultAt - kickAt).TotalMilliseconds, (resultAt - kickAt).TotalMilliseconds));
+        // The n-th run of one statement within a kick is a step of its own ("… #2": e.g. the claim that comes back empty).
+        _kicks.Add(steps.OrderBy(s => s.Item2).GroupBy(s => s.Item1)
+            .SelectMany(g => g.Select((s, n) => (n == 0 ? s.Item1 : $"{s.Item1} #{n + 1}", s.Item2, s.Item3))).ToList());
+    }
+
+    /// <summary>The steps seen in most kicks, each with its median start and end (ms after the kick started).</summary>
+    public void Print()
+    {
+        var steps = _kicks.SelectMany(k => k.Select((s, i) => (s.What, Position: i, s.StartMs, s.EndMs)))
+            .GroupBy(s => s.What)
+            .Where(g => g.Count() >= _kicks.Count / 2)
+            .Select(g => (What: g.Key, Count: g.Count(), Start: Median(g.Select(s => s.StartMs)), End: Median(g.Select(s => s.EndMs))))
+            .OrderBy(s => s.Start);
+        if (Environment.GetEnvironmentVariable("TASKIQPG_BENCH_TIMELINE_SAMPLES") is not null)
+        {
+            foreach (var kick in _kicks.Skip(_kicks.Count / 2).Take(3))
+            {
+                Console.WriteLine("one kick:");
+                foreach (var s in kick)
+                {
+                    Console.WriteLine($"  {s.StartMs,7:0.000} → {s.EndMs,7:0.000}  {s.What}");
+                }
+            }
+        }
+
+        Console.WriteLine($"idle kick timeline, medians over {_kicks.Count} kicks (ms after KickAsync was called):");
+        foreach (var s in steps)
+        {
+            Console.WriteLine($"  {s.Start,7:0.000} → {s.End,7:0.000}  {s.What} ({s.Count}×)");
+        }
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted[sorted.Length / 2];
+    }
+
+    private static string Name(Activity activity)
+    {
+        var sql = (activity.GetTagItem("db.query.text") ?? activity.GetTagItem("db.statement")) as string ?? activity.DisplayName;
+        var flat = string.Join(' ', sql.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries));
+        return flat.Length > 70 ? flat[..70] + "…" : flat;
+    }
+
+    public void Dispose() => _listener.Dispose();
+}
