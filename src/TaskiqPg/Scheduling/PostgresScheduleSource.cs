@@ -232,48 +232,12 @@ public sealed class PostgresScheduleSource : IAsyncDisposable
     }
 
     /// <summary>
-    /// Fires one instant exactly once across all schedulers: the fire row (primary key schedule, instant) and the
-    /// kicked task are written in one transaction, so a second scheduler's insert conflicts and kicks nothing.
-    /// </summary>
-    /// <returns>True when this call kicked the task.</returns>
-    internal async Task<bool> FireAsync(ActiveSchedule schedule, ScheduleDefinition definition, DateTimeOffset fireAt, PostgresBroker broker,
-        CancellationToken cancellationToken)
-    {
-        fireAt = fireAt.ToUniversalTime(); // Npgsql writes timestamptz only from UTC values
-        await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
-        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
-        var message = FireMessage(schedule.Id, definition, fireAt);
-        bool claimed;
-        await using (var claim = new NpgsqlCommand(_sql.ClaimFire, connection, transaction))
-        {
-            claim.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = schedule.Id });
-            claim.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = fireAt });
-            claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
-            claimed = await claim.ExecuteNonQueryAsync(cancellationToken) == 1;
-        }
-
-        if (claimed)
-        {
-            await broker.KickAsync(message, connection, transaction, cancellationToken: cancellationToken);
-        }
-
-        await using (var record = new NpgsqlCommand(_sql.RecordFire, connection, transaction))
-        {
-            record.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = schedule.Id });
-            record.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = fireAt });
-            record.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = definition.RunAt is not null });
-            await record.ExecuteNonQueryAsync(cancellationToken);
-        }
-
-        await transaction.CommitAsync(cancellationToken);
-        return claimed;
-    }
-
-    /// <summary>
     /// Fires many instants (of any schedules) in one transaction, each exactly once across all schedulers: the fire rows
     /// in one statement (sorted by schedule and instant, so schedulers firing the same set wait on each other in one
     /// order and never deadlock), the tasks of the rows this call inserted in one kick, the schedules' last fire in one
-    /// update. All or nothing: a message the broker refuses fails the whole call (the caller then fires one by one).
+    /// update. All or nothing: a message the broker refuses fails the whole call (the caller then fires one by one, each
+    /// through this call alone). The fire row's primary key (schedule, instant) is what makes a fire exactly-once: a second
+    /// scheduler's insert of it conflicts and kicks nothing.
     /// </summary>
     /// <returns>The fires this call kicked (those another scheduler had not fired first).</returns>
     internal async Task<IReadOnlyList<ScheduledFire>> FireManyAsync(IReadOnlyList<ScheduledFire> fires, PostgresBroker broker,

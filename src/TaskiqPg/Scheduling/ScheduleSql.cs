@@ -83,9 +83,6 @@ internal sealed class ScheduleSql
 
         Now = "SELECT now()";
 
-        // $1 schedule id, $2 fire instant, $3 task id
-        ClaimFire = $"INSERT INTO {f} (schedule_id, fire_at, task_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-
         // $1 schedule ids, $2 fire instants, $3 task ids (in schedule, instant order): the task ids of the rows inserted
         ClaimFires =
             $"""
@@ -102,12 +99,6 @@ internal sealed class ScheduleSql
              FROM (SELECT id, max(fire_at) AS fire_at, bool_or(one_shot) AS one_shot
                    FROM unnest($1::uuid[], $2::timestamptz[], $3::boolean[]) AS r(id, fire_at, one_shot) GROUP BY id) AS r
              WHERE s.id = r.id
-             """;
-
-        // $1 schedule id, $2 fire instant, $3 one-shot
-        RecordFire =
-            $"""
-             UPDATE {s} SET last_fire_at = greatest(last_fire_at, $2), done = done OR $3, updated_at = now() WHERE id = $1
              """;
 
         // $1 retention
@@ -137,10 +128,6 @@ internal sealed class ScheduleSql
     public string Active { get; }
 
     public string Now { get; }
-
-    public string ClaimFire { get; }
-
-    public string RecordFire { get; }
 
     public string ClaimFires { get; }
 

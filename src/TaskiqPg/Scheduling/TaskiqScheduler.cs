@@ -248,10 +248,7 @@ public sealed class TaskiqScheduler : BackgroundService
                 {
                     try
                     {
-                        if (await _source.FireAsync(fire.Schedule, fire.Definition, fire.FireAt, _broker, cancellationToken))
-                        {
-                            Fired([fire], now);
-                        }
+                        Fired(await _source.FireManyAsync([fire], _broker, cancellationToken), now);
                     }
                     catch (Exception ex) when (ex is InvalidTaskMessageException or MessageTooLargeException)
                     {
