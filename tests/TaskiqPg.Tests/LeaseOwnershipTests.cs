@@ -44,6 +44,55 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
     }
 
     [Fact]
+    public async Task Settles_and_renewals_over_the_same_rows_never_deadlock()
+    {
+        // A worker's settle and its renewal update the same rows; each locks them in the order of its arrays. Out of
+        // order (completion order against the held claims' hash order) the two deadlock now and then, and PostgreSQL
+        // takes deadlock_timeout (1 s) to see it: a settle and a renewal stalled for a second, then one retried. Here
+        // renewals run every 5 ms over 100 held claims while tasks end in random order; the database's own deadlock
+        // counter must not move. A database of its own, so the counter is this test's.
+        var connectionString = await db.Server.CreateDatabaseAsync("dl");
+        try
+        {
+            TaskiqWorker worker;
+            int renewals;
+            await using (var dataSource = NpgsqlDataSource.Create(connectionString))
+            {
+                await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("work", (int ms) => Task.Delay(ms)), dataSource: dataSource);
+                worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions
+                {
+                    MaxConcurrentTasks = 100, LeaseRenewInterval = TimeSpan.FromMilliseconds(5),
+                });
+                await harness.Broker.KickManyAsync(Enumerable.Range(0, 5_000)
+                    .Select(_ => TaskMessage.Create("work", [Random.Shared.Next(10, 150)])).ToArray());
+                await Eventually.TrueAsync(async () => (await harness.Broker.GetQueueStatisticsAsync()).Counts.GetValueOrDefault(TaskState.Completed) == 5_000,
+                    TimeSpan.FromSeconds(120), "every task completes");
+                renewals = worker.RenewalRounds;
+                await worker.StopAsync(CancellationToken.None);
+            }
+
+            // A backend's statistics reach pg_stat_database when it exits, at the latest: wait until this database has none.
+            await using var admin = new NpgsqlConnection(db.Server.AdminConnectionString);
+            await admin.OpenAsync();
+            var name = new NpgsqlConnectionStringBuilder(connectionString).Database!;
+            await Eventually.TrueAsync(async () =>
+            {
+                await using var busy = new NpgsqlCommand("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", admin);
+                busy.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+                return (long)(await busy.ExecuteScalarAsync())! == 0;
+            }, Bound, "every connection to the test's database has ended");
+            await using var deadlocks = new NpgsqlCommand("SELECT deadlocks FROM pg_stat_database WHERE datname = $1", admin);
+            deadlocks.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+            var count = (long)(await deadlocks.ExecuteScalarAsync())!;
+            Assert.True(count == 0 && renewals >= 20, $"{count} deadlocks; {renewals} renewal rounds (20 or more: they overlapped the settles)");
+        }
+        finally
+        {
+            await db.Server.DropDatabaseAsync(connectionString);
+        }
+    }
+
+    [Fact]
     public async Task A_zombie_whose_lease_was_rescued_never_overwrites_the_result_of_the_rerun()
     {
         var zombieGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -46,6 +46,10 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
             "bigint[], integer[], text, interval, boolean[]",
             ids.ToArray(), claims.ToArray(), "plan-test", TimeSpan.FromMinutes(1), new bool[ids.Count]);
         AssertEachClaimReadOnce(renew, "renewal");
+        var renewHeld = await GenericPlanAsync(harness.DataSource, broker.RenewHeld,
+            "bigint[], integer[], text, interval, boolean[]",
+            ids.ToArray(), claims.ToArray(), "plan-test", TimeSpan.FromMinutes(1), new bool[ids.Count]);
+        AssertEachClaimReadOnce(renewHeld, "renewal thread's renewal");
 
         var settle = new SettleSql(harness.Broker.Options, new PostgresResultBackendOptions()).Settle;
         var plan = await GenericPlanAsync(harness.DataSource, settle,
@@ -56,10 +60,10 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
         AssertEachClaimReadOnce(plan, "settle");
     }
 
-    /// <summary>Every scan of a function (the claims' <c>unnest</c>) ran once, and the statement touched every claim.</summary>
+    /// <summary>Every scan of a function (the claims' <c>unnest</c>) or of a CTE over them ran once, and the statement touched every claim.</summary>
     private static void AssertEachClaimReadOnce(JsonElement plan, string statement)
     {
-        var functionScans = Nodes(plan).Where(n => n.GetProperty("Node Type").GetString() == "Function Scan").ToList();
+        var functionScans = Nodes(plan).Where(n => n.GetProperty("Node Type").GetString() is "Function Scan" or "CTE Scan").ToList();
         Assert.NotEmpty(functionScans);
         foreach (var scan in functionScans)
         {

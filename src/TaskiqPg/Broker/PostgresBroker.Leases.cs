@@ -219,16 +219,17 @@ public sealed partial class PostgresBroker
     /// </remarks>
     internal IReadOnlySet<LeaseRef> RenewLeases(NpgsqlConnection connection, string workerId, IReadOnlyCollection<LeaseRef> leases,
         IReadOnlyCollection<bool> started, bool everythingOfWorker = false, IReadOnlyCollection<LeaseRef>? givenUp = null)
-        => RenewLeases(connection, workerId, leases, started, everythingOfWorker, givenUp, out _);
+        => RenewLeases(connection, workerId, leases, started, everythingOfWorker, givenUp, out _, out _);
 
     /// <summary><see cref="RenewLeases(NpgsqlConnection, string, IReadOnlyCollection{LeaseRef}, IReadOnlyCollection{bool}, bool, IReadOnlyCollection{LeaseRef}?)"/>,
     /// and which of the renewed claims have a cancel request (null: none). <paramref name="queues"/>: the worker's queues
     /// (null: this broker's), whose rows <paramref name="everythingOfWorker"/> renews.</summary>
     internal IReadOnlySet<LeaseRef> RenewLeases(NpgsqlConnection connection, string workerId, IReadOnlyCollection<LeaseRef> leases,
         IReadOnlyCollection<bool> started, bool everythingOfWorker, IReadOnlyCollection<LeaseRef>? givenUp, out HashSet<LeaseRef>? cancelRequested,
-        IReadOnlyList<string>? queues = null)
+        out HashSet<LeaseRef>? busy, IReadOnlyList<string>? queues = null)
     {
         cancelRequested = null;
+        busy = null;
         if (leases.Count == 0 && !everythingOfWorker)
         {
             return new HashSet<LeaseRef>();
@@ -247,7 +248,7 @@ public sealed partial class PostgresBroker
         }
         else
         {
-            batch.BatchCommands.Add(CreateLeaseCommand(_sql.Renew, workerId, leases, withLease: true, started));
+            batch.BatchCommands.Add(CreateLeaseCommand(_sql.RenewHeld, workerId, leases, withLease: true, started));
         }
 
         using var reader = batch.ExecuteReader();
@@ -255,6 +256,12 @@ public sealed partial class PostgresBroker
         while (reader.Read())
         {
             var lease = new LeaseRef(reader.GetInt64(0), reader.GetInt32(1));
+            if (reader.GetBoolean(3))
+            {
+                (busy ??= []).Add(lease); // locked by another transaction (a settle, a cancel): neither renewed nor lost
+                continue;
+            }
+
             renewed.Add(lease);
             if (reader.GetBoolean(2))
             {

@@ -129,8 +129,9 @@ public sealed partial class TaskiqWorker
 
         _held.ForgetGivenUpOlderThan(_broker.Options.LeaseDuration * 2); // their leases have long expired: rescued by now
 
-        // A transient failure (a broken connection, replaced; a deadlock with a settle statement over the same
-        // rows) is retried at once, not a tick later: ticks lost in a row would let the leases lapse.
+        // A transient failure (a broken connection, replaced) is retried at once, not a tick later: ticks lost in a
+        // row would let the leases lapse. Rows another transaction holds (a settle) come back busy, not renewed: the
+        // renewal never waits for a row lock (BrokerSql.RenewHeld).
         for (var attempt = 1; attempt <= RenewAttemptsPerTick && !stop.IsCancellationRequested; attempt++)
         {
             try
@@ -138,7 +139,7 @@ public sealed partial class TaskiqWorker
                 connection ??= OpenRenewalConnection();
                 var renewed = _broker.RenewLeases(connection, WorkerId, held.Select(h => h.Task.Lease).ToArray(),
                     held.Select(h => h.Started).ToArray(), everythingOfWorker: claimInFlight, givenUp: _held.GivenUp(),
-                    out var cancelRequested, _queues);
+                    out var cancelRequested, out var busy, _queues);
                 foreach (var lease in cancelRequested ?? [])
                 {
                     if (_held.TryGet(lease, out var target) && target.RequestCancel())
@@ -147,7 +148,8 @@ public sealed partial class TaskiqWorker
                     }
                 }
 
-                foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && !h.Settling && _held.Contains(h.Task.Lease)))
+                foreach (var lost in held.Where(h => !renewed.Contains(h.Task.Lease) && busy?.Contains(h.Task.Lease) != true && !h.Settling
+                                                && _held.Contains(h.Task.Lease)))
                 {
                     // Rescued by another worker after we failed to renew in time: stop the handler, its outcome is void.
                     if (lost.MarkLost())
