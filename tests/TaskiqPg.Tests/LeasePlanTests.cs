@@ -53,14 +53,14 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
 
         var settle = new SettleSql(harness.Broker.Options, new PostgresResultBackendOptions()).Settle;
         var plan = await GenericPlanAsync(harness.DataSource, settle,
-            "bigint[], integer[], bigint[], integer[], text[], boolean[], text, float8, float8, bigint[], integer[], text[], text[], text[], interval, text, float8[], integer[], float8[], float8[]",
+            "bigint[], integer[], bigint[], integer[], text[], boolean[], text, float8, float8, bigint[], integer[], text[], text[], text[], interval, text, float8[], integer[], float8[], float8[], boolean",
             ids.ToArray(), claims.ToArray(), Array.Empty<long>(), Array.Empty<int>(), Array.Empty<string>(), Array.Empty<bool>(), "plan-test", 1.0, 60.0,
             ids.ToArray(), claims.ToArray(), taskIds.ToArray(), taskIds.Select(_ => "null").ToArray(), taskIds.Select(_ => (string?)null).ToArray(),
-            TimeSpan.FromDays(1), "plan_test", Array.Empty<double>(), Array.Empty<int>(), Array.Empty<double>(), Array.Empty<double>());
+            TimeSpan.FromDays(1), "plan_test", Array.Empty<double>(), Array.Empty<int>(), Array.Empty<double>(), Array.Empty<double>(), false);
         AssertEachClaimReadOnce(plan, "settle");
     }
 
-    /// <summary>Every scan of a function (the claims' <c>unnest</c>) or of a CTE over them ran once, and the statement touched every claim.</summary>
+    /// <summary>Every scan of a function (the claims' <c>unnest</c>) or of a CTE over them ran at most once (a branch its parameters switch off: never), and the statement touched every claim.</summary>
     private static void AssertEachClaimReadOnce(JsonElement plan, string statement)
     {
         var functionScans = Nodes(plan).Where(n => n.GetProperty("Node Type").GetString() is "Function Scan" or "CTE Scan").ToList();
@@ -68,7 +68,7 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
         foreach (var scan in functionScans)
         {
             var loops = scan.GetProperty("Actual Loops").GetInt64();
-            Assert.True(loops == 1, $"the {statement} read the claims {loops} times: {plan}");
+            Assert.True(loops <= 1, $"the {statement} read the claims {loops} times: {plan}");
         }
 
         var updated = Nodes(plan).Where(n => n.GetProperty("Node Type").GetString() == "ModifyTable" && n.GetProperty("Operation").GetString() == "Update")

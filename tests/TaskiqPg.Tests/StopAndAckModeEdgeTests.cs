@@ -220,6 +220,93 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         Assert.All(ran.Values, n => Assert.Equal(1, n));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // no completed retention: the settle deletes the rows
+    public async Task A_settle_whose_reply_is_lost_after_it_committed_counts_its_tasks_completed_on_the_retry(bool deleteAtAck)
+    {
+        // The settle (acks and results in one statement) commits, then the connection dies before its reply arrives.
+        // Its retry finds the rows already completed: they were completed by this worker under these claims, so they
+        // are acked (completed metric, no "completion rejected" warning), not taken for claims another worker won.
+        var table = "settlelost_" + Guid.NewGuid().ToString("N")[..8];
+        var target = new NpgsqlConnectionStringBuilder(db.ConnectionString);
+        await using var proxy = new TcpProxy(target.Host!, target.Port);
+        await using var proxied = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString)
+        {
+            Port = proxy.Port, Timeout = 2, ApplicationName = table,
+        }.ConnectionString);
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("work", (int i) => i),
+            broker: new PostgresBrokerOptions
+            {
+                MessagesTable = table, LeaseDuration = TimeSpan.FromMinutes(2), CompletedRetention = deleteAtAck ? TimeSpan.Zero : TimeSpan.FromDays(1),
+            });
+        await using var workerBroker = new PostgresBroker(proxied, harness.Broker.Options);
+        await using var workerResults = new PostgresResultBackend(proxied); // one data source: the combined settle statement
+        await ExecuteAsync(harness, $"CREATE SEQUENCE {table}_n");
+        await ExecuteAsync(harness, $$"""
+            CREATE FUNCTION {{table}}_f() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN
+                IF nextval('{{table}}_n') = 1 THEN PERFORM pg_sleep(1); END IF;
+                RETURN NULL;
+            END $f$
+            """);
+        await ExecuteAsync(harness, $"""
+            CREATE TRIGGER {table}_t AFTER {(deleteAtAck ? "DELETE" : "UPDATE")} ON {table} FOR EACH ROW
+            WHEN (OLD.status = 'processing'{(deleteAtAck ? "" : " AND NEW.status = 'completed'")}) EXECUTE FUNCTION {table}_f()
+            """);
+        var completed = 0L;
+        using var meter = new System.Diagnostics.Metrics.MeterListener
+        {
+            InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Meter.Name == TaskiqDiagnostics.MeterName && instrument.Name == "taskiqpg.tasks.completed")
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            },
+        };
+        meter.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == MessagingTags.Destination && (string?)tag.Value == harness.Broker.Options.Queue)
+                {
+                    Interlocked.Add(ref completed, value);
+                }
+            }
+        });
+        meter.Start();
+        var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("work", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+
+        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults, new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
+        await worker.StartAsync(CancellationToken.None);
+        var sleeper = 0;
+        await Eventually.TrueAsync(async () => (sleeper = await harness.ScalarAsync<int>(
+            "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'", table)) != 0,
+            Bound, "the settle is inside its transaction");
+        proxy.Cut();
+        await Eventually.TrueAsync(async () => !await harness.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", sleeper),
+            Bound, "the settle's backend has finished");
+        // The premise: the settle committed (its rows and their results) although its reply never reached the worker.
+        var settled = deleteAtAck
+            ? 5 - await harness.ScalarAsync<long>($"SELECT count(*) FROM {table}")
+            : await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'completed'");
+        Assert.InRange(settled, 1, 5);
+        Assert.Equal(settled, await harness.ScalarAsync<long>("SELECT count(*) FROM taskiq_results WHERE task_id = ANY($1)",
+            (object)messages.Select(m => m.TaskId).ToArray()));
+
+        proxy.Restore();
+        foreach (var message in messages)
+        {
+            await harness.Results.WaitForResultAsync(message.TaskId, Bound);
+        }
+
+        await Eventually.TrueAsync(() => worker.UnreportedCompletions == 0, Bound, "the worker wrote its outcomes");
+        Assert.Equal(5L, Interlocked.Read(ref completed));
+        await worker.StopAsync(CancellationToken.None);
+    }
+
     private static async Task ExecuteAsync(QueueHarness harness, string sql)
     {
         await using var command = harness.DataSource.CreateCommand(sql);

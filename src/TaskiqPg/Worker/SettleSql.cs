@@ -17,7 +17,11 @@ internal sealed class SettleSql
 
         // $1/$2 ack ids and claim numbers; $3..$6 fail ids, claim numbers, errors, retry flags; $7 worker; $8 base and $9 max retry
         // delay (seconds); $10..$14 results: row ids, claim numbers, task ids, result JSON, stack traces; $15 result ttl;
-        // $16 channel; $17..$20 per failure: snooze seconds, max attempts, base and max retry delay seconds. Rows: (0, id, claim, null) acked, (1, id, claim, new status) failed, (2, notifications, 0, null).
+        // $16 channel; $17..$20 per failure: snooze seconds, max attempts, base and max retry delay seconds; $21 whether this is
+        // a retry after a failure. Rows: (0, id, claim, null) acked, (1, id, claim, new status) failed, (2, notifications, 0, null).
+        // A retry also acks the claims an earlier attempt completed although its reply was lost (the connection died
+        // after the commit): completed by this worker under the same claim number, or gone when completed rows are
+        // deleted. Without it they read as claims another worker had won ("completion rejected", no completed metric).
         Settle =
             $"""
              WITH acked AS (
@@ -40,6 +44,10 @@ internal sealed class SettleSql
                  SELECT task_id, sum(octet_length(task_id) + 1) OVER (ORDER BY task_id) / {NotifyChunkBytes} AS chunk FROM stored
              )
              SELECT 0, id, claims, NULL::text FROM acked
+             UNION ALL SELECT 0, a.id, a.claim, NULL FROM unnest($1::bigint[], $2::integer[]) AS a(id, claim)
+                       WHERE $21 AND {(broker.CompletedRetention != TimeSpan.Zero
+                           ? $"EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $7 AND m.status = 'completed')"
+                           : $"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)")}
              UNION ALL SELECT 1, id, claims, status FROM failed
              UNION ALL SELECT 2, count(pg_notify($16, n.ids)), 0, NULL
                        FROM (SELECT string_agg(task_id, ',') AS ids FROM chunked GROUP BY chunk) AS n

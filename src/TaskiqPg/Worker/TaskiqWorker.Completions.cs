@@ -43,7 +43,7 @@ public sealed partial class TaskiqWorker
         {
             try
             {
-                await FlushAsync(batch, stop);
+                await FlushAsync(batch, afterFailure: failures > 0, stop);
                 Interlocked.Exchange(ref _reportFailingSinceTicks, 0);
                 return;
             }
@@ -96,7 +96,7 @@ public sealed partial class TaskiqWorker
         }
     }
 
-    private async Task FlushAsync(List<Completion> batch, CancellationToken cancellationToken)
+    private async Task FlushAsync(List<Completion> batch, bool afterFailure, CancellationToken cancellationToken)
     {
         if (_options.AckMode == AckMode.WhenReceived)
         {
@@ -120,7 +120,7 @@ public sealed partial class TaskiqWorker
         var fails = batch.Where(c => !c.Succeeded).ToArray();
         var stored = _results is null ? [] : batch.Where(c => c.Result is not null && c.IsFinal).ToArray();
         var (acked, failed) = _settleSql is not null
-            ? await SettleTogetherAsync(acks, fails, stored, cancellationToken)
+            ? await SettleTogetherAsync(acks, fails, stored, afterFailure, cancellationToken)
             : await SettleSeparatelyAsync(acks, fails, stored, cancellationToken);
 
         foreach (var completion in batch)
@@ -162,9 +162,10 @@ public sealed partial class TaskiqWorker
         }
     }
 
-    /// <summary>One statement: acks, failures, and the results of exactly the claims whose ack or failure matched.</summary>
+    /// <summary>One statement: acks, failures, and the results of exactly the claims whose ack or failure matched (after a
+    /// failure also the acks an earlier attempt committed although its reply was lost).</summary>
     private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, TaskState> Failed)> SettleTogetherAsync(
-        Completion[] acks, Completion[] fails, Completion[] stored, CancellationToken cancellationToken)
+        Completion[] acks, Completion[] fails, Completion[] stored, bool afterFailure, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(_settleSql!.Settle);
         var p = command.Parameters;
@@ -185,6 +186,7 @@ public sealed partial class TaskiqWorker
         p.Add(_results!.TtlParameter());
         p.Add(new NpgsqlParameter<string> { TypedValue = _results.Options.Channel });
         PostgresBroker.AddFailureDetails(p, fails.Select(c => c.ToFailure()).ToArray());
+        p.Add(new NpgsqlParameter<bool> { TypedValue = afterFailure });
 
         var acked = new HashSet<LeaseRef>();
         var failed = new Dictionary<LeaseRef, TaskState>();
