@@ -104,7 +104,7 @@ internal static class BacklogBench
     }
 
     /// <summary>pg_stat_statements, when the server loads it (the benchmark's own server does); false otherwise.</summary>
-    private static async Task<bool> TryEnableStatementsAsync(NpgsqlDataSource dataSource)
+    internal static async Task<bool> TryEnableStatementsAsync(NpgsqlDataSource dataSource)
     {
         await using var loaded = dataSource.CreateCommand("SELECT current_setting('shared_preload_libraries') LIKE '%pg_stat_statements%'");
         if (!(bool)(await loaded.ExecuteScalarAsync())!)

@@ -45,6 +45,36 @@ internal sealed class IdleTimeline : IDisposable
             .SelectMany(g => g.Select((s, n) => (n == 0 ? s.Item1 : $"{s.Item1} #{n + 1}", s.Item2, s.Item3))).ToList());
     }
 
+    /// <summary>Clears pg_stat_statements (loaded and created: see <see cref="BacklogBench.TryEnableStatementsAsync"/>) before the traced kicks.</summary>
+    public static async Task<bool> ResetServerTimesAsync(Npgsql.NpgsqlDataSource dataSource)
+    {
+        await using var reset = dataSource.CreateCommand("SELECT pg_stat_statements_reset()");
+        await reset.ExecuteNonQueryAsync();
+        return true;
+    }
+
+    /// <summary>
+    /// The server's side of the traced kicks: each statement's calls per kick and its mean planning and execution time
+    /// (planning only when <c>pg_stat_statements.track_planning</c> is on), so the wall times above can be split into
+    /// server work and the rest (round trips, waiting for a core, client CPU).
+    /// </summary>
+    public static async Task PrintServerTimesAsync(Npgsql.NpgsqlDataSource dataSource, int kicks)
+    {
+        await using var top = dataSource.CreateCommand(
+            """
+            SELECT calls, mean_plan_time, mean_exec_time, left(regexp_replace(query, '\s+', ' ', 'g'), 80)
+            FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND query NOT LIKE '%pg_stat_statements%'
+            ORDER BY total_exec_time + total_plan_time DESC LIMIT 12
+            """);
+        Console.WriteLine($"idle kicks, server side (pg_stat_statements over {kicks} kicks): calls per kick, mean plan / execution ms");
+        await using var reader = await top.ExecuteReaderAsync();
+        while (await reader.ReadAsync())
+        {
+            Console.WriteLine($"  {reader.GetInt64(0) / (double)kicks,6:0.00}  {reader.GetDouble(1),7:0.000}  {reader.GetDouble(2),7:0.000}  {reader.GetString(3)}");
+        }
+    }
+
     /// <summary>The steps seen in most kicks, each with its median start and end (ms after the kick started).</summary>
     public void Print()
     {

@@ -255,7 +255,9 @@ async Task<BenchReport> MeasureAsync()
     // Then, traced (outside the measured kicks: listening to Npgsql's activities costs a little), where the time goes.
     using (var timeline = new IdleTimeline())
     {
-        for (var i = 0; i < Math.Max(20, arguments.Latency / 5); i++)
+        var serverTimes = await BacklogBench.TryEnableStatementsAsync(dataSource) && await IdleTimeline.ResetServerTimesAsync(dataSource);
+        var timelineKicks = Math.Max(20, arguments.Latency / 5);
+        for (var i = 0; i < timelineKicks; i++)
         {
             var kickAt = DateTime.UtcNow;
             var handle = await client.KickAsync("ping");
@@ -264,6 +266,10 @@ async Task<BenchReport> MeasureAsync()
         }
 
         timeline.Print();
+        if (serverTimes)
+        {
+            await IdleTimeline.PrintServerTimesAsync(dataSource, timelineKicks);
+        }
     }
 
     await latencyWorker.StopAsync(CancellationToken.None);

@@ -51,13 +51,16 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
             ids.ToArray(), claims.ToArray(), "plan-test", TimeSpan.FromMinutes(1), new bool[ids.Count]);
         AssertEachClaimReadOnce(renewHeld, "renewal thread's renewal");
 
-        var settle = new SettleSql(harness.Broker.Options, new PostgresResultBackendOptions()).Settle;
+        var settleSql = new SettleSql(harness.Broker.Options, new PostgresResultBackendOptions());
+        foreach (var settle in new[] { settleSql.Settle, settleSql.SettleAcks })
+        {
         var plan = await GenericPlanAsync(harness.DataSource, settle,
             "bigint[], integer[], bigint[], integer[], text[], boolean[], text, float8, float8, bigint[], integer[], text[], text[], text[], interval, text, float8[], integer[], float8[], float8[], boolean",
             ids.ToArray(), claims.ToArray(), Array.Empty<long>(), Array.Empty<int>(), Array.Empty<string>(), Array.Empty<bool>(), "plan-test", 1.0, 60.0,
             ids.ToArray(), claims.ToArray(), taskIds.ToArray(), taskIds.Select(_ => "null").ToArray(), taskIds.Select(_ => (string?)null).ToArray(),
             TimeSpan.FromDays(1), "plan_test", Array.Empty<double>(), Array.Empty<int>(), Array.Empty<double>(), Array.Empty<double>(), false);
         AssertEachClaimReadOnce(plan, "settle");
+        }
     }
 
     /// <summary>Every scan of a function (the claims' <c>unnest</c>) or of a CTE over them ran at most once (a branch its parameters switch off: never), and the statement touched every claim.</summary>

@@ -284,6 +284,15 @@ internal sealed class BrokerSql
              FROM unnest($1::text[]) AS q(name)
              """;
 
+        // $1 the queue: NextDue for a worker of one queue (most). Without the array PostgreSQL settles on the prepared
+        // statement's generic plan; over unnest it planned every call again (a custom plan looked cheaper): 0.2 ms a call.
+        NextDueOfQueue =
+            $"""
+             SELECT least(
+                 (SELECT run_at FROM {t} WHERE queue = $1 AND status = 'scheduled' ORDER BY run_at LIMIT 1),
+                 (SELECT run_at FROM {t} WHERE queue = $1 AND status = 'retryable' ORDER BY run_at LIMIT 1)) - now()
+             """;
+
         // $1 task id, $2 reason, $3 channel: cancels the newest row of a task id. Queued → cancelled at once; running → a
         // cancel request the worker running it sees on this NOTIFY or, failing that, its next renewal. Returns the state
         // it was in (none: no row) and the task id of a cancelled row.
@@ -638,6 +647,8 @@ internal sealed class BrokerSql
     public string ReleaseOrphans { get; }
 
     public string RenewAllOfWorker { get; }
+
+    public string NextDueOfQueue { get; }
 
     /// <summary>The renewal thread's renewal of the claims it holds: never waits for a row lock (busy rows reported).</summary>
     public string RenewHeld { get; }

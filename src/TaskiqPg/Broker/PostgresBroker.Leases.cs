@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Npgsql;
 using NpgsqlTypes;
+using TaskiqPg.Internal;
 
 namespace TaskiqPg;
 
@@ -24,8 +25,14 @@ public sealed partial class PostgresBroker
     /// <summary>How long until the next scheduled or retryable task of any of <paramref name="queues"/> is due (null: none).</summary>
     internal async Task<TimeSpan?> GetNextDueAsync(IReadOnlyList<string> queues, CancellationToken cancellationToken)
     {
-        await using var command = DataSource.CreateCommand(_sql.NextDue);
-        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = queues.ToArray() });
+        // Prepared: an idle worker runs it after every short claim, and planning it cost more than running it (0.16 ms
+        // against 0.02 ms); its probes name their state as literals, so the generic plan uses the partial index too.
+        await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
+        await using var command = new NpgsqlCommand(queues.Count == 1 ? _sql.NextDueOfQueue : _sql.NextDue, connection);
+        command.Parameters.Add(queues.Count == 1
+            ? new NpgsqlParameter<string> { TypedValue = queues[0] }
+            : new NpgsqlParameter<string[]> { TypedValue = queues.ToArray() });
+        await command.PrepareIfSupportedAsync(CanPrepare, cancellationToken);
         return await command.ExecuteScalarAsync(cancellationToken) is TimeSpan due ? due : null;
     }
 
