@@ -52,7 +52,7 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
         AssertEachClaimReadOnce(renewHeld, "renewal thread's renewal");
 
         var settleSql = new SettleSql(harness.Broker.Options, new PostgresResultBackendOptions());
-        foreach (var settle in new[] { settleSql.Settle, settleSql.SettleAcks })
+        foreach (var settle in new[] { settleSql.Settle, settleSql.SettleAcks, settleSql.SettleRetry })
         {
         var plan = await GenericPlanAsync(harness.DataSource, settle,
             "bigint[], integer[], bigint[], integer[], text[], boolean[], text, float8, float8, bigint[], integer[], text[], text[], text[], interval, text, float8[], integer[], float8[], float8[], boolean",

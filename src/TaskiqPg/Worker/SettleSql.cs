@@ -22,9 +22,14 @@ internal sealed class SettleSql
         // A retry also acks the claims an earlier attempt completed although its reply was lost (the connection died
         // after the commit): completed by this worker under the same claim number, or gone when completed rows are
         // deleted. Without it they read as claims another worker had won ("completion rejected", no completed metric).
-        Settle = Build(t, r, broker, withFailures: true);
-        SettleAcks = Build(t, r, broker, withFailures: false);
+        Settle = Build(t, r, broker, withFailures: true, retry: false);
+        SettleAcks = Build(t, r, broker, withFailures: false, retry: false);
+        SettleRetry = Build(t, r, broker, withFailures: true, retry: true);
     }
+
+    /// <summary><see cref="Settle"/> with the acks an earlier attempt committed although its reply was lost: for a retry
+    /// after a failure only (the extra branch is planned on every call even when <c>$21</c> switches it off).</summary>
+    public string SettleRetry { get; }
 
     /// <summary>Acks, failures and results (any batch).</summary>
     public string Settle { get; }
@@ -37,7 +42,7 @@ internal sealed class SettleSql
     /// </summary>
     public string SettleAcks { get; }
 
-    private static string Build(string t, string r, PostgresBrokerOptions broker, bool withFailures)
+    private static string Build(string t, string r, PostgresBrokerOptions broker, bool withFailures, bool retry)
         => $"""
             WITH acked AS (
             {BrokerSql.CompleteStatement(t, broker.CompletedRetention != TimeSpan.Zero, "unnest($1::bigint[], $2::integer[]) AS a(id, claim)", "$7")}
@@ -60,11 +65,13 @@ internal sealed class SettleSql
             ), chunked AS (
                 SELECT task_id, sum(octet_length(task_id) + 1) OVER (ORDER BY task_id) / {NotifyChunkBytes} AS chunk FROM stored
             )
-            SELECT 0, id, claims, NULL::text FROM acked
+            SELECT 0, id, claims, NULL::text FROM acked{(retry ? $"""
+
             UNION ALL SELECT 0, a.id, a.claim, NULL FROM unnest($1::bigint[], $2::integer[]) AS a(id, claim)
                       WHERE $21 AND {(broker.CompletedRetention != TimeSpan.Zero
                           ? $"EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $7 AND m.status = 'completed')"
-                          : $"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)")}{(withFailures ? """
+                          : $"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)")}
+            """ : "")}{(withFailures ? """
 
             UNION ALL SELECT 1, id, claims, status FROM failed
             """ : "")}

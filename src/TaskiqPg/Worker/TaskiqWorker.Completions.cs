@@ -167,7 +167,7 @@ public sealed partial class TaskiqWorker
     private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, TaskState> Failed)> SettleTogetherAsync(
         Completion[] acks, Completion[] fails, Completion[] stored, bool afterFailure, CancellationToken cancellationToken)
     {
-        await using var command = new NpgsqlCommand(fails.Length > 0 ? _settleSql!.Settle : _settleSql!.SettleAcks);
+        await using var command = new NpgsqlCommand(afterFailure ? _settleSql!.SettleRetry : fails.Length > 0 ? _settleSql!.Settle : _settleSql!.SettleAcks);
         var p = command.Parameters;
         p.Add(new NpgsqlParameter<long[]> { TypedValue = acks.Select(c => c.Task.Id).ToArray() });
         p.Add(new NpgsqlParameter<int[]> { TypedValue = acks.Select(c => c.Task.Claim).ToArray() });
