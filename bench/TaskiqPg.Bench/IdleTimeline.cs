@@ -85,9 +85,12 @@ internal sealed class IdleTimeline : IDisposable
             .OrderBy(s => s.Start);
         if (Environment.GetEnvironmentVariable("TASKIQPG_BENCH_TIMELINE_SAMPLES") is not null)
         {
-            foreach (var kick in _kicks.Skip(_kicks.Count / 2).Take(3))
+            // Three from the middle, then the three slowest to start their handler (where the tail's time goes).
+            var slowest = _kicks.OrderByDescending(k => k.First(s => s.What == "handler starts").StartMs).Take(3);
+            foreach (var (kick, label) in _kicks.Skip(_kicks.Count / 2).Take(3).Select(k => (k, "one kick:"))
+                         .Concat(slowest.Select(k => (k, "one of the 3 slowest to start:"))))
             {
-                Console.WriteLine("one kick:");
+                Console.WriteLine(label);
                 foreach (var s in kick)
                 {
                     Console.WriteLine($"  {s.StartMs,7:0.000} → {s.EndMs,7:0.000}  {s.What}");

@@ -93,6 +93,63 @@ public sealed class LeaseOwnershipTests(DatabaseFixture db) : IClassFixture<Data
     }
 
     [Fact]
+    public async Task A_row_locked_by_another_transaction_neither_stalls_the_renewals_nor_loses_its_task()
+    {
+        // Someone holds a running task's row locked (an operator's transaction, a slow cancel): the renewal must go on
+        // renewing the worker's other tasks, must not take the locked one for lost, and renews it once it is free.
+        // A renewal that waited for the lock stalled every lease of the worker for as long as the lock was held.
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var cancelled = 0;
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("hold", async (TaskContext ctx) =>
+        {
+            try
+            {
+                await gate.Task.WaitAsync(ctx.CancellationToken);
+            }
+            catch (OperationCanceledException)
+            {
+                Interlocked.Increment(ref cancelled);
+                throw;
+            }
+
+            return ctx.TaskId;
+        }));
+        var locked = await harness.Client.KickAsync<string>("hold");
+        var other = await harness.Client.KickAsync<string>("hold");
+        var worker = await harness.StartWorkerAsync(new TaskiqWorkerOptions
+        {
+            MaxConcurrentTasks = 2, PrefetchCount = 0, PollInterval = TimeSpan.FromMilliseconds(50), LeaseRenewInterval = TimeSpan.FromMilliseconds(100),
+        });
+        await Eventually.TrueAsync(() => worker.ActiveTasks == 2, Bound, "both tasks run");
+
+        async Task<DateTime> LockedUntilAsync(string taskId)
+            => await harness.ScalarAsync<DateTime>("SELECT locked_until FROM taskiq_messages WHERE task_id = $1", taskId);
+
+        await using (var connection = await harness.DataSource.OpenConnectionAsync())
+        await using (var transaction = await connection.BeginTransactionAsync())
+        {
+            await using (var lockRow = new NpgsqlCommand("SELECT id FROM taskiq_messages WHERE task_id = $1 FOR UPDATE", connection, transaction))
+            {
+                lockRow.Parameters.Add(new NpgsqlParameter<string> { TypedValue = locked.TaskId });
+                await lockRow.ExecuteScalarAsync();
+            }
+
+            var otherBefore = await LockedUntilAsync(other.TaskId);
+            var rounds = worker.RenewalRounds;
+            await Eventually.TrueAsync(() => worker.RenewalRounds >= rounds + 5, Bound, "renewal rounds go on while the row is locked");
+            Assert.True(await LockedUntilAsync(other.TaskId) > otherBefore, "the other task's lease was renewed");
+            await transaction.RollbackAsync();
+        }
+
+        var lockedAfter = await LockedUntilAsync(locked.TaskId);
+        await Eventually.TrueAsync(async () => await LockedUntilAsync(locked.TaskId) > lockedAfter, Bound, "the freed row is renewed again");
+        Assert.Equal(0, cancelled); // never taken for lost
+        gate.SetResult();
+        Assert.Equal(locked.TaskId, await locked.WaitForResultAsync(Bound));
+        Assert.Equal(other.TaskId, await other.WaitForResultAsync(Bound));
+    }
+
+    [Fact]
     public async Task A_zombie_whose_lease_was_rescued_never_overwrites_the_result_of_the_rerun()
     {
         var zombieGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
