@@ -50,6 +50,10 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
             "bigint[], integer[], text, interval, boolean[]",
             ids.ToArray(), claims.ToArray(), "plan-test", TimeSpan.FromMinutes(1), new bool[ids.Count]);
         AssertEachClaimReadOnce(renewHeld, "renewal thread's renewal");
+        var renewAll = await GenericPlanAsync(harness.DataSource, broker.RenewAllOfWorker,
+            "text, interval, text[], bigint[], integer[]",
+            "plan-test", TimeSpan.FromMinutes(1), new[] { harness.Broker.Options.Queue }, new[] { -1L }, new[] { 0 });
+        AssertEachClaimReadOnce(renewAll, "renewal of every row of the worker (while a claim is in flight)");
 
         var settleSql = new SettleSql(harness.Broker.Options, new PostgresResultBackendOptions());
         foreach (var settle in new[] { settleSql.Settle, settleSql.SettleAcks, settleSql.SettleRetry })

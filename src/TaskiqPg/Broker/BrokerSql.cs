@@ -149,7 +149,9 @@ internal sealed class BrokerSql
         // renewal that waited deadlocked now and then with the worker's own settle over the same rows, whose join order
         // the planner picks (a hash join over a sequential scan on a small table), and PostgreSQL takes deadlock_timeout
         // (1 s) to see one (LeaseOwnershipTests.Settles_and_renewals_over_the_same_rows_never_deadlock: 9 in 15 s).
-        // Rows: (id, claim, cancel requested, busy).
+        // Rows: (id, claim, cancel requested, busy). The set tests are NOT IN over a subquery (ids are never null), which
+        // PostgreSQL runs as one hashed subplan: as NOT EXISTS the planner joined the CTE in a nested loop, once per
+        // claim (72 ms for 1,000 claims; LeasePlanTests).
 
         // $1 worker, $2 lease, $3 the worker's queues, $4 ids and $5 claim numbers of the claims the worker gave up (left to their leases)
         RenewAllOfWorker =
@@ -157,7 +159,7 @@ internal sealed class BrokerSql
              WITH mine AS MATERIALIZED (
                  SELECT m.id, m.claims FROM {t} AS m
                  WHERE m.status = 'processing' AND m.locked_by = $1 AND m.queue = ANY($3)
-                   AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[], $5::integer[]) AS g(id, claim) WHERE g.id = m.id AND g.claim = m.claims)
+                   AND (m.id, m.claims) NOT IN (SELECT g.id, g.claim FROM unnest($4::bigint[], $5::integer[]) AS g(id, claim))
              ), free AS MATERIALIZED (
                  SELECT mine.id, mine.claims FROM mine JOIN {t} AS m ON m.id = mine.id FOR UPDATE OF m SKIP LOCKED
              ), renewed AS (
@@ -167,7 +169,7 @@ internal sealed class BrokerSql
                  RETURNING m.id, m.claims, m.cancel_requested_at IS NOT NULL AS cancel
              )
              SELECT id, claims, cancel, false FROM renewed
-             UNION ALL SELECT mine.id, mine.claims, false, true FROM mine WHERE NOT EXISTS (SELECT 1 FROM free WHERE free.id = mine.id)
+             UNION ALL SELECT mine.id, mine.claims, false, true FROM mine WHERE mine.id NOT IN (SELECT id FROM free)
              """;
 
         // $1 ids, $2 claim numbers, $3 worker, $4 lease, $5 whether each claim has started (recorded for the rescue)
@@ -186,7 +188,7 @@ internal sealed class BrokerSql
              )
              SELECT id, claims, cancel, false FROM renewed
              UNION ALL SELECT a.id, a.claim, false, true FROM a
-             WHERE NOT EXISTS (SELECT 1 FROM free WHERE free.id = a.id) AND EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)
+             WHERE a.id NOT IN (SELECT id FROM free) AND EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)
              """;
 
         // $1 worker, $2 ids the worker holds, $3 the worker's queues
