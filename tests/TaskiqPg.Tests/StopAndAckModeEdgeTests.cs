@@ -170,12 +170,8 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         // The ack commits on the server, then the connection dies before its reply arrives: the rows are completed,
         // so nothing would ever run them again. The worker must find out they were acked and run them.
         var table = "acklost_" + Guid.NewGuid().ToString("N")[..8];
-        var target = new NpgsqlConnectionStringBuilder(db.ConnectionString);
-        await using var proxy = new TcpProxy(target.Host!, target.Port);
-        await using var proxied = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString)
-        {
-            Port = proxy.Port, Timeout = 2, ApplicationName = table,
-        }.ConnectionString);
+        await using var proxy = ProxyToServer();
+        await using var proxied = ProxiedDataSource(proxy, table);
         var ran = new System.Collections.Concurrent.ConcurrentDictionary<int, int>();
         await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("work", (int i) => { ran.AddOrUpdate(i, 1, (_, n) => n + 1); return i; }),
             broker: new PostgresBrokerOptions
@@ -183,29 +179,12 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
                 MessagesTable = table, LeaseDuration = TimeSpan.FromMinutes(2), CompletedRetention = deleteAtAck ? TimeSpan.Zero : TimeSpan.FromDays(1),
             });
         await using var workerBroker = new PostgresBroker(proxied, harness.Broker.Options);
-        await ExecuteAsync(harness, $"CREATE SEQUENCE {table}_n");
-        await ExecuteAsync(harness, $$"""
-            CREATE FUNCTION {{table}}_f() RETURNS trigger LANGUAGE plpgsql AS $f$
-            BEGIN
-                IF nextval('{{table}}_n') = 1 THEN PERFORM pg_sleep(1); END IF;
-                RETURN NULL;
-            END $f$
-            """);
-        await ExecuteAsync(harness, $"""
-            CREATE TRIGGER {table}_t AFTER {(deleteAtAck ? "DELETE" : "UPDATE")} ON {table} FOR EACH ROW
-            WHEN (OLD.status = 'processing'{(deleteAtAck ? "" : " AND NEW.status = 'completed'")}) EXECUTE FUNCTION {table}_f()
-            """);
+        await HoldFirstCompletionAsync(harness, table, deleteAtAck);
         var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("work", [i])).ToArray();
         await harness.Broker.KickManyAsync(messages);
 
         await harness.StartWorkerAsync(new TaskiqWorkerOptions { AckMode = AckMode.WhenReceived, PollInterval = TimeSpan.FromMilliseconds(50) }, workerBroker);
-        var sleeper = 0;
-        await Eventually.TrueAsync(async () => (sleeper = await harness.ScalarAsync<int>(
-            "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'", table)) != 0,
-            Bound, "the ack is inside its transaction");
-        proxy.Cut();
-        await Eventually.TrueAsync(async () => !await harness.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", sleeper),
-            Bound, "the ack's backend has finished");
+        await CutWhileCompletingAsync(harness, proxy, table, "ack");
         // The premise: the ack committed although its reply never reached the worker.
         Assert.Equal(deleteAtAck ? 0L : 5L, await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'completed'"));
         Assert.Equal(0L, await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status <> 'completed'"));
@@ -221,39 +200,29 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)] // no completed retention: the settle deletes the rows
-    public async Task A_settle_whose_reply_is_lost_after_it_committed_counts_its_tasks_completed_on_the_retry(bool deleteAtAck)
+    [InlineData(false, false)]
+    [InlineData(true, false)] // no completed retention: the settle deletes the rows
+    [InlineData(false, true)] // results on another data source: the ack first (WhenExecuted), the results after it
+    [InlineData(true, true)]
+    public async Task A_settle_whose_reply_is_lost_after_it_committed_counts_its_tasks_completed_on_the_retry(bool deleteAtAck, bool separateResults)
     {
         // The settle (acks and results in one statement) commits, then the connection dies before its reply arrives.
         // Its retry finds the rows already completed: they were completed by this worker under these claims, so they
         // are acked (completed metric, no "completion rejected" warning), not taken for claims another worker won.
+        // With the results on another data source the ack goes first and the results are stored for the claims it
+        // acked: taken for lost, those tasks would have been completed with no result at all.
         var table = "settlelost_" + Guid.NewGuid().ToString("N")[..8];
-        var target = new NpgsqlConnectionStringBuilder(db.ConnectionString);
-        await using var proxy = new TcpProxy(target.Host!, target.Port);
-        await using var proxied = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString)
-        {
-            Port = proxy.Port, Timeout = 2, ApplicationName = table,
-        }.ConnectionString);
+        await using var proxy = ProxyToServer();
+        await using var proxied = ProxiedDataSource(proxy, table);
         await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("work", (int i) => i),
             broker: new PostgresBrokerOptions
             {
                 MessagesTable = table, LeaseDuration = TimeSpan.FromMinutes(2), CompletedRetention = deleteAtAck ? TimeSpan.Zero : TimeSpan.FromDays(1),
             });
         await using var workerBroker = new PostgresBroker(proxied, harness.Broker.Options);
-        await using var workerResults = new PostgresResultBackend(proxied); // one data source: the combined settle statement
-        await ExecuteAsync(harness, $"CREATE SEQUENCE {table}_n");
-        await ExecuteAsync(harness, $$"""
-            CREATE FUNCTION {{table}}_f() RETURNS trigger LANGUAGE plpgsql AS $f$
-            BEGIN
-                IF nextval('{{table}}_n') = 1 THEN PERFORM pg_sleep(1); END IF;
-                RETURN NULL;
-            END $f$
-            """);
-        await ExecuteAsync(harness, $"""
-            CREATE TRIGGER {table}_t AFTER {(deleteAtAck ? "DELETE" : "UPDATE")} ON {table} FOR EACH ROW
-            WHEN (OLD.status = 'processing'{(deleteAtAck ? "" : " AND NEW.status = 'completed'")}) EXECUTE FUNCTION {table}_f()
-            """);
+        // One data source: the combined settle statement; else the acks, then the results on the harness's own.
+        await using var workerResults = separateResults ? null : new PostgresResultBackend(proxied);
+        await HoldFirstCompletionAsync(harness, table, deleteAtAck);
         var completed = 0L;
         using var meter = new System.Diagnostics.Metrics.MeterListener
         {
@@ -279,21 +248,19 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("work", [i])).ToArray();
         await harness.Broker.KickManyAsync(messages);
 
-        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults, new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
+        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults ?? harness.Results, new TaskiqWorkerOptions
+        {
+            PollInterval = TimeSpan.FromMilliseconds(50), AckMode = separateResults ? AckMode.WhenExecuted : AckMode.WhenSaved,
+        });
         await worker.StartAsync(CancellationToken.None);
-        var sleeper = 0;
-        await Eventually.TrueAsync(async () => (sleeper = await harness.ScalarAsync<int>(
-            "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'", table)) != 0,
-            Bound, "the settle is inside its transaction");
-        proxy.Cut();
-        await Eventually.TrueAsync(async () => !await harness.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", sleeper),
-            Bound, "the settle's backend has finished");
-        // The premise: the settle committed (its rows and their results) although its reply never reached the worker.
+        await CutWhileCompletingAsync(harness, proxy, table, "settle");
+        // The premise: the settle committed (its rows, and with one statement their results) although its reply never
+        // reached the worker.
         var settled = deleteAtAck
             ? 5 - await harness.ScalarAsync<long>($"SELECT count(*) FROM {table}")
             : await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'completed'");
         Assert.InRange(settled, 1, 5);
-        Assert.Equal(settled, await harness.ScalarAsync<long>("SELECT count(*) FROM taskiq_results WHERE task_id = ANY($1)",
+        Assert.Equal(separateResults ? 0 : settled, await harness.ScalarAsync<long>("SELECT count(*) FROM taskiq_results WHERE task_id = ANY($1)",
             (object)messages.Select(m => m.TaskId).ToArray()));
 
         proxy.Restore();
@@ -305,6 +272,45 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         await Eventually.TrueAsync(() => worker.UnreportedCompletions == 0, Bound, "the worker wrote its outcomes");
         Assert.Equal(5L, Interlocked.Read(ref completed));
         await worker.StopAsync(CancellationToken.None);
+    }
+
+    private TcpProxy ProxyToServer()
+    {
+        var target = new NpgsqlConnectionStringBuilder(db.ConnectionString);
+        return new TcpProxy(target.Host!, target.Port);
+    }
+
+    /// <summary>A data source through <paramref name="proxy"/>, its connections named <paramref name="table"/> (to find them in pg_stat_activity).</summary>
+    private NpgsqlDataSource ProxiedDataSource(TcpProxy proxy, string table)
+        => NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString) { Port = proxy.Port, Timeout = 2, ApplicationName = table }.ConnectionString);
+
+    /// <summary>The first completion of a running row of <paramref name="table"/> (to completed, or its delete) sleeps 1 s inside its transaction.</summary>
+    private static async Task HoldFirstCompletionAsync(QueueHarness harness, string table, bool deleteAtAck)
+    {
+        await ExecuteAsync(harness, $"CREATE SEQUENCE {table}_n");
+        await ExecuteAsync(harness, $$"""
+            CREATE FUNCTION {{table}}_f() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN
+                IF nextval('{{table}}_n') = 1 THEN PERFORM pg_sleep(1); END IF;
+                RETURN NULL;
+            END $f$
+            """);
+        await ExecuteAsync(harness, $"""
+            CREATE TRIGGER {table}_t AFTER {(deleteAtAck ? "DELETE" : "UPDATE")} ON {table} FOR EACH ROW
+            WHEN (OLD.status = 'processing'{(deleteAtAck ? "" : " AND NEW.status = 'completed'")}) EXECUTE FUNCTION {table}_f()
+            """);
+    }
+
+    /// <summary>Cuts the proxy while the held completion sleeps, then waits until its backend has finished (and committed).</summary>
+    private static async Task CutWhileCompletingAsync(QueueHarness harness, TcpProxy proxy, string table, string what)
+    {
+        var sleeper = 0;
+        await Eventually.TrueAsync(async () => (sleeper = await harness.ScalarAsync<int>(
+            "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'", table)) != 0,
+            Bound, $"the {what} is inside its transaction");
+        proxy.Cut();
+        await Eventually.TrueAsync(async () => !await harness.ScalarAsync<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", sleeper),
+            Bound, $"the {what}'s backend has finished");
     }
 
     private static async Task ExecuteAsync(QueueHarness harness, string sql)

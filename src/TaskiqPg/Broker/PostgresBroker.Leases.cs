@@ -187,6 +187,7 @@ public sealed partial class PostgresBroker
     /// <summary>
     /// The ack at receipt (<see cref="AckMode.WhenReceived"/>), safe to repeat after a failure: with
     /// <paramref name="afterFailure"/> it also returns the claims an earlier attempt acked although its reply was lost.
+    /// Also the flusher's ack retried after a failure when the results live on another data source.
     /// </summary>
     internal async Task<IReadOnlySet<LeaseRef>> AckOnReceiptAsync(string workerId, IReadOnlyCollection<LeaseRef> leases, bool afterFailure,
         CancellationToken cancellationToken)

@@ -121,7 +121,7 @@ public sealed partial class TaskiqWorker
         var stored = _results is null ? [] : batch.Where(c => c.Result is not null && c.IsFinal).ToArray();
         var (acked, failed) = _settleSql is not null
             ? await SettleTogetherAsync(acks, fails, stored, afterFailure, cancellationToken)
-            : await SettleSeparatelyAsync(acks, fails, stored, cancellationToken);
+            : await SettleSeparatelyAsync(acks, fails, stored, afterFailure, cancellationToken);
 
         foreach (var completion in batch)
         {
@@ -216,7 +216,7 @@ public sealed partial class TaskiqWorker
     /// acks go first and results are stored for the accepted claims only.
     /// </summary>
     private async Task<(IReadOnlySet<LeaseRef> Acked, IReadOnlyDictionary<LeaseRef, TaskState> Failed)> SettleSeparatelyAsync(
-        Completion[] acks, Completion[] fails, Completion[] stored, CancellationToken cancellationToken)
+        Completion[] acks, Completion[] fails, Completion[] stored, bool afterFailure, CancellationToken cancellationToken)
     {
         if (_options.AckMode == AckMode.WhenSaved && stored.Length > 0)
         {
@@ -224,9 +224,11 @@ public sealed partial class TaskiqWorker
             await StoreResultsAsync(stored.Where(c => confirmed.Contains(c.Task.Lease)), cancellationToken);
         }
 
-        IReadOnlySet<LeaseRef> acked = acks.Length > 0
-            ? await _broker.AckLeasesAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), cancellationToken)
-            : new HashSet<LeaseRef>();
+        // After a failure the ack that is safe to repeat: an earlier attempt may have committed with its reply lost, and
+        // its claims must count as acked — with WhenExecuted their results are stored below only for acked claims.
+        IReadOnlySet<LeaseRef> acked = acks.Length == 0 ? new HashSet<LeaseRef>()
+            : afterFailure ? await _broker.AckOnReceiptAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), afterFailure: true, cancellationToken)
+            : await _broker.AckLeasesAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), cancellationToken);
         IReadOnlyDictionary<LeaseRef, TaskState> failed = fails.Length > 0
             ? await _broker.FailLeasesAsync(WorkerId, fails.Select(c => c.ToFailure()).ToArray(), cancellationToken)
             : new Dictionary<LeaseRef, TaskState>();
