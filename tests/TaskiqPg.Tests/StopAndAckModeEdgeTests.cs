@@ -223,28 +223,7 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         // One data source: the combined settle statement; else the acks, then the results on the harness's own.
         await using var workerResults = separateResults ? null : new PostgresResultBackend(proxied);
         await HoldFirstCompletionAsync(harness, table, deleteAtAck);
-        var completed = 0L;
-        using var meter = new System.Diagnostics.Metrics.MeterListener
-        {
-            InstrumentPublished = (instrument, l) =>
-            {
-                if (instrument.Meter.Name == TaskiqDiagnostics.MeterName && instrument.Name == "taskiqpg.tasks.completed")
-                {
-                    l.EnableMeasurementEvents(instrument);
-                }
-            },
-        };
-        meter.SetMeasurementEventCallback<long>((_, value, tags, _) =>
-        {
-            foreach (var tag in tags)
-            {
-                if (tag.Key == MessagingTags.Destination && (string?)tag.Value == harness.Broker.Options.Queue)
-                {
-                    Interlocked.Add(ref completed, value);
-                }
-            }
-        });
-        meter.Start();
+        using var completed = new QueueCounter("taskiqpg.tasks.completed", harness.Broker.Options.Queue);
         var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("work", [i])).ToArray();
         await harness.Broker.KickManyAsync(messages);
 
@@ -270,8 +249,73 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         }
 
         await Eventually.TrueAsync(() => worker.UnreportedCompletions == 0, Bound, "the worker wrote its outcomes");
-        Assert.Equal(5L, Interlocked.Read(ref completed));
+        Assert.Equal(5L, completed.Count);
         await worker.StopAsync(CancellationToken.None);
+    }
+
+    [Fact]
+    public async Task A_failure_whose_reply_is_lost_after_it_committed_counts_as_failed_on_the_retry()
+    {
+        // As above for failed attempts: the settle dead-letters them and commits, its reply is lost; the retry finds the
+        // rows failed by this worker under these claims (its history entry) and counts them failed, not rejected.
+        var table = "faillost_" + Guid.NewGuid().ToString("N")[..8];
+        await using var proxy = ProxyToServer();
+        await using var proxied = ProxiedDataSource(proxy, table);
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("broken", (int i) => i < 0 ? i : throw new InvalidOperationException("broken " + i)),
+            broker: new PostgresBrokerOptions { MessagesTable = table, LeaseDuration = TimeSpan.FromMinutes(2), DefaultMaxAttempts = 1 });
+        await using var workerBroker = new PostgresBroker(proxied, harness.Broker.Options);
+        await using var workerResults = new PostgresResultBackend(proxied);
+        await HoldFirstAsync(harness, table, "UPDATE", "OLD.status = 'processing' AND NEW.status = 'discarded'");
+        using var deadLettered = new QueueCounter("taskiqpg.tasks.dead_lettered", harness.Broker.Options.Queue);
+        var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("broken", [i])).ToArray();
+        await harness.Broker.KickManyAsync(messages);
+
+        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults, new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
+        await worker.StartAsync(CancellationToken.None);
+        await CutWhileCompletingAsync(harness, proxy, table, "settle");
+        Assert.InRange(await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'discarded'"), 1, 5); // the premise
+        proxy.Restore();
+        await Eventually.TrueAsync(async () => await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'discarded'") == 5,
+            Bound, "every task is dead-lettered");
+        await Eventually.TrueAsync(() => worker.UnreportedCompletions == 0, Bound, "the worker wrote its outcomes");
+        Assert.Equal(5L, deadLettered.Count);
+        await worker.StopAsync(CancellationToken.None);
+    }
+
+    /// <summary>Sums one TaskiqPg counter for one queue.</summary>
+    private sealed class QueueCounter : IDisposable
+    {
+        private readonly System.Diagnostics.Metrics.MeterListener _listener;
+        private long _count;
+
+        public QueueCounter(string instrumentName, string queue)
+        {
+            _listener = new System.Diagnostics.Metrics.MeterListener
+            {
+                InstrumentPublished = (instrument, l) =>
+                {
+                    if (instrument.Meter.Name == TaskiqDiagnostics.MeterName && instrument.Name == instrumentName)
+                    {
+                        l.EnableMeasurementEvents(instrument);
+                    }
+                },
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            {
+                foreach (var tag in tags)
+                {
+                    if (tag.Key == MessagingTags.Destination && (string?)tag.Value == queue)
+                    {
+                        Interlocked.Add(ref _count, value);
+                    }
+                }
+            });
+            _listener.Start();
+        }
+
+        public long Count => Interlocked.Read(ref _count);
+
+        public void Dispose() => _listener.Dispose();
     }
 
     private TcpProxy ProxyToServer()
@@ -285,7 +329,11 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         => NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(db.ConnectionString) { Port = proxy.Port, Timeout = 2, ApplicationName = table }.ConnectionString);
 
     /// <summary>The first completion of a running row of <paramref name="table"/> (to completed, or its delete) sleeps 1 s inside its transaction.</summary>
-    private static async Task HoldFirstCompletionAsync(QueueHarness harness, string table, bool deleteAtAck)
+    private static Task HoldFirstCompletionAsync(QueueHarness harness, string table, bool deleteAtAck)
+        => HoldFirstAsync(harness, table, deleteAtAck ? "DELETE" : "UPDATE", deleteAtAck ? "OLD.status = 'processing'" : "OLD.status = 'processing' AND NEW.status = 'completed'");
+
+    /// <summary>The first <paramref name="operation"/> of a row of <paramref name="table"/> matching <paramref name="when"/> sleeps 1 s inside its transaction.</summary>
+    private static async Task HoldFirstAsync(QueueHarness harness, string table, string operation, string when)
     {
         await ExecuteAsync(harness, $"CREATE SEQUENCE {table}_n");
         await ExecuteAsync(harness, $$"""
@@ -296,8 +344,7 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
             END $f$
             """);
         await ExecuteAsync(harness, $"""
-            CREATE TRIGGER {table}_t AFTER {(deleteAtAck ? "DELETE" : "UPDATE")} ON {table} FOR EACH ROW
-            WHEN (OLD.status = 'processing'{(deleteAtAck ? "" : " AND NEW.status = 'completed'")}) EXECUTE FUNCTION {table}_f()
+            CREATE TRIGGER {table}_t AFTER {operation} ON {table} FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {table}_f()
             """);
     }
 

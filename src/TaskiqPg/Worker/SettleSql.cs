@@ -22,6 +22,8 @@ internal sealed class SettleSql
         // A retry also acks the claims an earlier attempt completed although its reply was lost (the connection died
         // after the commit): completed by this worker under the same claim number, or gone when completed rows are
         // deleted. Without it they read as claims another worker had won ("completion rejected", no completed metric).
+        // Likewise failures it recorded: same claim number, no lease, and the row's last history entry this worker's
+        // failure (a rescue of the claim writes 'lost' there).
         Settle = Build(t, r, broker, withFailures: true, retry: false);
         SettleAcks = Build(t, r, broker, withFailures: false, retry: false);
         SettleRetry = Build(t, r, broker, withFailures: true, retry: true);
@@ -74,6 +76,11 @@ internal sealed class SettleSql
             """ : "")}{(withFailures ? """
 
             UNION ALL SELECT 1, id, claims, status FROM failed
+            """ : "")}{(withFailures && retry ? $"""
+
+            UNION ALL SELECT 1, f.id, f.claim, m.status FROM unnest($3::bigint[], $4::integer[]) AS f(id, claim) JOIN {t} AS m ON m.id = f.id
+                      WHERE $21 AND m.claims = f.claim AND m.locked_by IS NULL AND m.status <> 'processing'
+                        AND m.history -> -1 ->> 'worker' = $7 AND m.history -> -1 ->> 'outcome' IN ('failed', 'cancelled', 'snoozed')
             """ : "")}
             UNION ALL SELECT 2, count(pg_notify($16, n.ids)), 0, NULL
                       FROM (SELECT string_agg(task_id, ',') AS ids FROM chunked GROUP BY chunk) AS n
