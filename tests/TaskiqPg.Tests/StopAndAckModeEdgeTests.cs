@@ -253,28 +253,39 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         await worker.StopAsync(CancellationToken.None);
     }
 
-    [Fact]
-    public async Task A_failure_whose_reply_is_lost_after_it_committed_counts_as_failed_on_the_retry()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // results on another data source (WhenExecuted): the failure first, the error results after it
+    public async Task A_failure_whose_reply_is_lost_after_it_committed_counts_as_failed_on_the_retry(bool separateResults)
     {
         // As above for failed attempts: the settle dead-letters them and commits, its reply is lost; the retry finds the
-        // rows failed by this worker under these claims (its history entry) and counts them failed, not rejected.
+        // rows failed by this worker under these claims (its history entry) and counts them failed, not rejected —
+        // and, with the results elsewhere, stores their error results.
         var table = "faillost_" + Guid.NewGuid().ToString("N")[..8];
         await using var proxy = ProxyToServer();
         await using var proxied = ProxiedDataSource(proxy, table);
         await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("broken", (int i) => i < 0 ? i : throw new InvalidOperationException("broken " + i)),
             broker: new PostgresBrokerOptions { MessagesTable = table, LeaseDuration = TimeSpan.FromMinutes(2), DefaultMaxAttempts = 1 });
         await using var workerBroker = new PostgresBroker(proxied, harness.Broker.Options);
-        await using var workerResults = new PostgresResultBackend(proxied);
+        await using var workerResults = separateResults ? null : new PostgresResultBackend(proxied);
         await HoldFirstAsync(harness, table, "UPDATE", "OLD.status = 'processing' AND NEW.status = 'discarded'");
         using var deadLettered = new QueueCounter("taskiqpg.tasks.dead_lettered", harness.Broker.Options.Queue);
         var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("broken", [i])).ToArray();
         await harness.Broker.KickManyAsync(messages);
 
-        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults, new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMilliseconds(50) });
+        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults ?? harness.Results, new TaskiqWorkerOptions
+        {
+            PollInterval = TimeSpan.FromMilliseconds(50), AckMode = separateResults ? AckMode.WhenExecuted : AckMode.WhenSaved,
+        });
         await worker.StartAsync(CancellationToken.None);
         await CutWhileCompletingAsync(harness, proxy, table, "settle");
         Assert.InRange(await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'discarded'"), 1, 5); // the premise
         proxy.Restore();
+        foreach (var message in messages)
+        {
+            Assert.True((await harness.Results.WaitForResultAsync(message.TaskId, Bound)).IsError);
+        }
+
         await Eventually.TrueAsync(async () => await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'discarded'") == 5,
             Bound, "every task is dead-lettered");
         await Eventually.TrueAsync(() => worker.UnreportedCompletions == 0, Bound, "the worker wrote its outcomes");

@@ -110,6 +110,17 @@ internal sealed class BrokerSql
              RETURNING m.id, m.status, m.claims
              """;
 
+        // Fail, safe to repeat after a failure (results on another data source): also the failures an earlier attempt
+        // recorded although its reply was lost.
+        FailRepeatable =
+            $"""
+             WITH failed AS ({Fail})
+             SELECT id, status, claims FROM failed
+             UNION ALL
+             SELECT f.id, m.status, f.claim FROM unnest($1::bigint[], $2::integer[]) AS f(id, claim) JOIN {t} AS m ON m.id = f.id
+             WHERE {FailureRecordedBy("$5")}
+             """;
+
         // $1 queues, $2 channel; arrays $3 task ids, $4 task names, $5 messages, $6 labels, $7 priorities, $8 max attempts,
         // $9 attempts already used, $10 row ids. Tasks acked at claim (AckMode.WhenReceived) that never started: a row kept
         // as completed becomes available again; a deleted one (no completed retention) is inserted again.
@@ -553,6 +564,15 @@ internal sealed class BrokerSql
                """;
 
     /// <summary>
+    /// Row <c>m</c> holds a failure that <paramref name="worker"/> recorded for claim <c>f.(id, claim)</c>: same claim
+    /// number, no lease, and its last history entry that worker's failed, cancelled or snoozed attempt (a rescue of the
+    /// claim writes <c>lost</c> there). For the retry of a failure whose reply was lost.
+    /// </summary>
+    internal static string FailureRecordedBy(string worker)
+        => $"m.claims = f.claim AND m.locked_by IS NULL AND m.status <> 'processing' AND m.history -> -1 ->> 'worker' = {worker} " +
+           "AND m.history -> -1 ->> 'outcome' IN ('failed', 'cancelled', 'snoozed')";
+
+    /// <summary>
     /// The lease predicate every statement that settles, renews or gives back a claim shares: row <c>m</c> is still
     /// the claim <paramref name="claims"/><c>.(id, claim)</c> of <paramref name="worker"/> and still running. The claim
     /// number (not the attempt) identifies a lease: a row rescued and claimed again is another claim, so a late ack of
@@ -649,6 +669,8 @@ internal sealed class BrokerSql
     public string ReleaseOrphans { get; }
 
     public string RenewAllOfWorker { get; }
+
+    public string FailRepeatable { get; }
 
     public string NextDueOfQueue { get; }
 

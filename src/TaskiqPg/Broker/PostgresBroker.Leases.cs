@@ -328,7 +328,7 @@ public sealed partial class PostgresBroker
 
     /// <summary><see cref="FailAsync"/> by claim: the new status of each lease (row and attempt) that was still ours.</summary>
     internal async Task<IReadOnlyDictionary<LeaseRef, TaskState>> FailLeasesAsync(string workerId, IReadOnlyCollection<TaskFailure> failures,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken, bool afterFailure = false)
     {
         var outcome = new Dictionary<LeaseRef, TaskState>();
         if (failures.Count == 0)
@@ -337,7 +337,7 @@ public sealed partial class PostgresBroker
         }
 
         await using var batch = DataSource.CreateBatch();
-        batch.BatchCommands.Add(CreateFailCommand(workerId, failures));
+        batch.BatchCommands.Add(CreateFailCommand(workerId, failures, afterFailure ? _sql.FailRepeatable : _sql.Fail));
         await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
@@ -385,9 +385,9 @@ public sealed partial class PostgresBroker
         }
     }
 
-    internal NpgsqlBatchCommand CreateFailCommand(string workerId, IReadOnlyCollection<TaskFailure> failures)
+    internal NpgsqlBatchCommand CreateFailCommand(string workerId, IReadOnlyCollection<TaskFailure> failures, string? sql = null)
     {
-        var command = new NpgsqlBatchCommand(_sql.Fail);
+        var command = new NpgsqlBatchCommand(sql ?? _sql.Fail);
         command.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = failures.Select(f => f.Lease.Id).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<int[]> { TypedValue = failures.Select(f => f.Lease.Claim).ToArray() });
         command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = failures.Select(f => f.Error).ToArray() });

@@ -79,8 +79,7 @@ internal sealed class SettleSql
             """ : "")}{(withFailures && retry ? $"""
 
             UNION ALL SELECT 1, f.id, f.claim, m.status FROM unnest($3::bigint[], $4::integer[]) AS f(id, claim) JOIN {t} AS m ON m.id = f.id
-                      WHERE $21 AND m.claims = f.claim AND m.locked_by IS NULL AND m.status <> 'processing'
-                        AND m.history -> -1 ->> 'worker' = $7 AND m.history -> -1 ->> 'outcome' IN ('failed', 'cancelled', 'snoozed')
+                      WHERE $21 AND {BrokerSql.FailureRecordedBy("$7")}
             """ : "")}
             UNION ALL SELECT 2, count(pg_notify($16, n.ids)), 0, NULL
                       FROM (SELECT string_agg(task_id, ',') AS ids FROM chunked GROUP BY chunk) AS n

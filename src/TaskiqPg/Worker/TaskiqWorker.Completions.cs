@@ -230,7 +230,7 @@ public sealed partial class TaskiqWorker
             : afterFailure ? await _broker.AckOnReceiptAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), afterFailure: true, cancellationToken)
             : await _broker.AckLeasesAsync(WorkerId, acks.Select(c => c.Task.Lease).ToArray(), cancellationToken);
         IReadOnlyDictionary<LeaseRef, TaskState> failed = fails.Length > 0
-            ? await _broker.FailLeasesAsync(WorkerId, fails.Select(c => c.ToFailure()).ToArray(), cancellationToken)
+            ? await _broker.FailLeasesAsync(WorkerId, fails.Select(c => c.ToFailure()).ToArray(), cancellationToken, afterFailure)
             : new Dictionary<LeaseRef, TaskState>();
 
         if (_options.AckMode == AckMode.WhenExecuted && stored.Length > 0)
