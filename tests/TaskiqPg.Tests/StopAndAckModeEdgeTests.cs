@@ -227,11 +227,7 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("work", [i])).ToArray();
         await harness.Broker.KickManyAsync(messages);
 
-        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults ?? harness.Results, new TaskiqWorkerOptions
-        {
-            PollInterval = TimeSpan.FromMilliseconds(50), AckMode = separateResults ? AckMode.WhenExecuted : AckMode.WhenSaved,
-        });
-        await worker.StartAsync(CancellationToken.None);
+        using var worker = await StartReplyLossWorkerAsync(harness, workerBroker, workerResults);
         await CutWhileCompletingAsync(harness, proxy, table, "settle");
         // The premise: the settle committed (its rows, and with one statement their results) although its reply never
         // reached the worker.
@@ -273,11 +269,7 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         var messages = Enumerable.Range(0, 5).Select(i => TaskMessage.Create("broken", [i])).ToArray();
         await harness.Broker.KickManyAsync(messages);
 
-        using var worker = new TaskiqWorker(workerBroker, harness.Registry, workerResults ?? harness.Results, new TaskiqWorkerOptions
-        {
-            PollInterval = TimeSpan.FromMilliseconds(50), AckMode = separateResults ? AckMode.WhenExecuted : AckMode.WhenSaved,
-        });
-        await worker.StartAsync(CancellationToken.None);
+        using var worker = await StartReplyLossWorkerAsync(harness, workerBroker, workerResults);
         await CutWhileCompletingAsync(harness, proxy, table, "settle");
         Assert.InRange(await harness.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE status = 'discarded'"), 1, 5); // the premise
         proxy.Restore();
@@ -327,6 +319,18 @@ public sealed class StopAndAckModeEdgeTests(DatabaseFixture db) : IClassFixture<
         public long Count => Interlocked.Read(ref _count);
 
         public void Dispose() => _listener.Dispose();
+    }
+
+    /// <summary>A worker on <paramref name="broker"/>; with <paramref name="results"/> null its results go to the harness's
+    /// own data source, the outcomes first and the results after them (<see cref="AckMode.WhenExecuted"/>).</summary>
+    private static async Task<TaskiqWorker> StartReplyLossWorkerAsync(QueueHarness harness, PostgresBroker broker, PostgresResultBackend? results)
+    {
+        var worker = new TaskiqWorker(broker, harness.Registry, results ?? harness.Results, new TaskiqWorkerOptions
+        {
+            PollInterval = TimeSpan.FromMilliseconds(50), AckMode = results is null ? AckMode.WhenExecuted : AckMode.WhenSaved,
+        });
+        await worker.StartAsync(CancellationToken.None);
+        return worker;
     }
 
     private TcpProxy ProxyToServer()
