@@ -59,10 +59,10 @@ public sealed class LeasePlanTests(DatabaseFixture db) : IClassFixture<DatabaseF
         foreach (var settle in new[] { settleSql.Settle, settleSql.SettleAcks, settleSql.SettleRetry })
         {
         var plan = await GenericPlanAsync(harness.DataSource, settle,
-            "bigint[], integer[], bigint[], integer[], text[], boolean[], text, float8, float8, bigint[], integer[], text[], text[], text[], interval, text, float8[], integer[], float8[], float8[], boolean",
+            "bigint[], integer[], bigint[], integer[], text[], boolean[], text, float8, float8, bigint[], integer[], text[], text[], text[], interval, text, float8[], integer[], float8[], float8[]",
             ids.ToArray(), claims.ToArray(), Array.Empty<long>(), Array.Empty<int>(), Array.Empty<string>(), Array.Empty<bool>(), "plan-test", 1.0, 60.0,
             ids.ToArray(), claims.ToArray(), taskIds.ToArray(), taskIds.Select(_ => "null").ToArray(), taskIds.Select(_ => (string?)null).ToArray(),
-            TimeSpan.FromDays(1), "plan_test", Array.Empty<double>(), Array.Empty<int>(), Array.Empty<double>(), Array.Empty<double>(), false);
+            TimeSpan.FromDays(1), "plan_test", Array.Empty<double>(), Array.Empty<int>(), Array.Empty<double>(), Array.Empty<double>());
         AssertEachClaimReadOnce(plan, "settle");
         }
     }

@@ -94,9 +94,7 @@ internal sealed class BrokerSql
              SELECT id, claims FROM acked
              UNION ALL
              SELECT a.id, a.claim FROM a
-             WHERE $4 AND {(keepCompleted
-                 ? $"EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $3 AND m.status = 'completed')"
-                 : $"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)")}
+             WHERE $4 AND {AckRecordedBy(t, keepCompleted, "$3")}
              """;
 
         // $1 ids, $2 claim numbers, $3 errors, $4 retry flags, $5 worker, $6 base delay seconds, $7 max delay seconds,
@@ -562,6 +560,16 @@ internal sealed class BrokerSql
                WHERE {LeaseHeld("a", worker)}
                RETURNING m.id, m.claims
                """;
+
+    /// <summary>
+    /// Claim <c>a.(id, claim)</c> was acked by <paramref name="worker"/> in an earlier attempt: its row completed by that
+    /// worker under the same claim number, or (<paramref name="keep"/> false: rows deleted at the ack) gone. For the
+    /// retry of an ack whose reply was lost.
+    /// </summary>
+    internal static string AckRecordedBy(string table, bool keep, string worker)
+        => keep
+            ? $"EXISTS (SELECT 1 FROM {table} AS m WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = {worker} AND m.status = 'completed')"
+            : $"NOT EXISTS (SELECT 1 FROM {table} AS m WHERE m.id = a.id)";
 
     /// <summary>
     /// Row <c>m</c> holds a failure that <paramref name="worker"/> recorded for claim <c>f.(id, claim)</c>: same claim

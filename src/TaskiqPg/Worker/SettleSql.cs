@@ -15,22 +15,21 @@ internal sealed class SettleSql
         var t = PgIdentifier.QualifiedName(broker.Schema, nameof(broker.Schema), broker.MessagesTable, nameof(broker.MessagesTable));
         var r = PgIdentifier.QualifiedName(results.Schema, nameof(results.Schema), results.ResultsTable, nameof(results.ResultsTable));
 
-        // $1/$2 ack ids and claim numbers; $3..$6 fail ids, claim numbers, errors, retry flags; $7 worker; $8 base and $9 max retry
-        // delay (seconds); $10..$14 results: row ids, claim numbers, task ids, result JSON, stack traces; $15 result ttl;
-        // $16 channel; $17..$20 per failure: snooze seconds, max attempts, base and max retry delay seconds; $21 whether this is
-        // a retry after a failure. Rows: (0, id, claim, null) acked, (1, id, claim, new status) failed, (2, notifications, 0, null).
-        // A retry also acks the claims an earlier attempt completed although its reply was lost (the connection died
-        // after the commit): completed by this worker under the same claim number, or gone when completed rows are
-        // deleted. Without it they read as claims another worker had won ("completion rejected", no completed metric).
-        // Likewise failures it recorded: same claim number, no lease, and the row's last history entry this worker's
-        // failure (a rescue of the claim writes 'lost' there).
+        // $1/$2 ack ids and claim numbers; $3..$6 fail ids, claim numbers, errors, retry flags; $7 worker; $8 base and $9
+        // max retry delay (seconds); $10..$14 results: row ids, claim numbers, task ids, result JSON, stack traces; $15
+        // result ttl; $16 channel; $17..$20 per failure: snooze seconds, max attempts, base and max retry delay seconds.
+        // Rows: (0, id, claim, null) acked, (1, id, claim, new status) failed, (2, notifications, 0, null).
+        // The retry statement (used only after a failure) also returns what an earlier attempt committed although its
+        // reply was lost (the connection died after the commit): acks (BrokerSql.AckRecordedBy) and failures
+        // (BrokerSql.FailureRecordedBy) of this worker under the same claim numbers. Without it they read as claims
+        // another worker had won ("completion rejected", no metric).
         Settle = Build(t, r, broker, withFailures: true, retry: false);
         SettleAcks = Build(t, r, broker, withFailures: false, retry: false);
         SettleRetry = Build(t, r, broker, withFailures: true, retry: true);
     }
 
-    /// <summary><see cref="Settle"/> with the acks an earlier attempt committed although its reply was lost: for a retry
-    /// after a failure only (the extra branch is planned on every call even when <c>$21</c> switches it off).</summary>
+    /// <summary><see cref="Settle"/> with the acks and failures an earlier attempt committed although its reply was lost:
+    /// for a retry after a failure only (kept out of the others: a branch is planned on every call, used or not).</summary>
     public string SettleRetry { get; }
 
     /// <summary>Acks, failures and results (any batch).</summary>
@@ -70,16 +69,14 @@ internal sealed class SettleSql
             SELECT 0, id, claims, NULL::text FROM acked{(retry ? $"""
 
             UNION ALL SELECT 0, a.id, a.claim, NULL FROM unnest($1::bigint[], $2::integer[]) AS a(id, claim)
-                      WHERE $21 AND {(broker.CompletedRetention != TimeSpan.Zero
-                          ? $"EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id AND m.claims = a.claim AND m.locked_by = $7 AND m.status = 'completed')"
-                          : $"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.id = a.id)")}
+                      WHERE {BrokerSql.AckRecordedBy(t, broker.CompletedRetention != TimeSpan.Zero, "$7")}
             """ : "")}{(withFailures ? """
 
             UNION ALL SELECT 1, id, claims, status FROM failed
             """ : "")}{(withFailures && retry ? $"""
 
             UNION ALL SELECT 1, f.id, f.claim, m.status FROM unnest($3::bigint[], $4::integer[]) AS f(id, claim) JOIN {t} AS m ON m.id = f.id
-                      WHERE $21 AND {BrokerSql.FailureRecordedBy("$7")}
+                      WHERE {BrokerSql.FailureRecordedBy("$7")}
             """ : "")}
             UNION ALL SELECT 2, count(pg_notify($16, n.ids)), 0, NULL
                       FROM (SELECT string_agg(task_id, ',') AS ids FROM chunked GROUP BY chunk) AS n

@@ -186,7 +186,6 @@ public sealed partial class TaskiqWorker
         p.Add(_results!.TtlParameter());
         p.Add(new NpgsqlParameter<string> { TypedValue = _results.Options.Channel });
         PostgresBroker.AddFailureDetails(p, fails.Select(c => c.ToFailure()).ToArray());
-        p.Add(new NpgsqlParameter<bool> { TypedValue = afterFailure });
 
         var acked = new HashSet<LeaseRef>();
         var failed = new Dictionary<LeaseRef, TaskState>();
