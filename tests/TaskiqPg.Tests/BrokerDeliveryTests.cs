@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
 using Npgsql;
 
 namespace TaskiqPg.Tests;
@@ -236,5 +237,103 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
 
         _ = listener.WaitAsync(Bound); // reads (and so delivers) pending notifications
         Assert.Equal(options.Queue, await woken.Task.WaitAsync(Bound));
+    }
+    [Fact]
+    public async Task A_kick_has_sent_its_wake_up_when_it_returns()
+    {
+        // A listener receives notifications in the order their transactions committed. A marker NOTIFY sent right
+        // after each KickAsync returns must therefore arrive after that kick's wake-up: the wake-up rides in the kick's
+        // own round trip (a transaction of its own after the insert), not in a background send that may come later.
+        await using var listener = new NpgsqlConnection(db.ConnectionString);
+        await listener.OpenAsync();
+        var received = new ConcurrentQueue<string>();
+        listener.Notification += (_, e) => received.Enqueue(e.Channel + ":" + e.Payload);
+        var options = new PostgresBrokerOptions { Queue = "inline_" + Guid.NewGuid().ToString("N")[..8], Channel = "wake_" + Guid.NewGuid().ToString("N")[..8] };
+        var markers = "marker_" + Guid.NewGuid().ToString("N")[..8];
+        await using (var listen = new NpgsqlCommand($"LISTEN {options.Channel}; LISTEN {markers}", listener))
+        {
+            await listen.ExecuteNonQueryAsync();
+        }
+
+        await using var broker = new PostgresBroker(db.ConnectionString, options);
+        await using var other = NpgsqlDataSource.Create(db.ConnectionString);
+        const int kicks = 20;
+        for (var i = 0; i < kicks; i++)
+        {
+            await broker.KickAsync(TaskMessage.Create("n"));
+            await using var marker = other.CreateCommand("SELECT pg_notify($1, $2)");
+            marker.Parameters.Add(new NpgsqlParameter<string> { TypedValue = markers });
+            marker.Parameters.Add(new NpgsqlParameter<string> { TypedValue = i.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+            await marker.ExecuteNonQueryAsync();
+        }
+
+        var last = $"{markers}:{kicks - 1}";
+        using var timeout = new CancellationTokenSource(Bound);
+        while (!received.Contains(last))
+        {
+            await listener.WaitAsync(timeout.Token);
+        }
+
+        // Before every marker, a wake-up of the queue that was not already counted before the previous marker.
+        var wakeUpsSinceMarker = 0;
+        var order = received.ToArray();
+        foreach (var notification in order)
+        {
+            if (notification.StartsWith(markers, StringComparison.Ordinal))
+            {
+                Assert.True(wakeUpsSinceMarker > 0, $"No wake-up before {notification}: {string.Join(", ", order)}");
+                wakeUpsSinceMarker = 0;
+            }
+            else
+            {
+                Assert.Equal($"{options.Channel}:{options.Queue}", notification);
+                wakeUpsSinceMarker++;
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Concurrent_kicks_each_wake_a_worker_that_polls_rarely()
+    {
+        // Kicks from one broker share its wake-up: the first one not covered by a wake-up on its way sends it in its own
+        // round trip, the others meanwhile get one after it. In bursts of concurrent kicks, a burst's last kick left
+        // without a wake-up would wait for the 10-minute poll.
+        await using var harness = await QueueHarness.CreateAsync(db, r => r.Add("ping", (int i) => i));
+        await harness.StartWorkerAsync(new TaskiqWorkerOptions { PollInterval = TimeSpan.FromMinutes(10) });
+        for (var burst = 0; burst < 10; burst++)
+        {
+            var handles = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => harness.Client.KickAsync<int>("ping", [burst * 8 + i])));
+            var results = await Task.WhenAll(handles.Select(h => h.WaitForResultAsync(Bound)));
+            Assert.Equal(Enumerable.Range(burst * 8, 8), results.Order());
+        }
+    }
+    [Fact]
+    public async Task A_kick_whose_wake_up_fails_is_kicked_and_the_failure_logged()
+    {
+        // The wake-up runs after the insert's commit: its failure must neither fail the kick (a caller would kick again:
+        // a duplicate) nor go unsaid. A database of its own whose search path puts a pg_notify that always raises ahead
+        // of pg_catalog's.
+        var connectionString = await db.Server.CreateDatabaseAsync("wake");
+        await using (var setup = NpgsqlDataSource.Create(connectionString))
+        {
+            await using var command = setup.CreateCommand("""
+                CREATE SCHEMA refuse;
+                CREATE FUNCTION refuse.pg_notify(text, text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'notify refused'; END $$;
+                """);
+            await command.ExecuteNonQueryAsync();
+        }
+
+        var captured = new ConcurrentQueue<string>();
+        using var loggerFactory = LoggerFactory.Create(b => b.AddProvider(new CapturingProvider(captured)));
+        var refusing = new NpgsqlConnectionStringBuilder(connectionString) { SearchPath = "refuse,pg_catalog,public" }.ConnectionString;
+        await using var broker = new PostgresBroker(refusing, new PostgresBrokerOptions(), loggerFactory);
+        for (var i = 0; i < 3; i++)
+        {
+            var kicked = await broker.KickAsync(TaskMessage.Create("n"));
+            Assert.Equal(TaskState.Available, (await broker.GetTaskAsync(kicked.TaskId))!.State);
+        }
+
+        await Eventually.TrueAsync(() => captured.Count(l => l.Contains("[1004]", StringComparison.Ordinal) && l.Contains("notify refused", StringComparison.Ordinal)) >= 1,
+            Bound, "the failed wake-up is logged with the server's reason");
     }
 }

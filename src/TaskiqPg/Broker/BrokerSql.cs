@@ -17,6 +17,7 @@ internal sealed class BrokerSql
             "SELECT $1, $2, $3, $4::jsonb, $5, $6, d.at, $9, CASE WHEN d.at > now() THEN 'scheduled' ELSE 'pending' END " +
             "FROM (SELECT COALESCE($7, now() + $8) AS at) AS d";
         Kick = string.Format(System.Globalization.CultureInfo.InvariantCulture, insert, t) + " RETURNING id";
+        RowExists = $"SELECT EXISTS (SELECT FROM {t} WHERE id = $1)";
 
         // Unique kicks: $1..$9 as above, $10 key, $11 period in seconds (null: none), $12 states mask, $13 channel. A
         // duplicate inserts nothing (no row returned, no NOTIFY).
@@ -632,8 +633,11 @@ internal sealed class BrokerSql
     /// <summary>The messages table's schema history (<see cref="BrokerMigrations"/>).</summary>
     public IReadOnlyList<MigrationStep> Migrations { get; }
 
-    /// <summary>Insert only: the broker's coalescing notifier sends the NOTIFY after the commit.</summary>
+    /// <summary>Insert only: the wake-up NOTIFY follows as a transaction of its own, in the same round trip or from the coalescing notifier.</summary>
     public string Kick { get; }
+
+    /// <summary>$1 row id: whether the row is there (a kick whose reply carried an error after its row: committed or not).</summary>
+    public string RowExists { get; }
 
     /// <summary>Insert + NOTIFY in the caller's transaction (delivered on commit, dropped on rollback).</summary>
     public string KickAndNotify { get; }

@@ -146,13 +146,7 @@ public sealed partial class PostgresBroker : IAsyncDisposable
     {
         await StartAsync(cancellationToken);
         await using var connection = await DataSource.OpenConnectionAsync(cancellationToken);
-        var result = await KickCoreAsync(connection, null, message, options, pooledConnection: true, cancellationToken);
-        if (!result.Duplicate && !Options.NotifyTaskIds) // with NotifyTaskIds the statement notified its row
-        {
-            NotifierOf(options?.Queue).Signal();
-        }
-
-        return result;
+        return await KickCoreAsync(connection, null, message, options, pooledConnection: true, cancellationToken);
     }
 
     /// <summary>
@@ -305,6 +299,11 @@ public sealed partial class PostgresBroker : IAsyncDisposable
             var (json, labels) = Serialize(outgoing);
             message = outgoing;
             var unique = options?.Unique;
+            if (unique is null && pooledConnection && !Options.NotifyTaskIds)
+            {
+                return await KickAndWakeAsync(connection, message, json, labels, queue, runAt, options, cancellationToken);
+            }
+
             for (var attempt = 1; ; attempt++)
             {
                 await using var command = new NpgsqlCommand(null, connection, transaction);
@@ -312,18 +311,9 @@ public sealed partial class PostgresBroker : IAsyncDisposable
                 // the caller's connection: the NOTIFY rides in the statement, so it is delivered exactly when the caller commits.
                 command.CommandText = Options.NotifyTaskIds
                     ? unique is null ? _sql.KickAndNotifyId : _sql.KickUniqueAndNotifyId
-                    : unique is null
-                        ? pooledConnection ? _sql.Kick : _sql.KickAndNotify
+                    : unique is null ? _sql.KickAndNotify
                         : pooledConnection ? _sql.KickUnique : _sql.KickUniqueAndNotify;
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = labels });
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
-                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = options?.Priority ?? 0 });
-                command.Parameters.Add(new NpgsqlParameter { Value = (object?)runAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
-                command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
-                command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
+                AddKickParameters(command.Parameters, message, json, labels, queue, runAt, options);
                 string? key = null;
                 if (unique is not null)
                 {
@@ -346,6 +336,11 @@ public sealed partial class PostgresBroker : IAsyncDisposable
                 if (await command.ExecuteScalarAsync(cancellationToken) is long id)
                 {
                     TaskiqDiagnostics.Kicked.Add(1, new KeyValuePair<string, object?>(MessagingTags.Destination, queue));
+                    if (pooledConnection && !Options.NotifyTaskIds)
+                    {
+                        NotifierOf(queue).Signal();
+                    }
+
                     return new KickResult(id, message.TaskId, Duplicate: false);
                 }
 
@@ -372,6 +367,108 @@ public sealed partial class PostgresBroker : IAsyncDisposable
             MessagingTags.RecordError(activity, ex.GetType().Name, ex.Message);
             throw;
         }
+    }
+
+    /// <summary>
+    /// A plain kick on a pooled connection of ours: the insert, prepared, and — when no wake-up of this queue is on its
+    /// way — the wake-up NOTIFY in the same round trip, as a transaction of its own after the insert's (an error
+    /// barrier, i.e. a Sync, between them: a NOTIFY inside the insert's transaction would serialize concurrent kicks'
+    /// commits on PostgreSQL's notify lock). So workers hear of the row without a second connection, round trip or
+    /// thread hop. Otherwise the coalescing notifier covers it after the commit. Behind a transaction-mode pooler
+    /// (statements unprepared) the two transactions never share a write: the pooler may give them different server
+    /// connections.
+    /// </summary>
+    private async Task<KickResult> KickAndWakeAsync(NpgsqlConnection connection, TaskMessage message, string json, string labels,
+        string queue, DateTimeOffset? runAt, KickOptions? options, CancellationToken cancellationToken)
+    {
+        var notifier = NotifierOf(queue);
+        var wakeInline = CanPrepare && notifier.TryClaim();
+        try
+        {
+            await using var batch = new NpgsqlBatch(connection) { EnableErrorBarriers = true };
+            var kick = new NpgsqlBatchCommand(_sql.Kick);
+            AddKickParameters(kick.Parameters, message, json, labels, queue, runAt, options);
+            batch.BatchCommands.Add(kick);
+            NpgsqlBatchCommand? notify = null;
+            if (wakeInline)
+            {
+                notify = new NpgsqlBatchCommand(BrokerSql.Notify);
+                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
+                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                batch.BatchCommands.Add(notify);
+            }
+
+            await batch.PrepareIfSupportedAsync(CanPrepare, cancellationToken);
+            long id;
+            PostgresException? afterRow = null;
+            await using (var reader = await batch.ExecuteReaderAsync(cancellationToken))
+            {
+                await reader.ReadAsync(cancellationToken);
+                id = reader.GetInt64(0);
+                if (notify is not null)
+                {
+                    try
+                    {
+                        // The insert has run; its commit and the wake-up follow. Not cancelled from here on.
+                        await reader.NextResultAsync(CancellationToken.None);
+                    }
+                    catch (PostgresException ex)
+                    {
+                        afterRow = ex;
+                    }
+                }
+            }
+
+            if (afterRow is not null)
+            {
+                // Npgsql does not say which statement failed (unless the connection string has Include Failed Batched
+                // Command): the insert's commit or the wake-up. The row tells. A failed wake-up is a hint lost, not a
+                // failed kick: the caller must not kick again.
+                if (!await KickedRowExistsAsync(connection, id))
+                {
+                    throw afterRow;
+                }
+
+                Log.NotifyFailed(_logger, Options.Channel, afterRow); // workers poll
+            }
+
+            TaskiqDiagnostics.Kicked.Add(1, new KeyValuePair<string, object?>(MessagingTags.Destination, queue));
+            if (!wakeInline)
+            {
+                notifier.Signal();
+            }
+
+            return new KickResult(id, message.TaskId, Duplicate: false);
+        }
+        finally
+        {
+            if (wakeInline)
+            {
+                notifier.Release();
+            }
+        }
+    }
+
+    private async Task<bool> KickedRowExistsAsync(NpgsqlConnection connection, long id)
+    {
+        await using var command = new NpgsqlCommand(_sql.RowExists, connection);
+        command.Parameters.Add(new NpgsqlParameter<long> { TypedValue = id });
+        return (bool)(await command.ExecuteScalarAsync())!;
+    }
+
+    /// <summary>The kick statements' first nine parameters ($1 task id … $9 max attempts).</summary>
+    private void AddKickParameters(NpgsqlParameterCollection parameters, TaskMessage message, string json, string labels, string queue,
+        DateTimeOffset? runAt, KickOptions? options)
+    {
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskId });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = message.TaskName });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = json });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = labels });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+        parameters.Add(new NpgsqlParameter<int> { TypedValue = options?.Priority ?? 0 });
+        parameters.Add(new NpgsqlParameter { Value = (object?)runAt ?? DBNull.Value, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+        parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = DelayOf(options) });
+        parameters.Add(new NpgsqlParameter<int> { TypedValue = MaxAttemptsOf(options) });
     }
 
     private static NpgsqlParameter PeriodParameter(UniqueOptions unique)

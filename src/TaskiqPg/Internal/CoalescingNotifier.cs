@@ -49,6 +49,22 @@ internal sealed class CoalescingNotifier : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Takes the next notification for the caller to send in its own kick's round trip (after the kick's commit, as a
+    /// transaction of its own). True when no notification was on its way: the caller must then call
+    /// <see cref="Release"/> once its statement has run; signals meanwhile wait for it and are sent after.
+    /// </summary>
+    public bool TryClaim() => Interlocked.CompareExchange(ref _state, Sending, Idle) == Idle;
+
+    /// <summary>Ends a <see cref="TryClaim"/>: signals that arrived while the caller's notification ran get one of their own.</summary>
+    public void Release()
+    {
+        if (!TryGoIdle())
+        {
+            _sender = Task.Run(SendAsync);
+        }
+    }
+
     /// <summary>Waits until every signalled notification was sent (or failed).</summary>
     public async ValueTask DisposeAsync()
     {

@@ -42,4 +42,7 @@ internal static class PreparedStatements
 
     public static Task PrepareIfSupportedAsync(this NpgsqlCommand command, bool supported, CancellationToken cancellationToken)
         => supported ? command.PrepareAsync(cancellationToken) : Task.CompletedTask;
+
+    public static Task PrepareIfSupportedAsync(this NpgsqlBatch batch, bool supported, CancellationToken cancellationToken)
+        => supported ? batch.PrepareAsync(cancellationToken) : Task.CompletedTask;
 }
