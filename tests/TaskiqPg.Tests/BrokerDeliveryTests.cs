@@ -336,4 +336,37 @@ public sealed class BrokerDeliveryTests(DatabaseFixture db) : IClassFixture<Data
         await Eventually.TrueAsync(() => captured.Count(l => l.Contains("[1004]", StringComparison.Ordinal) && l.Contains("notify refused", StringComparison.Ordinal)) >= 1,
             Bound, "the failed wake-up is logged with the server's reason");
     }
+    [Fact]
+    public async Task Kicks_committed_while_a_kick_sends_its_own_wake_up_get_one_after_it()
+    {
+        // A kick that takes the wake-up (TryClaim) sends it in its own round trip; a kick committed meanwhile only
+        // signals. Its commit may come after the first wake-up ran, so releasing the claim must send one more.
+        await using var listener = new NpgsqlConnection(db.ConnectionString);
+        await listener.OpenAsync();
+        var received = new ConcurrentQueue<string>();
+        listener.Notification += (_, e) => received.Enqueue(e.Payload);
+        var channel = "claim_" + Guid.NewGuid().ToString("N")[..8];
+        await using (var listen = new NpgsqlCommand($"LISTEN {channel}", listener))
+        {
+            await listen.ExecuteNonQueryAsync();
+        }
+
+        await using var dataSource = NpgsqlDataSource.Create(db.ConnectionString);
+        var notifier = new TaskiqPg.Internal.CoalescingNotifier(dataSource, channel, "q", Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        Assert.True(notifier.TryClaim());
+        Assert.False(notifier.TryClaim()); // one wake-up on its way at a time
+        notifier.Signal(); // a kick committed while the claimed one runs
+        notifier.Release();
+        await notifier.DisposeAsync(); // waits for the follow-up
+
+        using var timeout = new CancellationTokenSource(Bound);
+        while (received.IsEmpty)
+        {
+            await listener.WaitAsync(timeout.Token);
+        }
+
+        Assert.Equal(["q"], received);
+        Assert.True(notifier.TryClaim()); // idle again
+        notifier.Release();
+    }
 }
