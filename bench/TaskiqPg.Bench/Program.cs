@@ -252,6 +252,13 @@ async Task<BenchReport> MeasureAsync()
         toResult.Add(Stopwatch.GetElapsedTime(t0, t1).TotalMilliseconds);
     }
 
+    if (Environment.GetEnvironmentVariable("TASKIQPG_BENCH_TIMELINE_SAMPLES") is not null)
+    {
+        // Where in the run the slowest kicks fell (a cluster at the start would be warm-up, not the steady path).
+        Console.WriteLine("slowest idle kicks → start (kick number: ms): " + string.Join(", ",
+            toStart.Select((ms, n) => (ms, n)).OrderByDescending(x => x.ms).Take(10).Select(x => $"#{x.n + 1}: {x.ms:0.00}")));
+    }
+
     // Then, traced (outside the measured kicks: listening to Npgsql's activities costs a little), where the time goes.
     using (var timeline = new IdleTimeline())
     {
