@@ -199,9 +199,7 @@ public sealed partial class PostgresBroker
             NpgsqlBatchCommand? notify = null;
             if (wakeInline)
             {
-                notify = new NpgsqlBatchCommand(BrokerSql.Notify);
-                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Options.Channel });
-                notify.Parameters.Add(new NpgsqlParameter<string> { TypedValue = queue });
+                notify = notifier.CreateCommand();
                 batch.BatchCommands.Add(notify);
             }
 

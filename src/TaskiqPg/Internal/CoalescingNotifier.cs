@@ -56,6 +56,15 @@ internal sealed class CoalescingNotifier : IAsyncDisposable
     /// </summary>
     public bool TryClaim() => Interlocked.CompareExchange(ref _state, Sending, Idle) == Idle;
 
+    /// <summary>This notifier's notification as a batch command, for a caller that <see cref="TryClaim"/>ed it.</summary>
+    public NpgsqlBatchCommand CreateCommand()
+    {
+        var command = new NpgsqlBatchCommand(BrokerSql.Notify);
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _channel });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _payload });
+        return command;
+    }
+
     /// <summary>Ends a <see cref="TryClaim"/>: signals that arrived while the caller's notification ran get one of their own.</summary>
     public void Release()
     {
@@ -82,10 +91,9 @@ internal sealed class CoalescingNotifier : IAsyncDisposable
         {
             try
             {
-                await using var command = _dataSource.CreateCommand(BrokerSql.Notify);
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _channel });
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _payload });
-                await command.ExecuteNonQueryAsync().ConfigureAwait(false);
+                await using var batch = _dataSource.CreateBatch();
+                batch.BatchCommands.Add(CreateCommand());
+                await batch.ExecuteNonQueryAsync().ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is NpgsqlException or InvalidOperationException or TimeoutException)
             {
